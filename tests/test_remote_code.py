@@ -1,0 +1,137 @@
+"""Hub packaging: save_pretrained -> AutoModel.from_pretrained(trust_remote_code=True) without rap_hf, offline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_batch, tiny_config
+
+from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
+
+# Runs in a fresh interpreter from a neutral folder: rap_hf must not be importable by accident.
+LOADER = """
+import sys, torch
+sys.path = [p for p in sys.path if p not in ("", ".")]
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+batch = torch.load(sys.argv[2])
+with torch.no_grad():
+    logits = model(**batch).logits
+assert "rap_hf" not in sys.modules, "the remote code imported the rap_hf package"
+torch.save({"logits": logits, "class": type(model).__name__}, sys.argv[3])
+"""
+
+
+def run_loader(model_ref: str, batch_path: Path, out_path: Path, env: dict | None = None) -> dict:
+    script = out_path.parent / "load_remote.py"
+    script.write_text(LOADER)
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    clean_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, str(script), model_ref, str(batch_path), str(out_path)],
+        cwd=out_path.parent, env=clean_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out_path)
+
+
+def save_tiny(task: str, folder: Path):
+    model = (RAPForMultimodalNER if task == "ner" else RAPForMultimodalRE)(tiny_config(task)).eval()
+    batch = tiny_batch(task)
+    batch.pop("labels")
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(folder)
+    torch.save(batch, folder.parent / "batch.pt")
+    return expected, folder.parent / "batch.pt"
+
+
+@pytest.mark.parametrize("task,cls", [("ner", "RAPForMultimodalNER"), ("re", "RAPForMultimodalRE")])
+def test_save_and_load_with_remote_code_in_fresh_process(tmp_path, task, cls):
+    expected, batch_path = save_tiny(task, tmp_path / "model")
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert {"config.json", "configuration_rap.py", "modeling_rap.py", "model.safetensors"} <= set(files)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == f"modeling_rap.{cls}"
+    assert config["auto_map"]["AutoConfig"] == "configuration_rap.RAPConfig"
+    remote = (tmp_path / "model" / "modeling_rap.py").read_text()
+    assert "import rap_hf" not in remote and "from rap_hf" not in remote
+    loaded = run_loader(str(tmp_path / "model"), batch_path, tmp_path / "out.pt")
+    assert loaded["class"] == cls
+    torch.testing.assert_close(loaded["logits"], expected)
+
+
+def test_exact_user_call_from_offline_hub_cache(tmp_path):
+    """`AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)` from a laid-out HF cache snapshot."""
+    expected, batch_path = save_tiny("re", tmp_path / "saved")
+    hf_home = tmp_path / "hf_home"
+    repo = hf_home / "hub" / "models--org--rap-mnre"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in (tmp_path / "saved").iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    loaded = run_loader("org/rap-mnre", batch_path, tmp_path / "out.pt", env)
+    assert loaded["class"] == "RAPForMultimodalRE"
+    torch.testing.assert_close(loaded["logits"], expected)
+
+
+def test_missing_pytorch_crf_names_the_pip_package():
+    code = (
+        "import sys; sys.modules['torchcrf'] = None\n"
+        "from rap_hf.modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE\n"
+        "sys.path.insert(0, 'tests'); from conftest import tiny_config\n"
+        "RAPForMultimodalRE(tiny_config('re'))\n"  # RE needs no CRF
+        "RAPForMultimodalNER(tiny_config('ner'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "pip install pytorch-crf" in result.stderr and "ImportError" in result.stderr
+
+
+def test_minilm_rap_learns_a_handful_of_samples(minilm):
+    """Real pretrained MiniLM as text encoder: a few AdamW steps reduce the loss on a fixed batch."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    torch.manual_seed(0)
+    model = RAPForMultimodalNER.from_text_vision_pretrained(
+        str(minilm), None, task="ner", vision_config=tiny_config().vision_config, num_crops=3,
+        id2label={0: "O", 1: "B-PER", 2: "I-PER"}, prompt_length=4, prompt_source_length=32,
+    )
+    texts = [["Obama", "visits", "Paris"], ["John", "Smith", "smiles"], ["hello", "world"], ["Anna", "waves"]]
+    tags = [[1, 0, 0], [1, 2, 0], [0, 0], [1, 0]]
+    encoded = tokenizer(texts, is_split_into_words=True, padding=True, return_tensors="pt")
+    labels = torch.full(encoded["input_ids"].shape, -100)
+    for row, words in enumerate(tags):
+        seen = set()
+        for position, word in enumerate(encoded.word_ids(row)):
+            if word is not None and word not in seen:
+                seen.add(word)
+                labels[row, position] = words[word]
+    batch = dict(encoded, labels=labels, word_start_mask=labels.ne(-100),
+                 visual_features=torch.randn(4, 4, 16), image_mask=torch.ones(4, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    # The pretrained encoder weights were really loaded (not random): they equal the checkpoint's.
+    from safetensors.torch import load_file
+
+    state = load_file(str(minilm / "model.safetensors"))
+    key = next(k for k in state if k.endswith("embeddings.word_embeddings.weight"))
+    fresh = RAPForMultimodalNER.from_text_vision_pretrained(str(minilm), None, task="ner", id2label={0: "O"})
+    torch.testing.assert_close(fresh.rap.text_encoder.embeddings.word_embeddings.weight, state[key])
