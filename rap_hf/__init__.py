@@ -1,7 +1,5 @@
 """rap-hf: Relevance-Aware Prompt-tuning (RAP) for multimodal entity and relation extraction."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
 from .configuration_rap import RAPConfig
 from .modeling_rap import (
     RAPForMultimodalNER,
@@ -13,13 +11,12 @@ from .modeling_rap import (
     RAPREOutput,
 )
 
+from .auto import RAPForMultimodalExtraction, register_auto_classes
+
 __version__ = "0.1.0"
 
 # In-process use without trust_remote_code; saved models carry auto_map + remote code for the Hub.
-AutoConfig.register("rap", RAPConfig, exist_ok=True)
-AutoModel.register(RAPConfig, RAPModel, exist_ok=True)
-AutoModelForTokenClassification.register(RAPConfig, RAPForMultimodalNER, exist_ok=True)
-AutoModelForSequenceClassification.register(RAPConfig, RAPForMultimodalRE, exist_ok=True)
+register_auto_classes()
 
 __all__ = [
     "RAPConfig",
@@ -27,6 +24,7 @@ __all__ = [
     "RAPModel",
     "RAPForMultimodalNER",
     "RAPForMultimodalRE",
+    "RAPForMultimodalExtraction",
     "RAPModelOutput",
     "RAPNEROutput",
     "RAPREOutput",

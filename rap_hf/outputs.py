@@ -1,0 +1,73 @@
+"""What a training run leaves behind: results.json, analysis figures, the model card, and the Hub upload."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+UNIT_LABELS = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
+
+
+def sample_label(label: Any) -> str:
+    """One class name per sample for the figures: the relation (RE) or the first entity type, else 'no entity' (NER)."""
+    if isinstance(label, str):
+        return label
+    types = [tag[2:] for tag in label if tag.startswith(("B-", "I-"))]
+    return types[0] if types else "no entity"
+
+
+def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
+    """The paper's Fig. 6-8 for the test split: routing paths of one sample, relevance per class, routing map."""
+    from .visualization import plot_relevance_by_class, plot_routing_map, plot_routing_paths
+
+    if not test.routing_weights or not test.routing_weights[0]:
+        return {}  # text-only baseline: nothing routed
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    labels = [sample_label(label) for label in test.labels]
+    routing = np.asarray(test.routing_weights)
+    example = int(np.argmax(test.relevance))  # the sample that leans most on its image
+    units = [UNIT_LABELS[u] for u in config.fusion_units]
+    figures = {
+        "routing_paths": plot_routing_paths(
+            routing[example], units, config.routing_layers, test.relevance[example],
+            figures_dir / "routing_paths.png", title=f"Routing of test sample {example} ({labels[example]})",
+        ).path,
+        "relevance_by_class": plot_relevance_by_class(
+            test.relevance, labels, figures_dir / "relevance_by_class.png"
+        ),
+        "routing_map": plot_routing_map(routing, labels, figures_dir / "routing_map.png"),
+    }
+    return {name: str(path) for name, path in figures.items()}
+
+
+def push_folder_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Uploads a saved model folder (weights, remote code, processor, card, figures) to the Hub."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload RAP model")
+    logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
+    return str(getattr(commit, "commit_url", commit))
+
+
+def write_run_outputs(results: dict[str, Any], test, model, output_dir: Path, args) -> None:
+    """Writes results.json, figures and the model card into the best-model folder, then pushes when asked."""
+    from .model_card import write_model_card
+
+    best_dir = output_dir / "best_model"
+    figures = write_figures(test, model.config, best_dir / "figures") if args.make_figures else {}
+    results["figures"] = {name: str(Path(path).relative_to(best_dir)) for name, path in figures.items()}
+    for folder in (output_dir, best_dir):
+        (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    repo_id = args.hub_model_id or f"your-org/rap-{results['dataset']}"
+    card = write_model_card(best_dir / "results.json", best_dir / "README.md", repo_id, figures=figures)
+    logger.info("Model: %s | results: %s | model card: %s", best_dir, output_dir / "results.json", card)
+    if args.push_to_hub:
+        push_folder_to_hub(best_dir, args.hub_model_id, args.hub_private_repo)

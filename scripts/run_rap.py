@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Train and evaluate RAP: `accelerate launch scripts/run_rap.py [args]` (or plain `python scripts/run_rap.py`).
+
+With no argument it trains on the bundled Twitter-2017-format sample with the offline MiniLM text encoder.
+Arguments come from three dataclasses (see `--help`) or from a JSON/YAML file: `run_rap.py config.yaml`.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
+
+
+def parse_arguments():
+    parser = HfArgumentParser((ModelArguments, DataArguments, RAPTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
+        path = Path(sys.argv[1]).resolve()
+        if path.suffix == ".json":
+            return parser.parse_json_file(str(path))
+        return parser.parse_yaml_file(str(path))
+    return parser.parse_args_into_dataclasses()
+
+
+def main() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    model_args, data_args, training_args = parse_arguments()
+    results = run(model_args, data_args, training_args)
+    if results is None:
+        return
+    test = results["test"]
+    out = Path(training_args.output_dir)
+    print(f"\nTest ({data_args.dataset}): P {100 * test['precision']:.2f}  R {100 * test['recall']:.2f}  "
+          f"F1 {100 * test['f1']:.2f}  (best epoch {results['best_epoch']})")
+    print(f"Model:       {out / 'best_model'}")
+    print(f"Results:     {out / 'results.json'}")
+    print(f"Model card:  {out / 'best_model' / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

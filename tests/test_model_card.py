@@ -1,0 +1,203 @@
+"""Model cards carry the run's real numbers in their metadata and keep the paper's numbers apart."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from rap_hf.model_card import (
+    DATASETS,
+    NO_CHECKPOINT_NOTE,
+    REPORTED_RESULTS,
+    render_model_card,
+    write_model_card,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+AUTHORS = "Reported by the authors (Chen et al., Neurocomputing 2025)"
+
+
+def ner_results() -> dict:
+    return {
+        "task": "ner",
+        "dataset": "twitter2017",
+        "command": "accelerate launch scripts/run_rap.py --task ner --dataset twitter2017 --seed 42",
+        "config": {"num_routing_layers": 4, "num_crops": 3},
+        "training_args": {"learning_rate": 3e-5, "num_train_epochs": 30, "seed": 42},
+        "versions": {"rap_hf": "0.1.0", "torch": "2.14.1", "transformers": "5.24.0"},
+        "timings": {"train_seconds": 3600.0, "eval_seconds": 42.5},
+        "best_epoch": 12,
+        "validation": {"precision": 0.861234, "recall": 0.8523, "f1": 0.85674, "per_type": {}},
+        "test": {
+            "precision": 0.851234,
+            "recall": 0.86789,
+            "f1": 0.859477,
+            "accuracy": 0.98,
+            "per_type": {
+                "PER": {"precision": 0.9123, "recall": 0.9234, "f1": 0.9178, "support": 621},
+                "MISC": {"precision": 0.6011, "recall": 0.5523, "f1": 0.5757, "support": 126},
+            },
+            "strict": {"precision": 0.8411, "recall": 0.8533, "f1": 0.8472, "per_type": {}},
+        },
+        "history": [{"epoch": epoch, "loss": 1.0 / epoch, "validation": {}} for epoch in range(1, 31)],
+    }
+
+
+def re_results() -> dict:
+    return {
+        "task": "re",
+        "dataset": "mnre",
+        "command": "accelerate launch scripts/run_rap.py --task re --dataset mnre",
+        "best_epoch": 3,
+        "test": {
+            "precision": 0.80125,
+            "recall": 0.7911,
+            "f1": 0.796142,
+            "per_type": {"/per/per/peer": {"precision": 0.7, "recall": 0.6, "f1": 0.6462, "support": 55}},
+        },
+    }
+
+
+def model_index_metrics(text: str) -> dict:
+    card = ModelCard(text)
+    model_index = card.data.to_dict()["model-index"]
+    (result,) = model_index[0]["results"]
+    return {metric["type"]: metric["value"] for metric in result["metrics"]}, result, model_index[0]["name"]
+
+
+def yaml_front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_model_index_equals_results_json_in_percent():
+    results = ner_results()
+    text = render_model_card(results, "org/rap-twitter2017")
+    metrics, result, name = model_index_metrics(text)
+
+    assert metrics == {key: round(100 * results["test"][key], 2) for key in ("precision", "recall", "f1")}
+    assert metrics == {"precision": 85.12, "recall": 86.79, "f1": 85.95}
+    assert result["task"]["type"] == "token-classification"
+    assert result["dataset"] == {"name": "Twitter-2017", "type": "twitter2017", "split": "test"}
+    assert name == "rap-twitter2017"
+
+    # the same numbers, read straight from the YAML block
+    metadata = yaml_front_matter(text)
+    yaml_metrics = metadata["model-index"][0]["results"][0]["metrics"]
+    assert {m["type"]: m["value"] for m in yaml_metrics} == metrics
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "token-classification"
+    assert {"rap", "multimodal", "ner"} <= set(metadata["tags"])
+    assert metadata["datasets"] == ["twitter2017"]
+
+
+def test_body_has_usage_command_tables_and_separate_authors_row():
+    text = render_model_card(ner_results(), "org/rap-twitter2017")
+
+    assert 'AutoModel.from_pretrained("org/rap-twitter2017", trust_remote_code=True)' in text
+    assert "accelerate launch scripts/run_rap.py --task ner --dataset twitter2017 --seed 42" in text
+    assert "| This checkpoint (rap-hf) | test | 85.12 | 86.79 | 85.95 |" in text
+    assert "| This checkpoint (rap-hf) | validation, epoch 12 | 86.12 | 85.23 | 85.67 |" in text
+    assert "| This checkpoint (rap-hf), strict IOB2 | test | 84.11 | 85.33 | 84.72 |" in text
+    assert f"| *{AUTHORS}* | test | 87.63 | 87.89 | 87.76 |" in text
+    assert "| PER | 91.23 | 92.34 | 91.78 | 621 |" in text
+    assert "| MISC | 60.11 | 55.23 | 57.57 | 126 |" in text
+    assert "| `transformers` | `5.24.0` |" in text
+    assert NO_CHECKPOINT_NOTE not in text
+    # the authors' numbers must never reach the metadata
+    assert "87.76" not in text.split("---\n")[1]
+
+
+def test_relation_extraction_card():
+    text = render_model_card(re_results(), "org/rap-mnre")
+    metrics, result, _ = model_index_metrics(text)
+    assert metrics == {"precision": 80.12, "recall": 79.11, "f1": 79.61}
+    assert result["task"]["type"] == "text-classification"
+    assert yaml_front_matter(text)["pipeline_tag"] == "text-classification"
+    assert "relation-extraction" in yaml_front_matter(text)["tags"]
+    assert 'AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)' in text
+    assert f"| *{AUTHORS}* | test | 83.59 | 82.67 | 83.13 |" in text
+    assert "| Relation | Precision | Recall | F1 | Support |" in text
+    assert "strict IOB2" not in text
+
+
+def test_figures_are_linked_relative():
+    figures = {"routing_paths": "figures/routing_paths.png", "my_plot": "figures/extra.png"}
+    text = render_model_card(re_results(), "org/rap-mnre", figures)
+    assert "](figures/routing_paths.png)" in text
+    assert "![My plot](figures/extra.png)" in text
+    assert "## Figures" not in render_model_card(re_results(), "org/rap-mnre")
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_placeholder_card_shows_only_the_authors_row(dataset):
+    text = render_model_card(None, f"org/rap-{dataset}", dataset=dataset)
+    card = ModelCard(text)
+    assert "model-index" not in card.data.to_dict()
+    assert NO_CHECKPOINT_NOTE in text
+    reported = REPORTED_RESULTS[dataset]
+    row = f"| *{AUTHORS}* | test | {reported['precision']:.2f} | {reported['recall']:.2f} | {reported['f1']:.2f} |"
+    assert row in text
+    assert "This checkpoint (rap-hf)" not in text
+
+
+def test_invalid_results_are_rejected():
+    results = ner_results()
+    del results["command"]
+    with pytest.raises(ValueError, match="command"):
+        render_model_card(results, "org/x")
+    results = ner_results()
+    results["dataset"] = "mnre"
+    with pytest.raises(ValueError, match="re dataset"):
+        render_model_card(results, "org/x")
+    with pytest.raises(ValueError, match="dataset="):
+        render_model_card(None, "org/x")
+    with pytest.raises(ValueError, match="repo_id"):
+        render_model_card(ner_results(), "")
+
+
+def test_write_model_card_relativizes_absolute_figure_paths(tmp_path):
+    results_path = tmp_path / "run" / "results.json"
+    results_path.parent.mkdir()
+    results_path.write_text(json.dumps(re_results()))
+    figure = tmp_path / "run" / "figures" / "routing_map.png"
+    out = write_model_card(results_path, tmp_path / "run" / "README.md", "org/rap-mnre", {"routing_map": str(figure)})
+    text = Path(out).read_text()
+    assert "](figures/routing_map.png)" in text
+    assert model_index_metrics(text)[0]["f1"] == 79.61
+
+
+def load_render_script():
+    script_path = REPO_ROOT / "scripts" / "render_model_cards.py"
+    spec = importlib.util.spec_from_file_location("render_model_cards", script_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_render_script_with_and_without_results(tmp_path):
+    script = load_render_script()
+    assert script.main(["--out-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.md")) == ["mnre.md", "twitter2015.md", "twitter2017.md"]
+    assert NO_CHECKPOINT_NOTE in (tmp_path / "mnre.md").read_text()
+
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(ner_results()))
+    assert script.main(["--results", str(results_path), "--out-dir", str(tmp_path), "--org", "my-org"]) == 0
+    text = (tmp_path / "twitter2017.md").read_text()
+    assert 'AutoModel.from_pretrained("my-org/rap-twitter2017", trust_remote_code=True)' in text
+    assert model_index_metrics(text)[0]["f1"] == 85.95
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_committed_cards_match_the_renderer(dataset):
+    text = (REPO_ROOT / "model_cards" / f"{dataset}.md").read_text(encoding="utf-8")
+    if NO_CHECKPOINT_NOTE in text:
+        # placeholders must be exactly what scripts/render_model_cards.py writes today
+        repo_id = f"{load_render_script().DEFAULT_ORG}/rap-{dataset}"
+        assert text == render_model_card(None, repo_id, dataset=dataset)
+    else:
+        assert "model-index" in ModelCard(text).data.to_dict()

@@ -1,0 +1,158 @@
+"""End-to-end tests of scripts/run_rap.py on the bundled sample: reload, two processes, resume, Hub push."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_VISION
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+from rap_hf.data import load_dataset
+from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
+from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
+from rap_hf.training import word_predictions
+
+SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
+TINY_OVERRIDES = json.dumps(
+    {"vision_config": TINY_VISION, "fusion_num_heads": 4, "relevance_dim": 16, "prompt_source_length": 64}
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory, minilm) -> Path:
+    """A 2-layer random BERT with the real MiniLM (uncased WordPiece) tokenizer: fast, and a real tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)
+    return folder
+
+
+def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1) -> dict:
+    """Runs the training script like a user would and returns its results.json."""
+    # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.
+    layout = ["--cpu"] if processes == 1 else ["--multi_gpu"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)]
+    command = [
+        *launcher, str(SCRIPT), "--text_model", str(text_model), "--output_dir", str(output_dir),
+        "--config_overrides", TINY_OVERRIDES, "--per_device_eval_batch_size", "8", "--report_to", "none",
+        "--new_params_learning_rate", "3e-3", "--learning_rate", "1e-3", *extra,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true")
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    results_path = output_dir / "results.json"
+    return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": result.stdout}
+
+
+def reevaluate(model_dir: Path, dataset: str) -> dict:
+    """Scores the saved model on the test split with a plain loop: AutoModel + remote code, pixels, no cache."""
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    processor = RAPProcessor.from_pretrained(model_dir)
+    test = load_dataset(dataset)["test"]
+    task = model.config.task
+    encoded = test.map(processor.preprocess, batched=True, fn_kwargs={"task": task})
+    collator = RAPDataCollator(processor=processor, return_word_ids=True)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    predictions, references = [], []
+    for start in range(0, len(encoded), 8):
+        rows = [encoded[i] for i in range(start, min(start + 8, len(encoded)))]
+        batch = collator([{k: v for k, v in r.items() if k not in ("id", "tokens", "ner_tags", "relation",
+                                                                   "subject", "object")} for r in rows])  # fmt: skip
+        word_ids = batch.pop("word_ids", None)
+        batch.pop("labels", None)
+        with torch.no_grad():
+            out = model(**batch)
+        for j, row in enumerate(rows):
+            if task == "ner":
+                references.append([labels[t] for t in row["ner_tags"]])
+                predictions.append(word_predictions(out.predictions[j].tolist(), word_ids[j], len(row["tokens"]), labels))
+            else:
+                references.append(labels[row["relation"]])
+                predictions.append(labels[int(out.logits[j].argmax())])
+    if task == "ner":
+        return compute_ner_metrics(predictions, references)
+    return compute_re_metrics(predictions, references, labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["twitter2017", "mnre"])
+def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model, dataset):
+    results = run_script(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
+    best = tmp_path / "run" / "best_model"
+    for name in ("config.json", "model.safetensors", "modeling_rap.py", "configuration_rap.py",
+                 "processing_rap.py", "README.md", "results.json"):  # fmt: skip
+        assert (best / name).exists(), name
+    assert results["task"] == ("ner" if dataset == "twitter2017" else "re")
+    assert results["num_test_examples"] == len(load_dataset(dataset)["test"])
+    assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
+    assert len(results["history"]) == 2 and "run_rap.py" in results["command"]
+    for figure in results["figures"].values():
+        assert (best / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = reevaluate(best, dataset)
+    for key in ("precision", "recall", "f1"):
+        assert again[key] == pytest.approx(results["test"][key], abs=1e-9), key
+    card = (best / "README.md").read_text()
+    assert f"{100 * results['test']['f1']:.2f}" in card
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path, tiny_text_model):
+    """DDP over gloo with per-device batch 4 x 2 processes vs batch 8 x 1 process (same effective batch).
+
+    Stated tolerance: 0.15 absolute test F1 and 10% of the first-epoch loss, since dropout streams and the per-process
+    router loss (a batch-pair term) differ between the two layouts.
+    """
+    common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3")
+    one = run_script(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
+    two = run_script(tmp_path / "two", tiny_text_model, *common, "--per_device_train_batch_size", "4", processes=2)
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    assert two["num_test_examples"] == one["num_test_examples"]  # gather_for_metrics dropped the padding duplicates
+    assert abs(two["test"]["f1"] - one["test"]["f1"]) <= 0.15
+    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=0.10)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_text_model):
+    common = ("--dataset", "twitter2017", "--num_train_epochs", "3", "--seed", "7")
+    full = run_script(tmp_path / "full", tiny_text_model, *common)
+    interrupted = run_script(tmp_path / "cut", tiny_text_model, *common, "--stop_after_epoch", "1")
+    assert "stdout" in interrupted and not (tmp_path / "cut" / "results.json").exists()
+    assert (tmp_path / "cut" / "checkpoints" / "epoch_0").exists()
+    resumed = run_script(tmp_path / "cut", tiny_text_model, *common, "--resume_from_checkpoint", "latest")
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
+    assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
+    assert resumed["best_epoch"] == full["best_epoch"]
+
+
+@pytest.mark.slow
+def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_model, monkeypatch):
+    """The only mock: the network calls of huggingface_hub.HfApi."""
+    import huggingface_hub
+
+    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: repo_id)
+
+    def fake_upload(self, repo_id, folder_path, **kwargs):
+        uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+        return "https://huggingface.co/org/rap-mnre/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
+    run(
+        ModelArguments(text_model=str(tiny_text_model), config_overrides=TINY_OVERRIDES),
+        DataArguments(dataset="mnre"),
+        RAPTrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, push_to_hub=True,
+                             hub_model_id="org/rap-mnre", report_to="none"),  # fmt: skip
+    )
+    assert len(uploads) == 1 and uploads[0][0] == "org/rap-mnre"
+    assert {"config.json", "model.safetensors", "modeling_rap.py", "processing_rap.py", "README.md"} <= set(uploads[0][1])
+    card = huggingface_hub.ModelCard((tmp_path / "run" / "best_model" / "README.md").read_text())
+    assert card.data.to_dict()["model-index"][0]["name"]
+    assert 'AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)' in card.text
