@@ -1,9 +1,16 @@
 """In-process auto-class registration: `AutoModel` gives the head that `config.task` names, as the Hub auto_map does."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoProcessor,
+)
 
 from .configuration_rap import RAPConfig
 from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE, RAPPreTrainedModel
+from .processing_rap import RAPProcessor
 
 TASK_HEADS = {"ner": RAPForMultimodalNER, "re": RAPForMultimodalRE}
 
@@ -30,8 +37,9 @@ class RAPForMultimodalExtraction(RAPPreTrainedModel):
 
 
 def register_auto_classes() -> None:
-    """`AutoConfig`/`AutoModel` (task head by `config.task`) and the task auto classes, for in-process use."""
+    """`AutoConfig`, `AutoModel` (task head by `config.task`), the task auto classes and `AutoProcessor`, in-process."""
     AutoConfig.register("rap", RAPConfig, exist_ok=True)
     AutoModel.register(RAPConfig, RAPForMultimodalExtraction, exist_ok=True)
     AutoModelForTokenClassification.register(RAPConfig, RAPForMultimodalNER, exist_ok=True)
     AutoModelForSequenceClassification.register(RAPConfig, RAPForMultimodalRE, exist_ok=True)
+    AutoProcessor.register(RAPConfig, RAPProcessor, exist_ok=True)

@@ -453,6 +453,10 @@ class RAPPreTrainedModel(PreTrainedModel):
             for parameter in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(parameter, -0.1, 0.1)
 
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """Pooled vision-encoder feature per image (N, 3, H, W) -> (N, C_v); see `RAPModel.get_image_features`."""
+        return self.base_model.get_image_features(pixel_values)
+
     def _total_loss(self, task_loss, router_loss):
         if router_loss is None:  # text-only baseline
             return task_loss, None

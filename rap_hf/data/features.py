@@ -1,0 +1,366 @@
+"""Visual features computed once: a resumable, content-addressed cache of ``model.get_image_features`` outputs.
+
+RAP freezes its vision encoder by default (``RAPConfig.freeze_vision_encoder``), so the pooled feature of every
+image and crop can be computed once and reused for all epochs and runs::
+
+    cache = VisualFeatureCache("feature-cache", model, processor)
+    dataset = cache.attach(dataset)    # adds visual_features [1+K, C_v] and image_mask [1+K]
+    collator = RAPDataCollator(processor)  # stacks visual_features instead of pixel_values
+
+Each picture is keyed by a hash of its file bytes (``image_key``), so identical pictures are computed once and
+the cache does not depend on paths. The cache lives in ``<cache_dir>/<fingerprint>/``, where the fingerprint
+(`vision_fingerprint`) covers the vision config, the vision weights and the image processor settings: a
+different encoder gets a different folder. Features are written in shards while extraction runs, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import datasets
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+
+logger = logging.getLogger(__name__)
+
+_SHARD_PREFIX = "features-"
+_META_FILE = "meta.json"
+# Keys of an image processor's dict that do not change the pixels it produces.
+_IGNORED_PROCESSOR_KEYS = {"auto_map", "processor_class", "_processor_class"}
+
+
+def image_key(value: Any) -> str | None:
+    """Content key of a picture: hash of its file bytes (``datasets`` dict or path) or of its pixels (PIL)."""
+    if value is None:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        if data is None:
+            if not value.get("path"):
+                return None
+            data = Path(value["path"]).read_bytes()
+        digest.update(data)
+    elif isinstance(value, (str, os.PathLike)):
+        digest.update(Path(value).read_bytes())
+    elif isinstance(value, Image.Image):
+        digest.update(f"pil:{value.mode}:{value.size}".encode())
+        digest.update(value.tobytes())
+    else:
+        raise TypeError(f"cannot key a picture given as {type(value).__name__}")
+    return digest.hexdigest()
+
+
+def _open_picture(value: Any) -> Image.Image:
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") is not None else Image.open(value["path"])
+    else:
+        image = Image.open(value)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def find_vision_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The sub-module holding the vision encoder (its weights define the cache); the model itself if none."""
+    if hasattr(model, "vision_encoder") and isinstance(model.vision_encoder, torch.nn.Module):
+        return model.vision_encoder
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("vision_encoder", "vision_model"):
+            return module
+    return model
+
+
+def find_image_feature_fn(model: torch.nn.Module):
+    """``model.get_image_features``, or that of the first sub-module having one (task heads wrapping a backbone)."""
+    if callable(getattr(model, "get_image_features", None)):
+        return model.get_image_features
+    for _, module in model.named_modules():
+        if callable(getattr(module, "get_image_features", None)):
+            return module.get_image_features
+    raise TypeError(f"{type(model).__name__} has no get_image_features(pixel_values) method")
+
+
+def _processor_settings(image_processor: Any) -> dict:
+    settings = image_processor.to_dict() if hasattr(image_processor, "to_dict") else dict(vars(image_processor))
+    return {k: v for k, v in settings.items() if k not in _IGNORED_PROCESSOR_KEYS}
+
+
+def vision_fingerprint(vision_module: torch.nn.Module, image_processor: Any) -> str:
+    """Hash of the vision config, every vision weight and the image processor settings."""
+    digest = hashlib.sha256()
+    config = getattr(vision_module, "config", None)
+    if config is not None:
+        text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
+        digest.update(text.encode())
+    digest.update(type(vision_module).__name__.encode())
+    for name, tensor in sorted(vision_module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(_processor_settings(image_processor), sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+class VisualFeatureCache:
+    """Pooled vision features per picture, computed once with ``model.get_image_features``.
+
+    Args:
+        cache_dir: root folder; features go to ``cache_dir/<fingerprint>/``.
+        model: any module with ``get_image_features(pixel_values [N, 3, H, W]) -> [N, C_v]`` (a RAP model).
+        processor: a `RAPProcessor` or a bare image processor.
+        num_crops: crop slots K of the output (default: the processor's, else 3).
+        batch_size: pictures per encoder call.
+        device: where to run the encoder (default: CUDA when available, else CPU); the model is moved there
+            for the extraction and moved back afterwards.
+        vision_module: the module whose weights define the fingerprint (default: `find_vision_module`).
+        flush_every: write a shard after this many new pictures (what an interruption can lose at most).
+        show_progress: tqdm bar during extraction.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        num_crops: int | None = None,
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        vision_module: torch.nn.Module | None = None,
+        flush_every: int = 2048,
+        show_progress: bool = True,
+    ):
+        self.model = model
+        self._image_features = find_image_feature_fn(model)
+        self.image_processor = getattr(processor, "image_processor", processor)
+        self.num_crops = num_crops if num_crops is not None else getattr(processor, "num_crops", 3)
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        self.flush_every = flush_every
+        self.show_progress = show_progress
+        self.fingerprint = vision_fingerprint(vision_module or find_vision_module(model), self.image_processor)
+        self.directory = Path(cache_dir) / self.fingerprint
+        self.encoder_calls = 0  # batches sent to the vision encoder by this object
+        self._index: dict[str, tuple[int, int]] | None = None  # key -> (shard number, row)
+        self._shards: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------------------------------------------------
+    # storage
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _load_index(self) -> dict[str, tuple[int, int]]:
+        """Read every complete shard of this fingerprint (partial progress of an earlier run included)."""
+        if self._index is None:
+            self._index, self._shards = {}, []
+            for path in sorted(self.directory.glob(f"{_SHARD_PREFIX}*.safetensors")):
+                tensors = load_file(path)
+                keys = json.loads((path.with_suffix(".json")).read_text())
+                shard = len(self._shards)
+                self._shards.append(tensors["features"])
+                self._index.update({key: (shard, row) for row, key in enumerate(keys)})
+        return self._index
+
+    def _write_shard(self, keys: list[str], features: torch.Tensor) -> None:
+        """Write one shard atomically (keys file first, tensor file renamed last marks it complete)."""
+        index = self._load_index()  # before the new file exists, so it is not read twice
+        self.directory.mkdir(parents=True, exist_ok=True)
+        meta = self.directory / _META_FILE
+        if not meta.exists():
+            meta.write_text(json.dumps({"fingerprint": self.fingerprint, "feature_size": features.shape[1]}))
+        number = len(list(self.directory.glob(f"{_SHARD_PREFIX}*.safetensors")))
+        stem = self.directory / f"{_SHARD_PREFIX}{number:05d}-{os.getpid()}"
+        stem.with_suffix(".json").write_text(json.dumps(keys))
+        tmp = stem.with_suffix(".tmp")
+        save_file({"features": features.contiguous()}, str(tmp))
+        os.replace(tmp, stem.with_suffix(".safetensors"))
+        shard = len(self._shards)
+        self._shards.append(features)
+        index.update({key: (shard, row) for row, key in enumerate(keys)})
+
+    def __len__(self) -> int:
+        return len(self._load_index())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._load_index()
+
+    @property
+    def feature_size(self) -> int | None:
+        """C_v, known once one feature is stored."""
+        self._load_index()
+        return int(self._shards[0].shape[1]) if self._shards else None
+
+    def size_on_disk(self) -> int:
+        """Bytes used by this fingerprint's folder."""
+        return sum(p.stat().st_size for p in self.directory.glob("*") if p.is_file())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # extraction
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _encode(self, pictures: list[Any]) -> torch.Tensor:
+        images = [_open_picture(p) for p in pictures]
+        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device)
+        self.encoder_calls += 1
+        return self._image_features(pixel_values).float().cpu()
+
+    @contextlib.contextmanager
+    def _model_on_device(self):
+        """Run the model in eval mode on ``self.device``; put it back where and how it was afterwards."""
+        original_device = next(iter(self.model.parameters()), torch.empty(0)).device
+        was_training = self.model.training
+        self.model.to(self.device).eval()
+        try:
+            with torch.no_grad():  # not inference_mode: stored tensors may later meet autograd
+                yield
+        finally:
+            self.model.to(original_device).train(was_training)
+
+    def _probe_feature_size(self) -> int:
+        """C_v for a dataset without any picture (nothing stored): one encoder call on a blank image."""
+        with self._model_on_device():
+            return int(self._encode([Image.new("RGB", (32, 32))]).shape[1])
+
+    def compute(self, pictures: dict[str, Any], description: str = "visual features") -> int:
+        """Compute and store the features of ``{key: picture}`` not in the cache yet; returns how many were new."""
+        index = self._load_index()
+        missing = [(key, value) for key, value in pictures.items() if key not in index]
+        if not missing:
+            return 0
+        buffer_keys: list[str] = []
+        buffer: list[torch.Tensor] = []
+        with self._model_on_device(), tqdm(
+            total=len(missing), desc=description, unit="img", disable=not self.show_progress
+        ) as bar:
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start : start + self.batch_size]
+                buffer.append(self._encode([value for _, value in chunk]))
+                buffer_keys.extend(key for key, _ in chunk)
+                bar.update(len(chunk))
+                if len(buffer_keys) >= self.flush_every:
+                    self._write_shard(buffer_keys, torch.cat(buffer))
+                    buffer_keys, buffer = [], []
+            if buffer_keys:
+                self._write_shard(buffer_keys, torch.cat(buffer))
+        logger.info("visual feature cache %s: %d new pictures, %d in total", self.directory, len(missing), len(index))
+        return len(missing)
+
+    @staticmethod
+    def _pictures_of(dataset: datasets.Dataset) -> Iterable[tuple[Any, list[Any]]]:
+        """(image, crops) of every row, undecoded (``{"bytes", "path"}`` dicts) so keys come from file bytes."""
+        columns = [c for c in ("image", "crops") if c in dataset.column_names]
+        view = dataset.select_columns(columns)
+        if "image" in columns:
+            view = view.cast_column("image", datasets.Image(decode=False))
+        if "crops" in columns:
+            view = view.cast_column("crops", datasets.List(datasets.Image(decode=False)))
+        for row in view:
+            yield row.get("image"), list(row.get("crops") or [])
+
+    def extract(self, dataset: datasets.Dataset | datasets.DatasetDict) -> int:
+        """Compute every image and crop of a dataset (all splits of a ``DatasetDict``); returns how many were new."""
+        if isinstance(dataset, datasets.DatasetDict):
+            return sum(self.extract(split) for split in dataset.values())
+        pictures: dict[str, Any] = {}
+        for image, crops in self._pictures_of(dataset):
+            for value in [image, *crops[: self.num_crops]]:
+                key = image_key(value)
+                if key is not None:
+                    pictures.setdefault(key, value)
+        return self.compute(pictures)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # lookup
+    # ------------------------------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> torch.Tensor:
+        """Feature ``[C_v]`` of a stored picture."""
+        shard, row = self._load_index()[key]
+        return self._shards[shard][row]
+
+    def lookup(
+        self, images: Sequence[Any], crops: Sequence[Sequence[Any] | None] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``visual_features [B, 1+K, C_v]`` and ``image_mask [B, 1+K]`` for a batch; pictures not cached yet
+        are computed first."""
+        crops = crops if crops is not None else [None] * len(images)
+        keys = [[image_key(v) for v in [image, *list(row_crops or [])[: self.num_crops]]]
+                for image, row_crops in zip(images, crops)]  # fmt: skip
+        pending = {}
+        for row_keys, image, row_crops in zip(keys, images, crops):
+            for key, value in zip(row_keys, [image, *list(row_crops or [])[: self.num_crops]]):
+                if key is not None:
+                    pending.setdefault(key, value)
+        self.compute(pending)
+        size = self.feature_size or 0
+        features = torch.zeros((len(images), 1 + self.num_crops, size))
+        mask = torch.zeros((len(images), 1 + self.num_crops), dtype=torch.long)
+        for row, row_keys in enumerate(keys):
+            for slot, key in enumerate(row_keys):
+                if key is not None:
+                    features[row, slot] = self.get(key)
+                    mask[row, slot] = 1
+        return {"visual_features": features, "image_mask": mask}
+
+    def attach(
+        self, dataset: datasets.Dataset | datasets.DatasetDict, remove_images: bool = True
+    ) -> datasets.Dataset | datasets.DatasetDict:
+        """Add ``visual_features [1+K, C_v]`` (float32) and ``image_mask [1+K]`` columns (extracting first).
+
+        With ``remove_images`` the ``image``/``crops`` columns are dropped so nothing decodes pictures later.
+        """
+        if isinstance(dataset, datasets.DatasetDict):
+            return datasets.DatasetDict({name: self.attach(split, remove_images) for name, split in dataset.items()})
+        self.extract(dataset)
+        size = self.feature_size or self._probe_feature_size()
+        slots = 1 + self.num_crops
+        features = dataset.features.copy()
+        for column in ("image", "crops"):
+            if column in features:
+                features[column] = (
+                    datasets.Image(decode=False) if column == "image" else datasets.List(datasets.Image(decode=False))
+                )
+        undecoded = dataset.cast(features)
+
+        def add_columns(batch: dict[str, list]) -> dict[str, list]:
+            images = batch["image"] if "image" in batch else [None] * len(next(iter(batch.values())))
+            crops = batch["crops"] if "crops" in batch else None
+            if self.feature_size:
+                looked_up = self.lookup(images, crops)
+            else:  # no picture anywhere: every slot is empty
+                looked_up = {
+                    "visual_features": torch.zeros((len(images), slots, size)),
+                    "image_mask": torch.zeros((len(images), slots), dtype=torch.long),
+                }
+            return {key: value.numpy() for key, value in looked_up.items()}
+
+        new_features = undecoded.features.copy()
+        new_features["visual_features"] = datasets.Array2D(shape=(slots, size), dtype="float32")
+        new_features["image_mask"] = datasets.List(datasets.Value("int64"), length=slots)
+        result = undecoded.map(
+            add_columns,
+            batched=True,
+            batch_size=256,
+            features=new_features,
+            # the map function holds the model: fingerprint it by the encoder fingerprint instead of hashing it
+            new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}:{self.fingerprint}:{slots}".encode()).hexdigest(),
+            desc="attach visual features",
+        )
+        if remove_images:
+            result = result.remove_columns([c for c in ("image", "crops") if c in result.column_names])
+        else:
+            added = {key: result.features[key] for key in ("visual_features", "image_mask")}
+            result = result.cast(datasets.Features({**dataset.features, **added}))
+        return result

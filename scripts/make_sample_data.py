@@ -1,0 +1,418 @@
+#!/usr/bin/env python
+"""Generate the bundled synthetic sample corpora (rap_hf/data/sample/) deterministically.
+
+Three small corpora in the real on-disk layouts (see docs/data.md):
+
+* ``NER_data/twitter2017``: Twitter-2017-format MNER,
+* ``NER_data/twitter2015``: Twitter-2015-format MNER (``OTHER`` instead of ``MISC``, a few orphan ``I-`` tags,
+  no trailing blank line in ``test.txt``),
+* ``RE_data``: MNRE-format MRE (``ours_*.txt`` Python-literal lines, ``ours_rel2id.json``, crops per line).
+
+Text is written from templates and invented names. Images carry signal for part of the samples: for *hard*
+samples the text is ambiguous and the image's coloured shape decides the entity type (NER) or the relation (RE);
+*easy* samples have trigger words and get a relevant image, an unrelated (noise) image or none. The design is
+documented in docs/data.md ("Sample data"); ``manifest.json`` records the kind of every sample.
+
+    python scripts/make_sample_data.py                       # rewrite rap_hf/data/sample
+    python scripts/make_sample_data.py --out /tmp/big --sizes 2000 400 400   # larger corpus, same design
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "rap_hf" / "data" / "sample"
+SPLITS = (("train", "train", "train", "train"), ("valid", "val", "val", "dev"), ("test", "test", "test", "test"))
+
+# Visual code: entity type -> (colour, shape). The shapes are what the object "detector" crops.
+CODE = {
+    "PER": ((220, 40, 40), "circle"),
+    "LOC": ((40, 170, 60), "triangle"),
+    "ORG": ((40, 80, 220), "square"),
+    "MISC": ((230, 200, 40), "diamond"),
+}
+TYPES = tuple(CODE)
+
+NAMES = {
+    "PER": ["Maria Lopez", "James Carter", "Aisha Khan", "Tom Becker", "Lena Park", "Omar Haddad", "Nina Rossi",
+            "Kofi Mensah", "Ivy Chen", "Paul Dubois", "Sara Novak", "Leo Grant"],
+    "LOC": ["Riverton", "North Hallow", "Lake Mira", "Port Elling", "Greyford", "Saltmarsh Bay", "Eastwick",
+            "Mount Carrow", "Bellhaven", "Dunmore"],
+    "ORG": ["Crescent Bank", "Bluefin FC", "Nordex Labs", "Harbor Times", "Vela Motors", "Kestrel Air",
+            "Oakline University", "Pioneer Radio", "Quartz Systems"],
+    "MISC": ["Summer Jam Festival", "Galaxy Cup", "Winter Lights Parade", "Solar Week", "Iron Trail Marathon",
+             "Harvest Fair", "Neon Nights"],
+}
+# Names that fit every type: only the image can tell which one is meant (hard samples).
+AMBIGUOUS = ["Jordan", "Phoenix", "Morgan", "Sierra", "Harper", "Austin", "Dakota", "Aurora", "Orion", "Savannah",
+             "Camden", "Sydney"]
+HANDLES = ["@newsbot", "@citydesk", "@fanzone", "@dailypics", "@localnow", "@sportsline"]
+
+NER_EASY = [
+    ("Happy birthday to {PER} ! Have a great day", ["PER"]),
+    ("{PER} scores twice as {ORG} win again", ["PER", "ORG"]),
+    ("Heavy snow expected in {LOC} tonight", ["LOC"]),
+    ("{ORG} announces new headquarters in {LOC}", ["ORG", "LOC"]),
+    ("Tickets for {MISC} are sold out !", ["MISC"]),
+    ("RT {HANDLE} : {PER} joins {ORG} as head coach", ["PER", "ORG"]),
+    ("Great weekend at {MISC} in {LOC} #fun", ["MISC", "LOC"]),
+    ("Mayor {PER} visits {LOC} today", ["PER", "LOC"]),
+    ("Shares of {ORG} fell on Monday", ["ORG"]),
+    ("Traffic jam near {LOC} , avoid the bridge", ["LOC"]),
+]
+NER_HARD = [
+    "Can't stop thinking about {X} #mood",
+    "{X} tonight !",
+    "All eyes on {X} right now",
+    "Look at {X} \U0001f60d",
+    "Nothing beats {X} in the morning",
+    "{X} , again and again",
+    "RT {HANDLE} : so proud of {X}",
+    "Finally saw {X}",
+]
+
+# MNRE relations with a visual code (hard samples): the second object in the image decides the relation.
+RE_VISUAL = {
+    "/per/per/couple": "PER",
+    "/per/org/member_of": "ORG",
+    "/per/loc/place_of_residence": "LOC",
+    "/per/misc/nationality": "MISC",
+}
+RE_HARD = ["{A} and {B} #throwback", "{A} with {B} today", "Still thinking about {A} and {B}", "{A} \u2764 {B}",
+           "Best day ever : {A} , {B}"]
+# Easy relations: a trigger word states the relation; (template, relation, subject type, object type).
+RE_EASY = [
+    ("{A} , the proud mother of {B}", "/per/per/parent", "PER", "PER"),
+    ("{A} opens a new office in {B}", "/org/loc/locate_at", "ORG", "LOC"),
+    ("{B} is a small town in {A}", "/loc/loc/contain", "LOC", "LOC"),
+    ("{A} performing at {B} tonight", "/per/misc/present_in", "PER", "MISC"),
+    ("{A} and {B} trending again", "None", "PER", "ORG"),
+    ("{A} wins the {B} award", "/per/misc/awarded", "PER", "MISC"),
+    ("{B} held in {A} this year", "/misc/loc/held_on", "LOC", "MISC"),
+]
+RELATIONS = [
+    "None", "/per/per/parent", "/per/per/siblings", "/per/per/couple", "/per/per/neighbor", "/per/per/peer",
+    "/per/per/charges", "/per/per/alumi", "/per/per/alternate_names", "/per/org/member_of",
+    "/per/loc/place_of_residence", "/per/loc/place_of_birth", "/org/org/alternate_names", "/org/org/subsidiary",
+    "/org/loc/locate_at", "/loc/loc/contain", "/per/misc/present_in", "/per/misc/awarded", "/per/misc/race",
+    "/per/misc/religion", "/per/misc/nationality", "/misc/misc/part_of", "/misc/loc/held_on",
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# pictures
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def background(rng: np.random.Generator, size: int) -> Image.Image:
+    """Light grey background with mild noise (so that no two images are identical)."""
+    base = rng.integers(190, 235)
+    pixels = np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour) -> None:
+    x0, y0, x1, y1 = box
+    if kind == "circle":
+        draw.ellipse(box, fill=colour)
+    elif kind == "square":
+        draw.rectangle(box, fill=colour)
+    elif kind == "triangle":
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=colour)
+    else:  # diamond
+        draw.polygon([((x0 + x1) // 2, y0), (x1, (y0 + y1) // 2), ((x0 + x1) // 2, y1), (x0, (y0 + y1) // 2)],
+                     fill=colour)  # fmt: skip
+
+
+def shapes_image(rng: np.random.Generator, types: list[str], size: int) -> tuple[Image.Image, list[tuple]]:
+    """An image with one coloured shape per type (left to right); returns it and the shapes' boxes."""
+    image = background(rng, size)
+    draw = ImageDraw.Draw(image)
+    boxes = []
+    slot = size // len(types)
+    for index, entity_type in enumerate(types):
+        colour, kind = CODE[entity_type]
+        side = int(rng.integers(slot * 5 // 10, slot * 8 // 10))
+        x0 = index * slot + int(rng.integers(0, slot - side + 1))
+        y0 = int(rng.integers(2, size - side - 1))
+        jitter = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in colour)
+        box = (x0, y0, x0 + side, y0 + side)
+        draw_shape(draw, kind, box, jitter)
+        boxes.append(box)
+    return image, boxes
+
+
+def noise_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[tuple]]:
+    """Unrelated picture: blocky colour texture, sometimes with a shape of a random type (misleading)."""
+    blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image = Image.fromarray(blocks).resize((size, size), Image.NEAREST)
+    boxes = []
+    if rng.random() < 0.5:
+        colour, kind = CODE[TYPES[int(rng.integers(len(TYPES)))]]
+        side = int(rng.integers(size // 4, size // 2))
+        x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
+        draw_shape(ImageDraw.Draw(image), kind, (x0, y0, x0 + side, y0 + side), colour)
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return image, boxes
+
+
+def crops_of(rng: np.random.Generator, image: Image.Image, boxes: list[tuple], count: int) -> list[Image.Image]:
+    """Object crops: the shapes first, then random background patches, each resized to 32x32."""
+    size = image.size[0]
+    regions = list(boxes)
+    while len(regions) < count:
+        side = int(rng.integers(size // 4, size // 2))
+        x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
+        regions.append((x0, y0, x0 + side, y0 + side))
+    return [image.crop(box).resize((32, 32), Image.BILINEAR) for box in regions[:count]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# text
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def fill(template: str, slots: dict[str, tuple[str, str]], rnd: random.Random) -> tuple[list[str], dict[str, tuple]]:
+    """Tokenize a template, replacing ``{SLOT}`` by a name; returns tokens and each slot's (start, end, type)."""
+    tokens: list[str] = []
+    spans: dict[str, tuple] = {}
+    for piece in template.split():
+        if piece.startswith("{") and piece.endswith("}"):
+            slot = piece[1:-1]
+            if slot == "HANDLE":
+                tokens.append(rnd.choice(HANDLES))
+                continue
+            name, entity_type = slots[slot]
+            start = len(tokens)
+            tokens.extend(name.split())
+            spans[slot] = (start, len(tokens), entity_type)
+        else:
+            tokens.append(piece)
+    return tokens, spans
+
+
+def bio(tokens: list[str], spans: list[tuple[int, int, str]]) -> list[str]:
+    tags = ["O"] * len(tokens)
+    for start, end, entity_type in spans:
+        tags[start] = f"B-{entity_type}"
+        for index in range(start + 1, end):
+            tags[index] = f"I-{entity_type}"
+    return tags
+
+
+# Share of each sample kind (percent): hard = text ambiguous, easy = text has trigger words.
+KIND_SHARES = {"hard": 40, "hard_noimage": 8, "easy_relevant": 17, "easy_noise": 25, "easy_noimage": 10}
+
+
+def balanced(options: list[str], size: int, rnd: random.Random) -> list[str]:
+    """``size`` draws covering ``options`` as evenly as possible, shuffled (balanced classes in small splits)."""
+    values = [options[i % len(options)] for i in range(size)]
+    rnd.shuffle(values)
+    return values
+
+
+def kinds_for(size: int, rnd: random.Random) -> list[str]:
+    """Exactly proportional kinds for a split (largest remainder), in shuffled order."""
+    exact = {kind: size * share / 100 for kind, share in KIND_SHARES.items()}
+    counts = {kind: int(value) for kind, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda kind: (counts[kind] - exact[kind], kind))
+    for kind in by_remainder[: size - sum(counts.values())]:
+        counts[kind] += 1
+    kinds = [kind for kind, count in counts.items() for _ in range(count)]
+    rnd.shuffle(kinds)
+    return kinds
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# corpora
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_pickle_dict(path: Path, value: dict) -> None:
+    """Crop dictionaries are pickled dicts written by torch.save (legacy format: byte-for-byte deterministic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path, _use_new_zipfile_serialization=False)
+
+
+def save_picture(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jpg":
+        image.save(path, format="JPEG", quality=88)
+    else:
+        image.save(path, format="PNG", optimize=True)
+
+
+def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_size: int) -> dict:
+    """One Twitter-format corpus; returns its manifest."""
+    rnd = random.Random(f"{seed}-{corpus}")
+    rng = np.random.default_rng([seed, 2015 if corpus == "twitter2015" else 2017])
+    root = out / "NER_data"
+    manifest: dict[str, list] = {}
+    used_ids: set[str] = set()
+    for (text_split, short, _, _), size in zip(SPLITS, sizes):
+        lines: list[str] = []
+        crop_dict: dict[str, list[str]] = {}
+        manifest[text_split] = []
+        orphans_left = 2 if (corpus == "twitter2015" and text_split == "train") else 0
+        kinds = kinds_for(size, rnd)
+        hard_types = iter(balanced(list(TYPES), sum(k.startswith("hard") for k in kinds), rnd))
+        for index, kind in enumerate(kinds):
+            while True:
+                if corpus == "twitter2017":
+                    image_id = f"17_06_{rnd.randint(1000, 99999)}"
+                else:
+                    image_id = str(rnd.randint(100000, 999999))
+                if image_id not in used_ids:
+                    used_ids.add(image_id)
+                    break
+            if kind.startswith("hard"):
+                entity_type = next(hard_types)
+                tokens, spans = fill(rnd.choice(NER_HARD), {"X": (rnd.choice(AMBIGUOUS), entity_type)}, rnd)
+                shown = [entity_type]
+            else:
+                template, slot_types = rnd.choice(NER_EASY)
+                slots = {t: (rnd.choice(NAMES[t]), t) for t in slot_types}
+                tokens, spans = fill(template, slots, rnd)
+                shown = [slot_types[0]]
+            tags = bio(tokens, sorted(spans.values()))
+            if orphans_left and any(t.startswith("I-") for t in tags):
+                # Twitter-2015 trap: an entity written I- I- (no B-)
+                first = next(i for i in range(len(tags) - 1) if tags[i][0] == "B" and tags[i + 1][0] == "I")
+                tags[first] = "I-" + tags[first][2:]
+                orphans_left -= 1
+            if corpus == "twitter2015":
+                tags = [t.replace("MISC", "OTHER") for t in tags]
+            lines.append(f"IMGID:{image_id}")
+            lines.extend(f"{token}\t{tag}" for token, tag in zip(tokens, tags))
+            lines.append("")
+            entry = {"id": str(index), "image_id": image_id, "kind": kind}
+            if not kind.endswith("noimage"):
+                if kind == "easy_noise":
+                    image, boxes = noise_image(rng, image_size)
+                else:
+                    image, boxes = shapes_image(rng, shown, image_size)
+                    entry["image_types"] = shown
+                save_picture(image, root / f"{corpus}_images" / f"{image_id}.jpg")
+                names = []
+                for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 4)))):
+                    name = f"{image_id}_pred_yolo_crop_{k}.png"
+                    save_picture(crop, root / f"{corpus}_aux_images" / short / "crops" / name)
+                    names.append(name)
+                crop_dict[f"{image_id}.jpg"] = names
+            manifest[text_split].append(entry)
+        text = "\n".join(lines)
+        if not (corpus == "twitter2015" and text_split == "test"):
+            text += "\n"
+        else:
+            text = text.rstrip("\n")  # Twitter-2015 trap: no trailing blank line after the last tweet
+        (root / corpus).mkdir(parents=True, exist_ok=True)
+        (root / corpus / f"{text_split}.txt").write_text(text, encoding="utf-8")
+        save_pickle_dict(root / corpus / f"{corpus}_{short}_dict.pth", crop_dict)
+    return manifest
+
+
+def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> dict:
+    """The MNRE-format corpus; returns its manifest."""
+    rnd = random.Random(f"{seed}-mnre")
+    rng = np.random.default_rng([seed, 2])
+    root = out / "RE_data"
+    (root / "txt").mkdir(parents=True, exist_ok=True)
+    (root / "ours_rel2id.json").write_text(json.dumps({name: i for i, name in enumerate(RELATIONS)}), encoding="utf-8")
+    manifest: dict[str, list] = {}
+    counter = 0
+    for (_, short, image_split, dict_split), size in zip(SPLITS, sizes):
+        lines: list[str] = []
+        crop_dict: dict[int, list[str]] = {}
+        manifest[short] = []
+        kinds = kinds_for(size, rnd)
+        hard_relations = iter(balanced(sorted(RE_VISUAL), sum(k.startswith("hard") for k in kinds), rnd))
+        for index, kind in enumerate(kinds):
+            counter += 1
+            month, day, number = rnd.randint(1, 12), rnd.randint(1, 28), rnd.randint(1, 999)
+            image_id = f"twitter_stream_2018_{month:02d}_{day:02d}_{counter}_0_2_{number}.jpg"
+            if kind.startswith("hard"):
+                relation = next(hard_relations)
+                object_type = RE_VISUAL[relation]
+                slots = {"A": (rnd.choice(NAMES["PER"]), "PER"), "B": (rnd.choice(AMBIGUOUS), object_type)}
+                tokens, spans = fill(rnd.choice(RE_HARD), slots, rnd)
+                shown = ["PER", object_type]
+            elif index % 9 == 4:
+                # overlapping entities (as in real MNRE): the location is part of the organisation's name
+                place = rnd.choice(NAMES["LOC"])
+                tokens = ["Bank", "of", *place.split(), "posts", "record", "profits"]
+                spans = {"A": (0, 2 + len(place.split()), "ORG"), "B": (2, 2 + len(place.split()), "LOC")}
+                relation, shown = "/org/loc/locate_at", ["ORG", "LOC"]
+            else:
+                template, relation, subject_type, object_type = rnd.choice(RE_EASY)
+                slots = {"A": (rnd.choice(NAMES[subject_type]), subject_type)}
+                choices = [n for n in NAMES[object_type] if n != slots["A"][0]]
+                slots["B"] = (rnd.choice(choices), object_type)
+                tokens, spans = fill(template, slots, rnd)
+                shown = [subject_type, object_type]
+            subject, obj = spans["A"], spans["B"]
+            record = {
+                "token": tokens,
+                "h": {"name": " ".join(tokens[subject[0] : subject[1]]), "pos": [subject[0], subject[1]]},
+                "t": {"name": " ".join(tokens[obj[0] : obj[1]]), "pos": [obj[0], obj[1]]},
+                "img_id": image_id,
+                "relation": relation,
+            }
+            lines.append(repr(record))  # Python literal (single quotes), as in the release
+            entry = {"id": str(index), "image_id": image_id, "kind": kind, "relation": relation}
+            if not kind.endswith("noimage"):
+                if kind == "easy_noise":
+                    image, boxes = noise_image(rng, image_size)
+                else:
+                    image, boxes = shapes_image(rng, shown, image_size)
+                    entry["image_types"] = shown
+                save_picture(image, root / "img_org" / image_split / image_id)
+                names = []
+                for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 5)))):  # 1-4, as released
+                    name = f"{index}_pred_yolo_crop_{k}.png"
+                    save_picture(crop, root / "img_vg" / image_split / "crops" / name)
+                    names.append(name)
+                crop_dict[index] = names
+            manifest[short].append(entry)
+        (root / "txt" / f"ours_{short}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        save_pickle_dict(root / "txt" / f"mre_{dict_split}_dict.pth", crop_dict)
+    return manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--sizes", type=int, nargs=3, default=(40, 16, 16), metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    sizes = tuple(args.sizes)
+    manifest = {
+        "seed": args.seed,
+        "sizes": list(sizes),
+        "code": {t: {"colour": list(c), "shape": s} for t, (c, s) in CODE.items()},
+        "kind_shares_percent": KIND_SHARES,
+        "re_visual_relations": RE_VISUAL,
+        "twitter2017": make_ner(args.out, "twitter2017", sizes, args.seed, args.image_size),
+        "twitter2015": make_ner(args.out, "twitter2015", sizes, args.seed, args.image_size),
+        "mnre": make_mnre(args.out, sizes, args.seed, args.image_size),
+    }
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"wrote {args.out} ({total / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()

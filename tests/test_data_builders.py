@@ -1,0 +1,317 @@
+"""Builders on the bundled sample and on hand-written corpora reproducing every trap; Parquet round trip."""
+
+import json
+import logging
+import pickle
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rap_hf.data import MNRE, NER_LABELS, SAMPLE_DIR, TwitterNER, get_builder, load_dataset
+from rap_hf.data.parsing import MNRE_RELATIONS
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def picture(path, colour=(200, 30, 30), size=(20, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def garbage(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\xff\xd8\xff\xe0 truncated, not an image")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bundled sample
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("datasets-cache")
+
+
+@pytest.mark.parametrize("name", ["twitter2017", "twitter2015", "mnre"])
+def test_sample_loads_with_expected_sizes_and_features(name, cache_dir):
+    dataset = load_dataset(name, cache_dir=cache_dir)
+    assert {split: len(dataset[split]) for split in SPLITS} == {"train": 40, "validation": 16, "test": 16}
+    manifest = json.loads((SAMPLE_DIR / "manifest.json").read_text())[name]
+    manifest_splits = ("train", "val", "test") if name == "mnre" else ("train", "valid", "test")
+    for split, manifest_split in zip(SPLITS, manifest_splits):
+        kinds = [entry["kind"] for entry in manifest[manifest_split]]
+        rows = dataset[split]
+        has_image = [image is not None for image in rows["image"]]
+        # the manifest's "noimage" samples are exactly the rows without image
+        assert has_image == [not kind.endswith("noimage") for kind in kinds]
+        assert all(0 <= len(crops) <= 3 for crops in rows["crops"])
+        assert all((len(c) > 0) == h for c, h in zip(rows["crops"], has_image))
+    features = dataset["train"].features
+    assert isinstance(features["image"], datasets.Image)
+    if name == "mnre":
+        assert features["relation"].names == MNRE_RELATIONS
+        assert set(features["subject"]) == {"name", "start", "end"}
+    else:
+        assert features["ner_tags"].feature.names == NER_LABELS
+
+
+def test_sample_images_carry_the_documented_signal(cache_dir):
+    dataset = load_dataset("twitter2017", cache_dir=cache_dir)["train"]
+    manifest = json.loads((SAMPLE_DIR / "manifest.json").read_text())
+    code = {t: np.array(v["colour"]) for t, v in manifest["code"].items()}
+    entries = manifest["twitter2017"]["train"]
+    hard = [(row, entry) for row, entry in zip(dataset, entries) if entry["kind"] == "hard"]
+    assert len(hard) >= 10
+    for row, entry in hard:
+        entity_type = NER_LABELS[next(t for t in row["ner_tags"] if t)][2:]
+        assert entry["image_types"] == [entity_type]
+        # the shape crop (crop 0) is dominated by the type's colour
+        crop = np.asarray(row["crops"][0].convert("RGB"), dtype=float).reshape(-1, 3)
+        distances = {t: np.linalg.norm(crop - c, axis=1).mean() for t, c in code.items()}
+        assert min(distances, key=distances.get) == entity_type
+
+
+def test_twitter2015_sample_traps(cache_dir):
+    dataset, builder = load_dataset("twitter2015", cache_dir=cache_dir, return_builder=True)
+    assert builder.gap_counts["train"]["orphan_i_tags"] == 2
+    raw = (SAMPLE_DIR / "NER_data" / "twitter2015" / "test.txt").read_text()
+    assert not raw.endswith("\n") and "OTHER" in (SAMPLE_DIR / "NER_data/twitter2015/train.txt").read_text()
+    last_tokens = raw.split("\n\n")[-1].splitlines()[1:]
+    assert dataset["test"][-1]["tokens"] == [line.split("\t")[0] for line in last_tokens]
+    repaired = load_dataset("twitter2015", cache_dir=cache_dir, repair_orphan_i=True)
+    orphans = sum(
+        tag % 2 == 0 and tag and (prev == 0 or (prev - 1) // 2 != (tag - 1) // 2)
+        for tags in repaired["train"]["ner_tags"]
+        for prev, tag in zip([0] + tags, tags)
+    )
+    assert orphans == 0
+
+
+def test_text_only_has_no_pictures(cache_dir):
+    dataset = load_dataset("mnre", cache_dir=cache_dir, text_only=True)
+    assert all(image is None for image in dataset["train"]["image"])
+    assert all(crops == [] for crops in dataset["train"]["crops"])
+
+
+def test_builders_used_directly(tmp_path):
+    builder = TwitterNER(config_name="twitter2017", data_dir=str(SAMPLE_DIR), cache_dir=str(tmp_path))
+    builder.download_and_prepare()
+    assert len(builder.as_dataset()["validation"]) == 16
+    builder = MNRE(data_dir=str(SAMPLE_DIR), cache_dir=str(tmp_path), text_only=True)
+    builder.download_and_prepare()
+    assert builder.as_dataset()["test"].features["relation"].num_classes == 23
+
+
+@pytest.mark.parametrize("name", ["twitter2017", "mnre"])
+def test_parquet_round_trip_keeps_features_and_pictures(name, cache_dir, tmp_path):
+    split = load_dataset(name, cache_dir=cache_dir)["train"]
+    path = tmp_path / f"{name}.parquet"
+    split.to_parquet(str(path))
+    back = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "c"))
+    assert back.features == split.features
+    assert len(back) == len(split)
+    undecoded = lambda d: d.cast_column("image", datasets.Image(decode=False))  # noqa: E731
+    for a, b in zip(undecoded(split), undecoded(back)):
+        assert {k: v for k, v in a.items() if k != "crops"} == {k: v for k, v in b.items() if k != "crops"}
+        assert [np.asarray(c).tolist() for c in a["crops"]] == [np.asarray(c).tolist() for c in b["crops"]]
+
+
+def test_unknown_name_and_bad_dir(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("twitter2019")
+    with pytest.raises(FileNotFoundError, match="no train.txt"):
+        load_dataset("twitter2017", data_dir=tmp_path, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="NER corpora only"):
+        load_dataset("mnre", repair_orphan_i=True, cache_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# hand-written corpora with every trap
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def twitter_corpus(tmp_path):
+    """A Twitter-2015-style corpus: OTHER, orphan I-, no trailing blank line, CRLF, missing/unreadable
+    images, a partial crop dict (torch zip format), a missing dict, a plain-pickle dict and missing crops."""
+    root = tmp_path / "release" / "data" / "NER_data"
+    corpus = root / "twitter2015"
+    corpus.mkdir(parents=True)
+    (corpus / "train.txt").write_text(
+        "IMGID:101\nSuper\tB-OTHER\nBowl\tI-OTHER\nin\tO\nMiami\tB-LOC\n\n"
+        "IMGID:102\nNew\tI-LOC\nYork\tI-LOC\n\n"
+        "IMGID:103\nhi\tO\nJoe\tB-PER"  # no trailing blank line
+    )
+    (corpus / "valid.txt").write_bytes(b"IMGID:201\r\nApple\tB-ORG\r\n\r\n")
+    (corpus / "test.txt").write_text("IMGID:301\nx\tO\n\nIMGID:302\ny\tO\n\n\n")
+    images = root / "twitter2015_images"
+    picture(images / "101.jpg")
+    garbage(images / "102.jpg")  # unreadable; 103 missing
+    picture(images / "201.jpg")
+    picture(images / "301.jpg")
+    picture(images / "302.jpg")
+    crops = root / "twitter2015_aux_images"
+    picture(crops / "train" / "crops" / "101_pred_yolo_crop_0.png", (0, 0, 255))
+    garbage(crops / "train" / "crops" / "101_pred_yolo_crop_1.png")
+    picture(crops / "train" / "crops" / "101_pred_yolo_crop_3.png", (0, 255, 0))
+    for k in range(4):
+        picture(crops / "test" / "crops" / f"301_pred_yolo_crop_{k}.png", (k * 60, 0, 0))
+    train_dict = {"101.jpg": [f"101_pred_yolo_crop_{k}.png" for k in range(4)]}  # crop 2 absent; 102/103 absent
+    torch.save(train_dict, corpus / "twitter2015_train_dict.pth")
+    # no validation dict at all; test dict is a plain pickle with 4 crops for 301 (max 3 kept) and none for 302
+    (corpus / "twitter2015_test_dict.pth").write_bytes(
+        pickle.dumps({"301.jpg": [f"301_pred_yolo_crop_{k}.png" for k in range(4)], "302.jpg": []})
+    )
+    return tmp_path / "release" / "data"
+
+
+def test_twitter_traps(twitter_corpus, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="rap_hf"):
+        dataset, builder = load_dataset(
+            "twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache", return_builder=True
+        )
+    train = dataset["train"]
+    names = train.features["ner_tags"].feature.names
+    assert [[names[t] for t in tags] for tags in train["ner_tags"]] == [
+        ["B-MISC", "I-MISC", "O", "B-LOC"],
+        ["I-LOC", "I-LOC"],
+        ["O", "B-PER"],
+    ]
+    assert train["image_id"] == ["101", "102", "103"]
+    assert [image is not None for image in train["image"]] == [True, False, False]
+    crops = train[0]["crops"]
+    # crop 0 ok, crop 1 unreadable, crop 2 missing -> only crop 0 survives among the first three
+    assert len(crops) == 1 and crops[0].getpixel((0, 0)) == (0, 0, 255)
+    assert builder.gap_counts == {
+        "train": {
+            "crops_beyond_max_crops": 1,
+            "missing_crop": 1,
+            "missing_image": 1,
+            "no_crop_entry": 2,
+            "orphan_i_tags": 1,
+            "unreadable_crop": 1,
+            "unreadable_image": 1,
+        },
+        "validation": {"missing_crop_dict": 1},
+        "test": {"crops_beyond_max_crops": 1},
+    }
+    assert dataset["validation"]["tokens"] == [["Apple"]]  # CRLF handled
+    assert [len(c) for c in dataset["test"]["crops"]] == [3, 0]
+    summaries = [r.getMessage() for r in caplog.records if "counted gaps" in r.getMessage()]
+    assert len(summaries) == 3  # one record per split, not one per gap
+    assert "twitter2015/train: 3 examples; counted gaps/fixes: crops_beyond_max_crops=1" in summaries[0]
+
+    # the same corpus again: cached, counts restored from the report next to the data
+    _, again = load_dataset("twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache", return_builder=True)
+    assert again.gap_counts == builder.gap_counts
+
+    # data_dir may also be NER_data/ or the corpus folder itself
+    corpus_folder = twitter_corpus / "NER_data" / "twitter2015"
+    direct = load_dataset("twitter2015", data_dir=corpus_folder, cache_dir=tmp_path / "c2")
+    assert direct["train"]["image_id"] == ["101", "102", "103"]
+    assert direct["train"][0]["image"] is not None
+
+    repaired, builder = load_dataset(
+        "twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache", repair_orphan_i=True, return_builder=True
+    )
+    assert repaired["train"][1]["ner_tags"] == [NER_LABELS.index("B-LOC"), NER_LABELS.index("I-LOC")]
+    assert builder.gap_counts["train"]["orphan_i_tags_repaired"] == 1
+
+
+def test_changed_files_are_not_served_from_cache(twitter_corpus, tmp_path):
+    first = load_dataset("twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache", text_only=True)
+    path = twitter_corpus / "NER_data" / "twitter2015" / "test.txt"
+    path.write_text(path.read_text() + "IMGID:303\nz\tB-PER\n")
+    second = load_dataset("twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache", text_only=True)
+    assert (len(first["test"]), len(second["test"])) == (2, 3)
+
+
+def test_malformed_file_through_builder_names_file_and_line(twitter_corpus, tmp_path):
+    path = twitter_corpus / "NER_data" / "twitter2015" / "valid.txt"
+    path.write_text("IMGID:1\nok\tO\nbroken line\n")
+    builder = get_builder("twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache", text_only=True)
+    with pytest.raises(ValueError, match=r"valid\.txt:3: expected 'token<TAB>label', got 'broken line'"):
+        builder.download_and_prepare()
+
+
+def mnre_line(tokens, h, t, img, relation):
+    """One MNRE line as the release writes it (a Python dict literal)."""
+    head = {"name": " ".join(tokens[h[0] : h[1]]), "pos": list(h)}
+    tail = {"name": " ".join(tokens[t[0] : t[1]]), "pos": list(t)}
+    return repr({"token": tokens, "h": head, "t": tail, "img_id": img, "relation": relation})
+
+
+@pytest.fixture
+def mnre_corpus(tmp_path):
+    """MNRE release: 'mnre_val .txt' (with a space), entity at last token, overlapping entities, int and str
+    crop-dict keys, 4 crops (3 kept), missing image, absent test dict, blank trailing lines."""
+    root = tmp_path / "RE_data"
+    txt = root / "txt"
+    txt.mkdir(parents=True)
+    (root / "ours_rel2id.json").write_text(json.dumps({n: i for i, n in enumerate(MNRE_RELATIONS)}))
+    words = ["RT", "@a", ":", "Bank", "of", "Riverton", "opens", "in", "Greyford"]
+    train = [
+        mnre_line(words, (3, 6), (8, 9), "t0.jpg", "/org/loc/locate_at"),  # object = last token
+        mnre_line(words, (3, 6), (5, 6), "t1.jpg", "/org/loc/locate_at"),  # overlapping
+        mnre_line(words, (8, 9), (3, 6), "t2.jpg", "None"),
+    ]
+    (txt / "ours_train.txt").write_text("\n".join(train) + "\n\n")
+    (txt / "mnre_val .txt").write_text(mnre_line(words, (0, 2), (3, 6), "v0.jpg", "/per/org/member_of") + "\n")
+    (txt / "ours_test.txt").write_text(mnre_line(words, (0, 1), (8, 9), "s0.jpg", "None"))  # no final newline
+    picture(root / "img_org" / "train" / "t0.jpg")
+    picture(root / "img_org" / "train" / "t1.jpg")  # t2 missing
+    picture(root / "img_org" / "val" / "v0.jpg")
+    picture(root / "img_org" / "test" / "s0.jpg")
+    for k in range(4):
+        picture(root / "img_vg" / "train" / "crops" / f"0_pred_yolo_crop_{k}.png", (0, 40 * k, 0))
+    picture(root / "img_vg" / "train" / "crops" / "1_pred_yolo_crop_0.png")
+    picture(root / "img_vg" / "val" / "crops" / "0_pred_yolo_crop_0.png")
+    torch.save({0: [f"0_pred_yolo_crop_{k}.png" for k in range(4)], "1": ["1_pred_yolo_crop_0.png"]},
+               txt / "mre_train_dict.pth")  # fmt: skip
+    torch.save({0: ["0_pred_yolo_crop_0.png"]}, txt / "mre_dev_dict.pth")
+    return tmp_path
+
+
+def test_mnre_traps(mnre_corpus, tmp_path):
+    dataset, builder = load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path / "cache", return_builder=True)
+    assert {s: len(dataset[s]) for s in SPLITS} == {"train": 3, "validation": 1, "test": 1}
+    train = dataset["train"]
+    assert train["id"] == ["0", "1", "2"]
+    first, second = train[0], train[1]
+    assert first["tokens"][first["object"]["start"] : first["object"]["end"]] == ["Greyford"]
+    assert first["object"]["end"] == len(first["tokens"])
+    assert (second["subject"]["start"], second["subject"]["end"], second["object"]["start"]) == (3, 6, 5)
+    assert train.features["relation"].int2str(first["relation"]) == "/org/loc/locate_at"
+    assert [c.getpixel((0, 0)) for c in first["crops"]] == [(0, 0, 0), (0, 40, 0), (0, 80, 0)]
+    assert len(second["crops"]) == 1 and train[2]["image"] is None
+    assert builder.gap_counts == {
+        "train": {"crops_beyond_max_crops": 1, "missing_image": 1, "no_crop_entry": 1},
+        "validation": {},
+        "test": {"missing_crop_dict": 1},
+    }
+    assert dataset["validation"][0]["subject"]["name"] == "RT @a"
+
+
+def test_mnre_accepts_standard_val_name_and_rejects_missing(mnre_corpus, tmp_path):
+    txt = mnre_corpus / "RE_data" / "txt"
+    (txt / "mnre_val .txt").rename(txt / "ours_val.txt")
+    dataset = load_dataset("mnre", data_dir=mnre_corpus / "RE_data", cache_dir=tmp_path, text_only=True)
+    assert len(dataset["validation"]) == 1
+    (txt / "ours_val.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="no validation file"):
+        load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path, text_only=True)
+
+
+def test_mnre_span_outside_tokens_raises_with_line(mnre_corpus, tmp_path):
+    path = mnre_corpus / "RE_data" / "txt" / "ours_test.txt"
+    bad = mnre_line(["a", "b"], (0, 1), (1, 2), "x.jpg", "None").replace("[1, 2]", "[1, 3]")
+    path.write_text(path.read_text() + "\n" + bad)
+    with pytest.raises(ValueError, match=r"ours_test\.txt:2: 't' span \[1, 3\] outside tokens"):
+        load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path, text_only=True)
