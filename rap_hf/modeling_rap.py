@@ -435,6 +435,16 @@ def run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, token_typ
 # ----------------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------------
+def analysis_fields(backbone: RAPModelOutput) -> dict[str, torch.Tensor | None]:
+    """What every head passes on from the backbone: beta, the gate, the routing vector and C (Fig. 6-8 analyses)."""
+    return {
+        "relevance": backbone.relevance,
+        "relevance_gate": backbone.relevance_gate,
+        "routing_weights": backbone.routing_weights,
+        "last_hidden_state": backbone.last_hidden_state,
+    }
+
+
 class RAPPreTrainedModel(PreTrainedModel):
     config_class = RAPConfig
     config: RAPConfig
@@ -675,10 +685,7 @@ class RAPForMultimodalNER(RAPPreTrainedModel):
             logits=emissions,
             predictions=predictions,
             word_mask=word_mask,
-            relevance=backbone.relevance,
-            relevance_gate=backbone.relevance_gate,
-            routing_weights=backbone.routing_weights,
-            last_hidden_state=backbone.last_hidden_state,
+            **analysis_fields(backbone),
         )
 
 class RAPForMultimodalRE(RAPPreTrainedModel):
@@ -729,10 +736,7 @@ class RAPForMultimodalRE(RAPPreTrainedModel):
             task_loss=task_loss,
             router_loss=router_loss,
             logits=logits,
-            relevance=backbone.relevance,
-            relevance_gate=backbone.relevance_gate,
-            routing_weights=backbone.routing_weights,
-            last_hidden_state=states,
+            **analysis_fields(backbone),
         )
 
 
