@@ -2,6 +2,7 @@
 
 from .configuration_rap import RAPConfig
 from .modeling_rap import (
+    RAPForMultimodalExtraction,
     RAPForMultimodalNER,
     RAPForMultimodalRE,
     RAPModel,
@@ -11,7 +12,11 @@ from .modeling_rap import (
     RAPREOutput,
 )
 
-from .auto import RAPForMultimodalExtraction, register_auto_classes
+from .auto import register_auto_classes
+from .data import load_dataset
+from .metrics import RAPMetric, compute_ner_metrics, compute_re_metrics
+from .pipelines import RAPPipeline, pipeline
+from .processing_rap import RAPDataCollator, RAPProcessor
 
 __version__ = "0.1.0"
 
@@ -19,6 +24,14 @@ __version__ = "0.1.0"
 register_auto_classes()
 
 __all__ = [
+    "load_dataset",
+    "compute_ner_metrics",
+    "compute_re_metrics",
+    "RAPMetric",
+    "pipeline",
+    "RAPPipeline",
+    "RAPProcessor",
+    "RAPDataCollator",
     "RAPConfig",
     "RAPPreTrainedModel",
     "RAPModel",

@@ -9,31 +9,8 @@ from transformers import (
 )
 
 from .configuration_rap import RAPConfig
-from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE, RAPPreTrainedModel
+from .modeling_rap import RAPForMultimodalExtraction, RAPForMultimodalNER, RAPForMultimodalRE
 from .processing_rap import RAPProcessor
-
-TASK_HEADS = {"ner": RAPForMultimodalNER, "re": RAPForMultimodalRE}
-
-
-class RAPForMultimodalExtraction(RAPPreTrainedModel):
-    """Never instantiated: `AutoModel` dispatches to `RAPForMultimodalNER` or `RAPForMultimodalRE` by `config.task`.
-
-    A saved RAP model's auto_map names its head; registering a single headless class for `AutoModel` in-process
-    would shadow that (transformers prefers registered local code), so this dispatcher keeps both paths the same.
-    """
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
-        kwargs.pop("trust_remote_code", None)
-        kwargs.pop("adapter_kwargs", None)
-        if config is None:
-            config = RAPConfig.from_pretrained(pretrained_model_name_or_path)
-        head = TASK_HEADS[config.task]
-        return head.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-
-    @classmethod
-    def _from_config(cls, config, **kwargs):
-        return TASK_HEADS[config.task]._from_config(config, **kwargs)
 
 
 def register_auto_classes() -> None:

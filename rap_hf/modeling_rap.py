@@ -746,10 +746,37 @@ __all__ = [
     "RAPModel",
     "RAPForMultimodalNER",
     "RAPForMultimodalRE",
+    "RAPForMultimodalExtraction",
     "RAPModelOutput",
     "RAPNEROutput",
     "RAPREOutput",
 ]
+
+TASK_HEADS = {"ner": RAPForMultimodalNER, "re": RAPForMultimodalRE}
+
+
+class RAPForMultimodalExtraction(RAPPreTrainedModel):
+    """Never instantiated: loads the head that `config.task` names (`RAPForMultimodalNER` or `RAPForMultimodalRE`).
+
+    Registered for `AutoModel` in-process and used by the pipeline: a single headless class there would shadow a
+    checkpoint's auto_map (transformers prefers registered local code) and drop the task head.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        for name in ("trust_remote_code", "adapter_kwargs", "code_revision"):
+            kwargs.pop(name, None)
+        if config is None:
+            hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "local_files_only", "cache_dir") if k in kwargs}
+            config = RAPConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if config.task not in TASK_HEADS:
+            raise ValueError(f"RAP config has unknown task {config.task!r}")
+        return TASK_HEADS[config.task].from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        return TASK_HEADS[config.task]._from_config(config, **kwargs)
+
 
 # `save_pretrained` writes these auto_map entries and copies this file and configuration_rap.py next to the weights.
 RAPConfig.register_for_auto_class()

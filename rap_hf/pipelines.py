@@ -1,0 +1,729 @@
+# Copyright 2026 The rap-hf authors. Licensed under the Apache License, Version 2.0.
+"""Inference pipeline for RAP models: raw tweet text (+ image) in, entities or relations out.
+
+```python
+import rap_hf
+
+ner = rap_hf.pipeline("path/to/rap-ner")
+ner("Kevin Durant visits Oracle Arena !", image="tweet.jpg")
+# {"entities": [{"text": "Kevin Durant", "type": "PER", "start_word": 0, "end_word": 2, "start_char": 0,
+#                "end_char": 12, "score": 0.97}, ...], "relevance": 0.41, "routing_weights": [...], "image_used": True}
+```
+
+The module imports only torch, transformers, PIL and its sibling remote-code files, so that it could travel next to
+a checkpoint like `modeling_rap.py` does. See docs/inference.md for the full input and output formats.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
+
+from .configuration_rap import RAPConfig
+from .modeling_rap import RAPForMultimodalExtraction
+from .processing_rap import RAPProcessor, load_image, pad_batch
+
+logger = logging.get_logger(__name__)
+
+TASK_NAME = "rap-extraction"
+UNIT_DISPLAY_NAMES = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Word splitting (the corpora are pre-tokenised; raw text must be split the same way)
+# ----------------------------------------------------------------------------------------------------------------------
+_URL = r"(?:https?://|www\.)\S+"
+# Twitter-2015/2017 convention: every non-space, non-word character is its own token ("#", "NBA"; "Cosby", "'", "s").
+_PUNCT_PATTERN = re.compile(rf"{_URL}|\w+|[^\w\s]")
+# MNRE convention (tweet tokenizer): mentions and hashtags stay whole, clitics and abbreviations as in the PTB.
+_TWEET_PATTERN = re.compile(
+    rf"{_URL}"
+    r"|[@#]\w+"  # @mention, #hashtag
+    r"|(?:[a-z]\.){2,}"  # U.S., e.g.
+    r"|\d+(?:[.,:/]\d+)+"  # 3.5, 1,000, 10:30, 1/31
+    r"|\w+(?=n['’]t\b)"  # "do" of "don't"
+    r"|n['’]t\b|['’](?:s|m|re|ve|ll|d)\b"  # n't 's 'm 're 've 'll 'd
+    r"|\w+"
+    r"|[^\w\s]",
+    re.IGNORECASE,
+)
+WORD_SPLITTERS = {"punct": _PUNCT_PATTERN, "tweet": _TWEET_PATTERN}
+# Default per task: the convention of the corpus the models are trained on (Twitter-2015/2017 for NER, MNRE for RE).
+DEFAULT_WORD_SPLITTING = {"ner": "punct", "re": "tweet"}
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word of the input and where it sits in the text (`text[start:end] == word`)."""
+
+    text: str
+    start: int
+    end: int
+
+
+def split_words(text: str, style: str = "punct") -> list[Word]:
+    """Splits raw text into words with character offsets.
+
+    `style="punct"` (Twitter-2015/2017): URLs stay whole, runs of letters/digits/underscores are words, every other
+    non-space character is a word of its own. `style="tweet"` (MNRE) additionally keeps @mentions, #hashtags,
+    dotted abbreviations and numbers like 3.5 whole and splits clitics ("do n't", "Cosby 's"). Whitespace of any kind
+    and length only separates words.
+    """
+    if style not in WORD_SPLITTERS:
+        raise ValueError(f"word_splitting must be one of {sorted(WORD_SPLITTERS)}, got {style!r}")
+    return [Word(m.group(), m.start(), m.end()) for m in WORD_SPLITTERS[style].finditer(text)]
+
+
+def words_from_tokens(tokens: Sequence[str]) -> tuple[str, list[Word]]:
+    """Pre-split tokens as words of the text `" ".join(tokens)` (the text the character offsets refer to)."""
+    if isinstance(tokens, str) or not all(isinstance(token, str) for token in tokens):
+        raise TypeError("tokens must be a list of strings")
+    words, cursor = [], 0
+    for token in tokens:
+        words.append(Word(token, cursor, cursor + len(token)))
+        cursor += len(token) + 1
+    return " ".join(tokens), words
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Span:
+    """A word span (end exclusive) of an input, with the entity type when it came from an NER result."""
+
+    start: int
+    end: int
+    type: str | None = None
+
+
+@dataclass
+class RAPInput:
+    """One normalised pipeline input (see `RAPPipeline.parse_input`)."""
+
+    text: str
+    words: list[Word]
+    image: Any = None
+    crops: list[Any] = field(default_factory=list)
+    pairs: list[tuple[Span, Span]] | None = None  # RE only
+    single_pair: bool = True  # RE: return one dict (subject/object given) rather than a list (pairs given)
+
+    def span_info(self, span: Span) -> dict[str, Any]:
+        """Output description of a word span: its text and word/character offsets."""
+        start_char, end_char = self.words[span.start].start, self.words[span.end - 1].end
+        info = {
+            "text": self.text[start_char:end_char],
+            "start_word": span.start,
+            "end_word": span.end,
+            "start_char": start_char,
+            "end_char": end_char,
+        }
+        if span.type is not None:
+            info["type"] = span.type
+        return info
+
+
+def _span_from_chars(words: list[Word], start_char: int, end_char: int, role: str) -> Span:
+    covered = [i for i, word in enumerate(words) if word.start < end_char and word.end > start_char]
+    if not covered:
+        raise ValueError(f"{role} characters [{start_char}, {end_char}) cover no word of the text")
+    return Span(covered[0], covered[-1] + 1)
+
+
+def _span_from_string(text: str, words: list[Word], needle: str, role: str) -> Span:
+    """First occurrence of `needle` in `text` that starts and ends on word boundaries (exact case first)."""
+    needle = needle.strip()
+    if not needle:
+        raise ValueError(f"{role} is an empty string")
+    starts = {word.start: i for i, word in enumerate(words)}
+    ends = {word.end: i for i, word in enumerate(words)}
+    for haystack, pattern in ((text, needle), (text.casefold(), needle.casefold())):
+        if len(haystack) != len(text):  # casefolding changed the length: offsets no longer line up
+            continue
+        position = haystack.find(pattern)
+        while position != -1:
+            end = position + len(pattern)
+            if position in starts and end in ends:
+                return Span(starts[position], ends[end] + 1)
+            position = haystack.find(pattern, position + 1)
+    raise ValueError(f"{role} {needle!r} does not occur as whole words in the text {text!r}")
+
+
+def resolve_span(spec: Any, text: str, words: list[Word], role: str) -> Span:
+    """Word span of a subject/object given as a `(start, end)` word span, a string to find in the text, or an entity
+    dict as the NER pipeline returns it (its character offsets are used, so it may come from another word split)."""
+    if isinstance(spec, Span):
+        start, end, entity_type = spec.start, spec.end, spec.type
+    elif isinstance(spec, str):
+        return _span_from_string(text, words, spec, role)
+    elif isinstance(spec, Mapping):
+        entity_type = spec.get("type")
+        if "start_char" in spec and "end_char" in spec:
+            start_char, end_char = int(spec["start_char"]), int(spec["end_char"])
+            if "text" in spec and text[start_char:end_char] != spec["text"]:
+                raise ValueError(
+                    f"{role} {spec['text']!r} is not at characters [{start_char}, {end_char}) of the text "
+                    f"(found {text[start_char:end_char]!r}); was it predicted for another text?"
+                )
+            span = _span_from_chars(words, start_char, end_char, role)
+            return Span(span.start, span.end, entity_type)
+        if "start_word" in spec and "end_word" in spec:
+            start, end = int(spec["start_word"]), int(spec["end_word"])
+        elif "start" in spec and "end" in spec:  # the data builders' {"name", "start", "end"} entities
+            start, end = int(spec["start"]), int(spec["end"])
+        elif "text" in spec:
+            span = _span_from_string(text, words, str(spec["text"]), role)
+            return Span(span.start, span.end, entity_type)
+        else:
+            raise ValueError(f"{role} dict needs start_char/end_char, start_word/end_word or text, got {dict(spec)}")
+    elif isinstance(spec, Sequence) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
+        (start, end), entity_type = spec, None
+    else:
+        raise TypeError(f"{role} must be a (start, end) word span, a string or an entity dict, got {spec!r}")
+    if not 0 <= start < end <= len(words):
+        raise ValueError(f"{role} word span ({start}, {end}) is outside the {len(words)} words of the text")
+    return Span(start, end, entity_type)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------------
+def read_picture(value: Any, role: str = "image") -> Image.Image | None:
+    """An RGB picture from a path, PIL image, `datasets` dict or array; `None` (with a warning) when it cannot be read.
+
+    A missing or broken file is an expected situation with tweets (deleted images): the caller predicts text-only.
+    """
+    if value is None:
+        return None
+    try:
+        picture = load_image(value)
+        if picture is not None:
+            picture.load()  # decode now, so that a truncated file fails here and not inside the image processor
+        return picture
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        where = os.fspath(value) if isinstance(value, (str, os.PathLike)) else type(value).__name__
+        logger.warning(f"could not read {role} {where!r} ({type(error).__name__}: {error}); predicting without it")
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Decoding helpers
+# ----------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def crf_marginals(crf: torch.nn.Module, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Posterior marginals P(y_i = k | x) of a linear-chain CRF (forward-backward in log space).
+
+    Args:
+        crf: a `torchcrf.CRF` (reads `start_transitions`, `end_transitions`, `transitions[from, to]`).
+        emissions: `(batch, words, tags)` scores.
+        mask: `(batch, words)` bool, real words first (left-aligned).
+
+    Returns:
+        `(batch, words, tags)` probabilities; rows of padding words are zero.
+    """
+    emissions = emissions.float()
+    mask = mask.bool()
+    batch, length, _ = emissions.shape
+    if length == 0:
+        return emissions.new_zeros(emissions.shape)
+    start, end, transitions = crf.start_transitions.float(), crf.end_transitions.float(), crf.transitions.float()
+    alphas = [start + emissions[:, 0]]
+    for t in range(1, length):
+        step = torch.logsumexp(alphas[-1].unsqueeze(2) + transitions, dim=1) + emissions[:, t]
+        alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
+    betas = [end.expand(batch, -1)]
+    for t in range(length - 2, -1, -1):
+        step = torch.logsumexp(transitions + (emissions[:, t + 1] + betas[0]).unsqueeze(1), dim=2)
+        betas.insert(0, torch.where(mask[:, t + 1, None], step, end.expand(batch, -1)))
+    alpha, beta = torch.stack(alphas, dim=1), torch.stack(betas, dim=1)
+    last = (mask.sum(1) - 1).clamp(min=0)
+    log_partition = torch.logsumexp(alpha[torch.arange(batch), last] + end, dim=-1)
+    marginals = torch.exp(alpha + beta - log_partition[:, None, None])
+    return marginals * mask.unsqueeze(-1)
+
+
+def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """`(type, start, end)` word spans of a BIO tag sequence. An `I-X` that does not continue an `X` entity starts a
+    new one (as conlleval does); a tag without `B-`/`I-` prefix (other than `O`) is a one-word entity of that type."""
+    entities: list[list] = []
+    open_type = None
+    for index, tag in enumerate(tags):
+        if tag == "O" or not tag:
+            open_type = None
+            continue
+        prefix, _, entity_type = tag.partition("-") if tag[:2] in ("B-", "I-") else ("S", "", tag)
+        if prefix == "I" and open_type == entity_type:
+            entities[-1][2] = index + 1
+            continue
+        entities.append([entity_type, index, index + 1])
+        open_type = entity_type if prefix in ("B", "I") else None
+    return [tuple(entity) for entity in entities]
+
+
+def _as_float_list(row: torch.Tensor | None) -> list[float] | None:
+    return None if row is None else [float(v) for v in row.tolist()]
+
+
+def _as_float(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model loading
+# ----------------------------------------------------------------------------------------------------------------------
+_CONFIG_KWARGS = ("revision", "token", "local_files_only", "cache_dir", "subfolder")
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def _looks_local(path: str) -> bool:
+    return os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path) or not _HUB_ID.match(path)
+
+
+def check_model_location(model_path: str | os.PathLike) -> str:
+    """Fails early, with a readable message, on a local model folder that does not exist or is not a checkpoint."""
+    path = os.path.expanduser(os.fspath(model_path))
+    if not _looks_local(path):
+        return path  # a Hub id: from_pretrained reports its own errors
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"RAP model directory not found: {path!r}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{path!r} has no config.json: it is not a folder written by `save_pretrained` (model and processor)"
+        )
+    return path
+
+
+def load_model_and_processor(
+    model_path: str | os.PathLike, **model_kwargs
+) -> tuple[torch.nn.Module, RAPProcessor]:
+    """The RAP task model and the `RAPProcessor` saved in one folder (or Hub repository)."""
+    path = check_model_location(model_path)
+    config_kwargs = {k: model_kwargs[k] for k in _CONFIG_KWARGS if k in model_kwargs}
+    try:
+        config_dict, _ = RAPConfig.get_config_dict(path, **config_kwargs)
+        if config_dict.get("model_type") != RAPConfig.model_type:
+            raise ValueError(f"not a RAP model (model_type {config_dict.get('model_type')!r})")
+        config = RAPConfig.from_pretrained(path, **config_kwargs)
+    except OSError as error:
+        raise OSError(f"could not load a RAP model from {path!r}: {error}") from error
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path!r} does not hold a RAP model: {error}") from error
+    model = RAPForMultimodalExtraction.from_pretrained(path, config=config, **model_kwargs)
+    return model, load_processor(path)
+
+
+def load_processor(path: str | os.PathLike) -> RAPProcessor:
+    """The `RAPProcessor` saved with a model. When this file runs as the remote code of a checkpoint (loaded by
+    `transformers.pipeline(..., trust_remote_code=True)`), the checkpoint's own code is trusted for the tokenizer's
+    config too; installed as `rap_hf`, no remote code is needed."""
+    as_remote_code = __name__.startswith("transformers_modules.")
+    try:
+        return RAPProcessor.from_pretrained(path, **({"trust_remote_code": True} if as_remote_code else {}))
+    except (OSError, ValueError, TypeError) as error:
+        raise OSError(
+            f"could not load the RAPProcessor from {os.fspath(path)!r} ({error}); save it next to the model with "
+            "`processor.save_pretrained(folder)`"
+        ) from error
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+_INPUT_KEYS = {"text", "tokens", "image", "crops", "subject", "object", "pairs", "entities"}
+_PICTURE_TYPES = (str, os.PathLike, Image.Image, Mapping)
+
+
+class RAPPipeline(Pipeline):
+    """Multimodal NER / RE with a RAP model (the task comes from `model.config.task`).
+
+    Call it on one input or a list of inputs. An input is a string (raw text, split into words by `word_splitting`)
+    or a dict with `text` or `tokens` (pre-split words) and optionally `image`, `crops`, and for RE `subject` and
+    `object` or `pairs`/`entities`. Keyword arguments of the call are defaults for every input (a dict's own keys
+    win). A list of strings is a list of texts; pass pre-split words as `{"tokens": [...]}`.
+
+    Args:
+        model: a `RAPForMultimodalNER` or `RAPForMultimodalRE`.
+        processor: the `RAPProcessor` saved with the model (loaded from `model.name_or_path` when omitted).
+        batch_size: examples per forward pass (RE: subject/object pairs per forward pass).
+        word_splitting: `"punct"` or `"tweet"` (see `split_words`); defaults to `"punct"` for NER and `"tweet"` for
+            RE, the conventions of Twitter-2015/2017 and MNRE.
+        device: as for any transformers pipeline (`-1`/`"cpu"`, `0`/`"cuda:0"`, a `torch.device`).
+
+    Returns:
+        NER, per input: `{"entities": [{"text", "type", "start_word", "end_word", "start_char", "end_char",
+        "score"}], "relevance", "routing_weights", "image_used"}`. `score` is the mean over the entity's words of the
+        CRF posterior marginal probability of the decoded tag.
+        RE, per subject/object pair: `{"relation", "score", "distribution", "subject", "object", "relevance",
+        "routing_weights", "image_used"}`; with `pairs` a list of those per input.
+    """
+
+    _load_processor = False
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: RAPProcessor | None = None,
+        batch_size: int = 8,
+        word_splitting: str | None = None,
+        **kwargs,
+    ):
+        config = getattr(model, "config", None)
+        if getattr(config, "model_type", None) != "rap" or not hasattr(model, "classifier"):
+            raise TypeError(
+                f"RAPPipeline needs a RAPForMultimodalNER or RAPForMultimodalRE model, got {type(model).__name__}"
+            )
+        if processor is None:
+            if not model.name_or_path:
+                raise ValueError("pass processor= (the RAPProcessor of this model) for a model built in memory")
+            processor = load_processor(model.name_or_path)
+        kwargs.setdefault("task", TASK_NAME)
+        for unused in ("tokenizer", "feature_extractor", "image_processor", "video_processor"):
+            kwargs.pop(unused, None)
+        super().__init__(model=model, processor=processor, **kwargs)
+        self.model.eval()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.rap_task = config.task
+        self.word_splitting = word_splitting or DEFAULT_WORD_SPLITTING[self.rap_task]
+        if self.word_splitting not in WORD_SPLITTERS:
+            raise ValueError(f"word_splitting must be one of {sorted(WORD_SPLITTERS)}, got {self.word_splitting!r}")
+        self.id2label = {int(k): v for k, v in config.id2label.items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Saves model, processor and this pipeline's code, so that a fresh Python without `rap_hf` can run
+        `transformers.pipeline(model=save_directory, trust_remote_code=True)` (task read from `custom_pipelines`)."""
+        super().save_pretrained(save_directory, **kwargs)  # model, tokenizer, image processor, pipelines.py
+        self.processor.save_pretrained(save_directory)
+        # transformers looks custom pipeline model classes up by name in its own namespace: AutoModel resolves the
+        # checkpoint's auto_map, which names the task class.
+        for info in getattr(self.model.config, "custom_pipelines", {}).values():
+            info["pt"] = ("AutoModel",)
+        self.model.config.save_pretrained(save_directory)
+
+    # -------------------------------------------------------------------------------------------- transformers API
+    def _sanitize_parameters(self, **kwargs):
+        unknown = set(kwargs) - _INPUT_KEYS - {"word_splitting"}
+        if unknown:
+            raise TypeError(f"unexpected pipeline argument(s): {sorted(unknown)}")
+        return kwargs, {}, {}
+
+    def get_inference_context(self):
+        return torch.inference_mode
+
+    @property
+    def is_multimodal(self) -> bool:
+        return bool(self.model.config.multimodal)
+
+    def __call__(self, inputs: Any = None, batch_size: int | None = None, **kwargs) -> Any:
+        """Predicts for one input (returns one result) or a list of inputs (returns a list, in input order)."""
+        defaults, _, _ = self._sanitize_parameters(**kwargs)
+        single = not isinstance(inputs, (list, tuple))
+        if inputs is None and ("text" in defaults or "tokens" in defaults):
+            inputs = {}
+        items = [inputs] if single else list(inputs)
+        parsed = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append(self.parse_input(item, **defaults))
+            except (ValueError, TypeError) as error:
+                if single:
+                    raise
+                raise type(error)(f"input {index}: {error}") from error
+        results = self.predict_parsed(parsed, batch_size=batch_size)
+        return results[0] if single else results
+
+    def predict_parsed(self, inputs: list[RAPInput], batch_size: int | None = None) -> list[Any]:
+        """Runs already parsed inputs in chunks of `batch_size` inputs (RE pairs are batched `batch_size` at a time)."""
+        batch_size = batch_size or self.batch_size
+        results: list[Any] = []
+        for first in range(0, len(inputs), batch_size):
+            chunk = inputs[first : first + batch_size]
+            items = [item for index, rap_input in enumerate(chunk) for item in self.preprocess(rap_input, index)]
+            outputs: list[dict] = []
+            for start in range(0, len(items), batch_size):
+                outputs.extend(self.forward(self.collate(items[start : start + batch_size])))
+            results.extend(self._gather(chunk, items, outputs))
+        return results
+
+    def preprocess(self, input_: RAPInput, index: int = 0, **unused) -> list[dict[str, Any]]:
+        """Model features of one input: one item for NER, one per subject/object pair for RE."""
+        processor: RAPProcessor = self.processor
+        words = [word.text for word in input_.words]
+        visual = self._visual_inputs(input_) if self.is_multimodal else {}
+        if self.rap_task == "ner":
+            encoded = processor.encode_ner([words])
+            return [{**{key: values[0] for key, values in encoded.items()}, **visual, "_meta": (index, None)}]
+        if not input_.pairs:
+            return []
+        subjects = [(s.start, s.end) for s, _ in input_.pairs]
+        objects = [(o.start, o.end) for _, o in input_.pairs]
+        encoded = processor.encode_re([words] * len(input_.pairs), subjects, objects)
+        return [
+            {**{key: values[row] for key, values in encoded.items()}, **visual, "_meta": (index, row)}
+            for row in range(len(input_.pairs))
+        ]
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pads a list of preprocessed items into one batch (`word_ids` and `_meta` stay python lists)."""
+        batch = pad_batch(items, pad_token_id=self.processor.tokenizer.pad_token_id or 0, keep_word_ids=True)
+        batch["_meta"] = [item["_meta"] for item in items]
+        return batch
+
+    def _forward(self, model_inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        word_ids = model_inputs.pop("word_ids", None)
+        meta = model_inputs.pop("_meta")
+        self._encode_pictures(model_inputs)
+        outputs = self.model(**model_inputs)
+        per_item = {
+            "relevance": outputs.relevance,
+            "routing_weights": outputs.routing_weights,
+            "image_used": model_inputs["image_mask"].any(-1) if "image_mask" in model_inputs else None,
+        }
+        if self.rap_task == "ner":
+            per_item["predictions"] = outputs.predictions
+            per_item["marginals"] = crf_marginals(self.model.crf, outputs.logits, outputs.word_mask)
+            per_item["word_start_mask"] = model_inputs["word_start_mask"]
+        else:
+            per_item["probabilities"] = torch.softmax(outputs.logits.float(), dim=-1)
+        rows = []
+        for row, item_meta in enumerate(meta):
+            values = {key: (None if value is None else value[row].cpu()) for key, value in per_item.items()}
+            values["_meta"] = item_meta
+            if word_ids is not None:
+                values["word_ids"] = word_ids[row]
+            rows.append(values)
+        return rows
+
+    def forward(self, model_inputs: dict[str, Any], **forward_params) -> list[dict[str, Any]]:
+        with self.device_placement(), self.get_inference_context()():
+            tensors = {k: v for k, v in model_inputs.items() if isinstance(v, torch.Tensor)}
+            tensors = self._ensure_tensor_on_device(tensors, device=self.device)
+            return self._forward({**model_inputs, **tensors}, **forward_params)
+
+    def postprocess(self, model_outputs: dict[str, Any], input_: RAPInput | None = None, **unused) -> dict[str, Any]:
+        """Result of one item: the NER entities of an input, or the relation of one subject/object pair."""
+        common = {
+            "relevance": _as_float(model_outputs["relevance"]),
+            "routing_weights": _as_float_list(model_outputs["routing_weights"]),
+            "image_used": bool(model_outputs["image_used"]) if model_outputs["image_used"] is not None else False,
+        }
+        if self.rap_task == "ner":
+            return {"entities": self._entities(model_outputs, input_), **common}
+        probabilities = model_outputs["probabilities"].tolist()
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        subject, obj = input_.pairs[model_outputs["_meta"][1]]
+        return {
+            "relation": self.id2label[best],
+            "score": float(probabilities[best]),
+            "distribution": {self.id2label[i]: float(p) for i, p in enumerate(probabilities)},
+            "subject": input_.span_info(subject),
+            "object": input_.span_info(obj),
+            **common,
+        }
+
+    # -------------------------------------------------------------------------------------------- input parsing
+    def parse_input(self, item: Any, **defaults) -> RAPInput:
+        """Normalises one input (string, dict or `RAPInput`): splits the text into words and resolves RE spans.
+
+        Raises `ValueError`/`TypeError` naming the problem (used by the CLI to report the line of a bad input).
+        """
+        if isinstance(item, RAPInput):
+            return item
+        if isinstance(item, str):
+            item = {"text": item}
+        elif not isinstance(item, Mapping):
+            raise TypeError(
+                f"an input must be a string or a dict with 'text' or 'tokens', got {type(item).__name__} "
+                "(pass pre-split words as {'tokens': [...]})"
+            )
+        unknown = set(item) - _INPUT_KEYS
+        if unknown:
+            raise ValueError(f"unknown input key(s) {sorted(unknown)}; expected some of {sorted(_INPUT_KEYS)}")
+        fields = {**defaults, **item}
+        style = fields.pop("word_splitting", None) or self.word_splitting
+        text, words = self._words(fields, style)
+        crops = fields.get("crops") or []
+        if not isinstance(crops, (list, tuple)):
+            raise TypeError(f"crops must be a list of images, got {type(crops).__name__}")
+        for role, value in [("image", fields.get("image"))] + [(f"crop {i}", c) for i, c in enumerate(crops)]:
+            if value is not None and not isinstance(value, _PICTURE_TYPES) and not hasattr(value, "__array__"):
+                raise TypeError(f"{role} must be a path, a PIL image or None, got {type(value).__name__}")
+        parsed = RAPInput(text=text, words=words, image=fields.get("image"), crops=list(crops))
+        if self.rap_task == "re":
+            parsed.pairs, parsed.single_pair = self._pairs(fields, text, words)
+        return parsed
+
+    @staticmethod
+    def _words(fields: dict[str, Any], style: str) -> tuple[str, list[Word]]:
+        has_text, has_tokens = fields.get("text") is not None, fields.get("tokens") is not None
+        if has_text == has_tokens:
+            raise ValueError("give exactly one of 'text' (a string) or 'tokens' (a list of words)")
+        if has_tokens:
+            return words_from_tokens(fields["tokens"])
+        if not isinstance(fields["text"], str):
+            raise TypeError(f"text must be a string, got {type(fields['text']).__name__}")
+        return fields["text"], split_words(fields["text"], style)
+
+    @staticmethod
+    def _pairs(fields: dict[str, Any], text: str, words: list[Word]) -> tuple[list[tuple[Span, Span]], bool]:
+        pairs, entities = fields.get("pairs"), fields.get("entities")
+        has_pair = fields.get("subject") is not None or fields.get("object") is not None
+        if has_pair and pairs is not None:
+            raise ValueError("give either subject/object or pairs, not both")
+        if has_pair:
+            if fields.get("subject") is None or fields.get("object") is None:
+                raise ValueError("relation extraction needs both a subject and an object")
+            subject = resolve_span(fields["subject"], text, words, "subject")
+            obj = resolve_span(fields["object"], text, words, "object")
+            return [(subject, obj)], True
+        if pairs == "all":
+            if isinstance(entities, Mapping):  # a whole NER pipeline result
+                entities = entities.get("entities")
+            if entities is None:
+                raise ValueError("pairs='all' needs entities= (the entity list the NER pipeline returned)")
+            spans = [resolve_span(entity, text, words, f"entity {i}") for i, entity in enumerate(entities)]
+            return [(s, o) for i, s in enumerate(spans) for j, o in enumerate(spans) if i != j], False
+        if isinstance(pairs, (list, tuple)):
+            resolved = []
+            for i, pair in enumerate(pairs):
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise ValueError(f"pairs[{i}] must be a (subject, object) pair, got {pair!r}")
+                resolved.append(
+                    (resolve_span(pair[0], text, words, f"pairs[{i}] subject"),
+                     resolve_span(pair[1], text, words, f"pairs[{i}] object"))
+                )  # fmt: skip
+            return resolved, False
+        if pairs is not None:
+            raise ValueError(f"pairs must be 'all' or a list of (subject, object) pairs, got {pairs!r}")
+        raise ValueError("relation extraction needs subject= and object=, or pairs='all' with entities=")
+
+    # -------------------------------------------------------------------------------------------- internals
+    def _visual_inputs(self, input_: RAPInput) -> dict[str, torch.Tensor]:
+        """`pixel_values [1+K, 3, H, W]` and `image_mask [1+K]` of one input; all zero when the image is unusable."""
+        picture = read_picture(input_.image, "image")
+        crops = []
+        if picture is not None:
+            crops = [crop for crop in (read_picture(c, f"crop {i}") for i, c in enumerate(input_.crops)) if crop]
+        elif input_.crops:
+            logger.warning("crops given without a readable image are ignored; predicting text-only")
+        visual = self.processor.process_images([picture], [crops], num_crops=self.model.config.num_crops)
+        return {key: value[0] for key, value in visual.items()}
+
+    def _encode_pictures(self, model_inputs: dict[str, Any]) -> None:
+        """Replaces `pixel_values` by `visual_features`, running the vision encoder on the real pictures only."""
+        pixel_values = model_inputs.pop("pixel_values", None)
+        if pixel_values is None:
+            return
+        mask = model_inputs["image_mask"].bool()
+        base = self.model.base_model
+        features = torch.zeros(*mask.shape, self.model.config.vision_feature_size, device=pixel_values.device)
+        if mask.any():
+            features[mask] = base.get_image_features(pixel_values[mask].to(self.model.dtype)).to(features.dtype)
+        model_inputs["visual_features"] = features
+
+    def _entities(self, outputs: dict[str, Any], input_: RAPInput) -> list[dict[str, Any]]:
+        word_ids, starts = outputs["word_ids"], outputs["word_start_mask"].tolist()
+        kept = [word for word, start in zip(word_ids, starts) if start]  # word index of each predicted position
+        tags = ["O"] * len(input_.words)
+        confidence = [1.0] * len(input_.words)
+        for position, word in enumerate(kept):
+            tag_id = int(outputs["predictions"][position])
+            tags[word] = self.id2label[tag_id]
+            confidence[word] = float(outputs["marginals"][position, tag_id])
+        if len(kept) < len(input_.words):
+            logger.warning(
+                f"only the first {len(kept)} of {len(input_.words)} words fit into the processor's max_length "
+                f"({self.processor.max_length} tokens); the rest are tagged O"
+            )
+        entities = []
+        for entity_type, start, end in bio_entities(tags):
+            span = input_.span_info(Span(start, end))
+            entities.append({
+                "text": span["text"], "type": entity_type,
+                "start_word": start, "end_word": end, "start_char": span["start_char"], "end_char": span["end_char"],
+                "score": math.fsum(confidence[start:end]) / (end - start),
+            })  # fmt: skip
+        return entities
+
+    def _gather(self, inputs: list[RAPInput], items: list[dict], outputs: list[dict]) -> list[Any]:
+        """Per-input results from per-item outputs (RE: the pairs of an input, in order)."""
+        results: list[Any] = [[] for _ in inputs]
+        for output in outputs:
+            index = output["_meta"][0]
+            results[index].append(self.postprocess(output, inputs[index]))
+        if self.rap_task == "ner":
+            return [result[0] for result in results]
+        return [result[0] if rap_input.single_pair else result for rap_input, result in zip(inputs, results)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Factory and transformers registration
+# ----------------------------------------------------------------------------------------------------------------------
+def pipeline(
+    model_or_path: str | os.PathLike | torch.nn.Module,
+    device: int | str | torch.device | None = None,
+    batch_size: int = 8,
+    processor: RAPProcessor | None = None,
+    word_splitting: str | None = None,
+    **model_kwargs,
+) -> RAPPipeline:
+    """A `RAPPipeline` for a saved RAP model folder (model + processor) or an in-memory model and its processor.
+
+    Args:
+        model_or_path: folder written by `model.save_pretrained` and `processor.save_pretrained` (or a Hub id), or
+            a `RAPForMultimodalNER`/`RAPForMultimodalRE` instance (then pass `processor`).
+        device: `None` (first GPU when there is one, else CPU), `"cpu"`, `"cuda:0"`, `-1`, `0` or a `torch.device`.
+        batch_size: examples per forward pass.
+        processor: the `RAPProcessor`; loaded from the folder when omitted.
+        word_splitting: see `RAPPipeline`.
+        model_kwargs: passed to `from_pretrained` (e.g. `dtype=torch.bfloat16`, `revision=...`).
+
+    Raises:
+        FileNotFoundError: a local folder that does not exist or holds no `config.json`.
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model, saved_processor = load_model_and_processor(model_or_path, **model_kwargs)
+        processor = processor or saved_processor
+    elif isinstance(model_or_path, torch.nn.Module):
+        model = model_or_path
+    else:
+        raise TypeError(f"model_or_path must be a folder, a Hub id or a RAP model, got {type(model_or_path).__name__}")
+    return RAPPipeline(
+        model=model, processor=processor, batch_size=batch_size, word_splitting=word_splitting, device=device
+    )
+
+
+# As remote code (a checkpoint's copy of this file) the pipeline is found through config.custom_pipelines; it must not
+# replace the installed package's registration.
+if not (__name__.startswith("transformers_modules.") and TASK_NAME in PIPELINE_REGISTRY.get_supported_tasks()):
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK_NAME, pipeline_class=RAPPipeline, pt_model=RAPForMultimodalExtraction, type="multimodal"
+    )
+
+__all__ = [
+    "RAPPipeline",
+    "RAPInput",
+    "Word",
+    "Span",
+    "pipeline",
+    "split_words",
+    "words_from_tokens",
+    "resolve_span",
+    "read_picture",
+    "crf_marginals",
+    "bio_entities",
+]

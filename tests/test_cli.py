@@ -1,0 +1,165 @@
+"""The `rap-hf` command line: JSON and JSONL predictions, line-numbered errors, routing picture."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from pipeline_helpers import saved_models
+
+from rap_hf.cli import main
+from rap_hf.pipelines import pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders():
+    return saved_models()
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    """A JSONL file using every input form, with a relative image path and a missing image."""
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(tmp_path / "red.png")
+    lines = [
+        {"text": "Kevin Durant visits  Oracle Arena !", "image": "red.png"},
+        None,  # blank line: skipped, but counted in line numbers
+        {"tokens": ["Dakota", "tonight", "!"], "image": "missing.jpg", "crops": ["red.png"]},
+        {"text": "Vela Motors announces new headquarters in Bellhaven", "image": str(tmp_path / "red.png")},
+        {"text": "Beyoncé & Jay-Z @ Wembley... 😂"},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join((json.dumps(line, ensure_ascii=False) if line else "") + "\n" for line in lines))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "rap_hf.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120
+    )
+
+
+def test_jsonl_round_trip_in_a_subprocess(folders, inputs, tmp_path):
+    output = tmp_path / "out" / "predictions.jsonl"
+    completed = run_cli("predict", "--model", str(folders["ner"]), "--input", str(inputs), "--output", str(output))
+    assert completed.returncode == 0, completed.stderr
+    assert "missing.jpg" in completed.stderr  # warned, then predicted text-only
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [record["line"] for record in records] == [1, 3, 4, 5]
+    sources = [json.loads(line) for line in inputs.read_text(encoding="utf-8").splitlines() if line]
+    expected = pipeline(folders["ner"], device="cpu")(
+        [{**s, "image": str(tmp_path / s["image"]) if s.get("image") == "red.png" else s.get("image"),
+          "crops": [str(tmp_path / c) for c in s.get("crops", [])]} for s in sources]
+    )  # fmt: skip
+    for record, source, prediction in zip(records, sources, expected):
+        text = source.get("text") or " ".join(source["tokens"])
+        assert record["text"] == text
+        assert [record["image_used"], record["relevance"] > 0] == [prediction["image_used"]] * 2
+        assert [(e["type"], e["start_char"], e["end_char"]) for e in record["entities"]] == [
+            (e["type"], e["start_char"], e["end_char"]) for e in prediction["entities"]
+        ]
+        for entity in record["entities"]:
+            assert text[entity["start_char"] : entity["end_char"]] == entity["text"]
+    assert records[0]["image_used"] and not records[1]["image_used"]
+
+
+def test_jsonl_to_stdout_in_process(folders, inputs, capsys):
+    assert main(["predict", "--model", str(folders["ner"]), "--input", str(inputs), "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["line"] for line in lines] == [1, 3, 4, 5]
+
+
+def test_single_text_prints_json(folders, capsys):
+    assert main(["predict", "--model", str(folders["ner"]), "--text", "Kevin Durant visits Oracle Arena"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"entities", "relevance", "routing_weights", "image_used"}
+    assert result == pipeline(folders["ner"], device="cpu")("Kevin Durant visits Oracle Arena")
+
+
+def test_relation_from_the_command_line(folders, capsys):
+    text = "Bill Cosby 's star on Hollywood Walk of Fame"
+    args = ["predict", "--model", str(folders["re"]), "--text", text, "--subject", "Bill Cosby", "--object",
+            "Hollywood Walk of Fame"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["subject"]["text"] == "Bill Cosby" and result["object"]["end_word"] == 9
+    assert result["relation"] in result["distribution"]
+
+
+def test_all_pairs_with_an_ner_model(folders, tmp_path, capsys):
+    text = "Vela Motors announces new headquarters in Bellhaven"
+    entities = [{"text": "Vela Motors", "start_char": 0, "end_char": 11}, {"text": "Bellhaven", "start_char": 42,
+                                                                             "end_char": 51}]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"text": text, "entities": entities}) + "\n" + json.dumps({"text": text}) + "\n")
+    args = ["predict", "--model", str(folders["re"]), "--ner-model", str(folders["ner"]), "--pairs", "all",
+            "--input", str(path)]  # fmt: skip
+    assert main(args) == 0
+    given, found = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert [(r["subject"]["text"], r["object"]["text"]) for r in given["relations"]] == [
+        ("Vela Motors", "Bellhaven"), ("Bellhaven", "Vela Motors"),
+    ]  # fmt: skip
+    ner_entities = pipeline(folders["ner"], device="cpu")(text)["entities"]
+    expected = [(s["text"], o["text"]) for s in ner_entities for o in ner_entities if s is not o]
+    assert [(r["subject"]["text"], r["object"]["text"]) for r in found["relations"]] == expected
+
+
+@pytest.mark.parametrize(
+    "lines, model, message",
+    [
+        (['{"text": "a"}', "not json"], "ner", "bad.jsonl:2: invalid JSON"),
+        (['{"text": "a"}', '["a"]'], "ner", "bad.jsonl:2: expected a JSON object"),
+        (['{"text": "a"}', "", '{"txt": "b"}'], "ner", "bad.jsonl:3: unknown input key(s) ['txt']"),
+        (['{"text": "a", "tokens": ["a"]}'], "ner", "bad.jsonl:1: give exactly one of 'text'"),
+        (['{"text": "a b", "subject": "a", "object": "b"}', '{"text": "a b", "subject": "c", "object": "b"}'], "re",
+         "bad.jsonl:2: subject 'c' does not occur"),
+    ],
+)  # fmt: skip
+def test_bad_jsonl_lines_are_named(folders, tmp_path, capsys, lines, model, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", "--model", str(folders[model]), "--input", str(path), "--output", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+    assert not out.exists()  # every line is checked before anything is written
+
+
+def test_usage_errors(folders, tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "nope"), "--text", "a"]) == 2
+    assert "RAP model directory not found" in capsys.readouterr().err
+    assert main(["predict", "--model", str(folders["ner"])]) == 2
+    assert "exactly one of --text or --input" in capsys.readouterr().err
+    assert main(["predict", "--model", str(folders["ner"]), "--text", "a", "--subject", "a", "--object", "a"]) == 2
+    assert "for RE models" in capsys.readouterr().err
+    assert main(["predict", "--model", str(folders["re"]), "--text", "a b"]) == 2
+    assert "--text: relation extraction needs subject=" in capsys.readouterr().err
+
+
+def test_explain_draws_the_routing_paths(folders, tmp_path, capsys):
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(image)
+    figure = tmp_path / "figs" / "routing.png"
+    args = ["explain", "--model", str(folders["ner"]), "--text", "Kevin Durant visits Oracle Arena", "--image",
+            str(image), "--out", str(figure)]  # fmt: skip
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["figure"] == str(figure) and printed["prediction"]["image_used"] is True
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["explain", "--model", str(folders["ner_text_only"]), "--text", "a", "--out", str(figure)]) == 2
+    assert "no routing paths" in capsys.readouterr().err
