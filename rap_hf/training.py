@@ -95,8 +95,9 @@ class RAPTrainingArguments:
     per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Default 8 NER / 16 RE"})
     per_device_eval_batch_size: int = field(default=32)
     learning_rate: float | None = field(default=None, metadata={"help": "Encoder lr; default 3e-5 NER / 2e-5 RE"})
-    new_params_learning_rate: float = field(
-        default=1e-3, metadata={"help": "lr of the RAP layers and heads (not in the pretrained encoders)"}
+    new_params_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "lr of the RAP layers and heads (not in the pretrained encoders); default: --learning_rate"},
     )
     weight_decay: float = field(default=0.01)
     warmup_ratio: float = field(default=0.1, metadata={"help": "Linear warm-up share of the updates (paper: 10%)"})
@@ -140,6 +141,8 @@ def resolve_training_defaults(task: str, args: RAPTrainingArguments) -> RAPTrain
     args.per_device_train_batch_size = args.per_device_train_batch_size or batch
     args.num_train_epochs = args.num_train_epochs or epochs
     args.learning_rate = args.learning_rate or lr
+    # The paper trains with one learning rate; Adam at 1e-3 on the prompt projection grew prefixes that swamped the encoder.
+    args.new_params_learning_rate = args.new_params_learning_rate or args.learning_rate
     return args
 
 
