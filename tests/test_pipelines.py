@@ -6,7 +6,6 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from pipeline_helpers import saved_models
 
 from rap_hf.data import NER_LABELS, load_dataset
 from rap_hf.pipelines import (
@@ -30,17 +29,7 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def folders():
-    return saved_models()
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
 @pytest.fixture(scope="module")
