@@ -526,6 +526,12 @@ class RAPModel(RAPPreTrainedModel):
         if self.config.multimodal:
             self.vision_encoder.requires_grad_(not self.config.freeze_vision_encoder)
 
+    def train(self, mode: bool = True) -> "RAPModel":
+        super().train(mode)
+        if self.config.multimodal and self.config.freeze_vision_encoder:
+            self.vision_encoder.eval()  # frozen: BatchNorm must keep its running statistics
+        return self
+
     def get_input_embeddings(self) -> nn.Module:
         return self.text_encoder.get_input_embeddings()
 

@@ -212,9 +212,12 @@ def test_gradients_reach_every_trainable_parameter(task, freeze_text):
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def test_frozen_vision_encoder_gets_no_gradient():
+def test_frozen_vision_encoder_gets_no_gradient_and_keeps_batchnorm_statistics():
     model = model_for("ner").train()
+    before = {n: b.clone() for n, b in model.named_buffers() if ".vision_encoder." in n and "running" in n}
     model(**tiny_batch("ner", with_pixels=True)).loss.backward()
+    assert before and all(torch.equal(b, dict(model.named_buffers())[n]) for n, b in before.items())
+    assert model.training and not model.rap.vision_encoder.training
     vision = [p for n, p in model.named_parameters() if ".vision_encoder." in n]
     assert vision and all(not p.requires_grad and p.grad is None for p in vision)
 

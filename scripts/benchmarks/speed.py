@@ -347,6 +347,7 @@ class StageTimer:
         self.grad_marks: dict[str, float] = {}
         self.encoder_calls = 0
         self.handles = []
+        self.starts: dict[str, float] = {}
         self._attach()
 
     # -- hooks ----------------------------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ class StageTimer:
                 self._add("CRF Viterbi decode", self._now() - start)
                 return paths
 
-            self.model.crf.decode = timed_decode
+            self.model.crf.decode = timed_decode  # instance attribute; `detach` deletes it again
 
     def _encoder_stage(self) -> str:
         if self.unprompted_pass and self.encoder_calls % 2 == 0:
@@ -388,12 +389,12 @@ class StageTimer:
 
     def _pre_hook(self, name: str):
         def hook(module, args):
-            module._stage_start = self._now()
+            self.starts[name] = self._now()
         return hook
 
     def _post_hook(self, name: str):
         def hook(module, args, output):
-            elapsed = self._now() - module._stage_start
+            elapsed = self._now() - self.starts[name]
             if name == "text_encoder":
                 stage = self._encoder_stage()
                 self.encoder_calls += 1
@@ -424,8 +425,12 @@ class StageTimer:
                 tensor.register_hook(hook)
 
     def detach(self) -> None:
+        """Removes every hook and the Viterbi wrapper."""
         for handle in self.handles:
             handle.remove()
+        crf = getattr(self.model, "crf", None)
+        if crf is not None and "decode" in vars(crf):
+            del crf.decode
 
     # -- measurement ------------------------------------------------------------------------------------------------
     def run(self, runner: StepRunner, mode: str) -> dict[str, float]:
@@ -956,10 +961,10 @@ def render(report: dict[str, Any], args: argparse.Namespace, setup: dict[str, An
         f"{'tiny ResNet (smoke)' if args.smoke else 'ResNet-101 sizes, random init'}; "
         f"batch {setup['batch_size']}, sequence length {setup['seq_len']}, images {setup['image_size']}px, "
         f"1+3 visual slots.",
-        f"Timing: median wall time after up to {timing['warmup']} warm-up steps, repeats sized to ~{timing['budget_s']} s "
-        f"per variant (clamped to {timing['min_repeats']}-{timing['max_repeats']}; {timing['slow_repeats']} for a "
-        "step longer than that); the variants of one task/mode "
-        "are interleaved round-robin in one process. Train = forward + backward + AdamW step; infer = eval + "
+        f"Timing: median wall time after up to {timing['warmup']} warm-up steps, repeats sized to "
+        f"~{timing['budget_s']} s per variant (clamped to {timing['min_repeats']}-{timing['max_repeats']}; "
+        f"{timing['slow_repeats']} for a step longer than that); the variants of one task/mode are interleaved "
+        "round-robin in one process. Train = forward + backward + AdamW step; infer = eval + "
         "no_grad forward (NER includes Viterbi decoding).",
         f"Peak memory: {memory_method}"
         f"{', fresh subprocess per variant' if setup['memory'] == 'subprocess' else ', in the timing process'}.",
@@ -1049,7 +1054,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no_pixels", "--no-pixels", dest="no_pixels", action="store_true",
                         help="skip the RAP-from-pixels rows (the ResNet-101 forward dominates them)")
     parser.add_argument("--breakdown", choices=["auto", "always", "never"], default="auto",
-                        help="per-stage profile: auto = only when a target is missed")
+                        help="per-stage profile and what-if table: auto = only when a target is missed")
     parser.add_argument("--breakdown_repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=None, help="timing seconds per variant (default 12)")
     args = parser.parse_args(argv)
