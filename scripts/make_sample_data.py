@@ -6,7 +6,7 @@ Three small corpora in the real on-disk layouts (see docs/data.md):
 * ``NER_data/twitter2017``: Twitter-2017-format MNER,
 * ``NER_data/twitter2015``: Twitter-2015-format MNER (``OTHER`` instead of ``MISC``, a few orphan ``I-`` tags,
   no trailing blank line in ``test.txt``),
-* ``RE_data``: MNRE-format MRE (``ours_*.txt`` Python-literal lines, ``ours_rel2id.json``, crops per line).
+* ``RE_data``: MNRE-format MRE (``mnre_*.txt`` Python-literal lines, release v1 names with ``mnre_val .txt``, ``ours_rel2id.json``, crops per line).
 
 Text is written from templates and invented names. Images carry signal for part of the samples: for *hard*
 samples the text is ambiguous and the image's coloured shape decides the entity type (NER) or the relation (RE);
@@ -383,7 +383,9 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
                     names.append(name)
                 crop_dict[index] = names
             manifest[short].append(entry)
-        (root / "txt" / f"ours_{short}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # MNRE v1 release names (validation with its space), so the sample also exercises that trap.
+        text_name = "mnre_val .txt" if short == "val" else f"mnre_{short}.txt"
+        (root / "txt" / text_name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         save_pickle_dict(root / "txt" / f"mre_{dict_split}_dict.pth", crop_dict)
     return manifest
 
