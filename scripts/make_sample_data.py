@@ -244,6 +244,14 @@ def save_pickle_dict(path: Path, value: dict) -> None:
     torch.save(value, path, _use_new_zipfile_serialization=False)
 
 
+def sample_picture(rng, kind: str, shown, image_size: int, entry: dict):
+    """The picture of one example: noise for `easy_noise`, else the coloured shapes of `shown` (noted in `entry`)."""
+    if kind == "easy_noise":
+        return noise_image(rng, image_size)
+    entry["image_types"] = shown
+    return shapes_image(rng, shown, image_size)
+
+
 def save_picture(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jpg":
@@ -297,11 +305,7 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_si
             lines.append("")
             entry = {"id": str(index), "image_id": image_id, "kind": kind}
             if not kind.endswith("noimage"):
-                if kind == "easy_noise":
-                    image, boxes = noise_image(rng, image_size)
-                else:
-                    image, boxes = shapes_image(rng, shown, image_size)
-                    entry["image_types"] = shown
+                image, boxes = sample_picture(rng, kind, shown, image_size, entry)
                 save_picture(image, root / f"{corpus}_images" / f"{image_id}.jpg")
                 names = []
                 for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 4)))):
@@ -370,11 +374,7 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
             lines.append(repr(record))  # Python literal (single quotes), as in the release
             entry = {"id": str(index), "image_id": image_id, "kind": kind, "relation": relation}
             if not kind.endswith("noimage"):
-                if kind == "easy_noise":
-                    image, boxes = noise_image(rng, image_size)
-                else:
-                    image, boxes = shapes_image(rng, shown, image_size)
-                    entry["image_types"] = shown
+                image, boxes = sample_picture(rng, kind, shown, image_size, entry)
                 save_picture(image, root / "img_org" / image_split / image_id)
                 names = []
                 for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 5)))):  # 1-4, as released
