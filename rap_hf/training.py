@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -481,7 +482,7 @@ class RAPTrainer:
             "task": self.task,
             "dataset": self.data_args.dataset,
             "data_dir": self.data_args.data_dir or "bundled sample",
-            "command": " ".join(["accelerate launch", *sys.argv]) if sys.argv else "",
+            "command": shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv else "",
             "config": best.config.to_diff_dict(),
             "model_args": asdict(self.model_args),
             "data_args": asdict(self.data_args),
@@ -492,6 +493,7 @@ class RAPTrainer:
             "best_epoch": self.best["epoch"],
             "validation": self.best["validation"],
             "test": test.metrics,
+            "num_train_examples": len(self.prepared["train"]),
             "num_test_examples": len(test.labels),
             "history": self.history,
         }

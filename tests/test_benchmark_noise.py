@@ -1,46 +1,18 @@
 """The image-noise benchmark's --smoke mode trains both variants end to end and prints well-formed tables."""
 
-import importlib.util
-import json
 import math
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_helpers import load_benchmark, number, run_smoke, table_rows
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "scripts" / "benchmarks" / "noise.py"
 MODELS = ["RAP", "RAP w/o relevance (MRR)"]
 
 pytestmark = pytest.mark.slow
 
 
-def table_rows(markdown: str, heading: str) -> list[list[str]]:
-    """Body rows of the first Markdown table after `heading` (cells stripped)."""
-    lines = markdown.split(heading, 1)[1].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[start + 2 : end]]
-
-
-def number(cell: str) -> float:
-    """First number in a cell ("12.3", "12.3 ± 1.0", "-4.0")."""
-    match = re.search(r"-?\d+(?:\.\d+)?", cell)
-    assert match, f"no number in cell {cell!r}"
-    return float(match.group())
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[str, dict]:
-    out = tmp_path_factory.mktemp("noise") / "noise.json"
-    process = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--json", str(out)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    return process.stdout, json.loads(out.read_text())
+    return run_smoke(tmp_path_factory.mktemp("noise"), "noise.py")
 
 
 def test_f1_table_has_both_models_and_finite_scores(smoke):
@@ -79,11 +51,7 @@ def test_json_report_is_complete(smoke):
 
 
 def test_shuffle_is_a_seeded_derangement():
-    spec = importlib.util.spec_from_file_location("noise_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    derangement = module.derangement
+    derangement = load_benchmark("noise.py", "noise_benchmark").derangement
     indices = [0, 2, 3, 5, 8, 9]
     mapping = derangement(indices, seed=7)
     assert sorted(mapping) == indices and sorted(mapping.values()) == indices

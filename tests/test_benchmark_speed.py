@@ -1,16 +1,9 @@
 """The speed benchmark's --smoke mode runs end to end and prints the expected, well-formed tables."""
 
-import json
 import math
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = REPO_ROOT / "scripts" / "benchmarks" / "speed.py"
+from benchmark_helpers import number, run_smoke, table_rows
 
 EXPECTED_VARIANTS = [
     "floor (text-only)",
@@ -20,34 +13,9 @@ EXPECTED_VARIANTS = [
 ]
 
 
-def table_rows(markdown: str, heading: str) -> list[list[str]]:
-    """Body rows of the first Markdown table after `heading` (cells stripped)."""
-    assert heading in markdown, f"missing section {heading!r}"
-    table: list[str] = []
-    for line in markdown.split(heading, 1)[1].splitlines():
-        if line.startswith("|"):
-            table.append(line)
-        elif table:
-            break
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table[2:]]
-
-
-def number(cell: str) -> float:
-    """First number in a table cell ("1,234.5", "2.31x", "12.0 (n=3)")."""
-    match = re.search(r"-?[\d,]*\.?\d+", cell)
-    assert match, f"no number in cell {cell!r}"
-    return float(match.group().replace(",", ""))
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[str, dict]:
-    out = tmp_path_factory.mktemp("speed") / "speed.json"
-    process = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--json", str(out)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    return process.stdout, json.loads(out.read_text())
+    return run_smoke(tmp_path_factory.mktemp("speed"), "speed.py", "--device", "cpu", timeout=300)
 
 
 def test_main_table_has_every_variant_with_positive_times(smoke):

@@ -194,10 +194,25 @@ def test_render_script_with_and_without_results(tmp_path):
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 def test_committed_cards_match_the_renderer(dataset):
+    """Every card is what scripts/render_model_cards.py writes today: placeholders, or from model_cards/runs/."""
     text = (REPO_ROOT / "model_cards" / f"{dataset}.md").read_text(encoding="utf-8")
-    if NO_CHECKPOINT_NOTE in text:
-        # placeholders must be exactly what scripts/render_model_cards.py writes today
-        repo_id = f"{load_render_script().DEFAULT_ORG}/rap-{dataset}"
-        assert text == render_model_card(None, repo_id, dataset=dataset)
-    else:
-        assert "model-index" in ModelCard(text).data.to_dict()
+    repo_id = f"{load_render_script().DEFAULT_ORG}/rap-{dataset}"
+    run = REPO_ROOT / "model_cards" / "runs" / f"{dataset}_results.json"
+    results = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else None
+    assert (NO_CHECKPOINT_NOTE in text) == (results is None)
+    assert text == render_model_card(results, repo_id, dataset=dataset)
+
+
+def test_card_states_how_the_run_differs_from_the_paper():
+    assert "Not the paper's setting" not in render_model_card(ner_results(), "org/rap-twitter2017")
+    results = ner_results()
+    results.update(
+        num_train_examples=1000, data_dir="../shared/data",
+        data_args={"max_train_samples": 1000, "text_only_data": True}, model_args={"text_model": "minilm"},
+    )  # fmt: skip
+    results["training_args"]["num_train_epochs"] = 3
+    text = render_model_card(results, "org/rap-twitter2017")
+    assert "1,000 training examples (a subset: `max_train_samples=1000`) from `../shared/data`; images not used" in text
+    line = next(line for line in text.splitlines() if "Not the paper's setting" in line)
+    for difference in ("`minilm` instead of `bert-base-uncased`", "no images", "a subset", "3 epochs instead of 30"):
+        assert difference in line

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -89,9 +90,11 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
                  "processing_rap.py", "README.md", "results.json"):  # fmt: skip
         assert (best / name).exists(), name
     assert results["task"] == ("ner" if dataset == "twitter2017" else "re")
-    assert results["num_test_examples"] == len(load_dataset(dataset)["test"])
+    splits = load_dataset(dataset)
+    assert (results["num_train_examples"], results["num_test_examples"]) == (len(splits["train"]), len(splits["test"]))
     assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
-    assert len(results["history"]) == 2 and "run_rap.py" in results["command"]
+    assert len(results["history"]) == 2
+    assert shlex.split(results["command"])[:3] == ["accelerate", "launch", str(SCRIPT)]  # copy-pasteable
     for figure in results["figures"].values():
         assert (best / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = reevaluate(best, dataset)

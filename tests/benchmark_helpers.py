@@ -1,0 +1,55 @@
+"""Reading the Markdown tables that the benchmark scripts print (shared by tests/test_benchmark_*.py)."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
+
+
+def table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """Body rows of the first Markdown table after `heading` (cells stripped)."""
+    assert heading in markdown, f"missing section {heading!r}"
+    table: list[str] = []
+    for line in markdown.split(heading, 1)[1].splitlines():
+        if line.startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table[2:]]
+
+
+def number(cell: str) -> float:
+    """First number in a table cell ("1,234.5", "2.31x", "12.3 ± 1.0", "-4.0")."""
+    match = re.search(r"-?[\d,]*\.?\d+", cell)
+    assert match, f"no number in cell {cell!r}"
+    return float(match.group().replace(",", ""))
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> str:
+    """Runs scripts/benchmarks/<script> with `args` from the repository root; returns stdout, fails on error."""
+    process = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout)  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process.stdout
+
+
+def load_benchmark(script: str, module_name: str):
+    """Imports scripts/benchmarks/<script> as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_smoke(tmp_folder: Path, script: str, *args: str, timeout: int = 600) -> tuple[str, Any]:
+    """Runs `script --smoke *args --json FILE`; returns stdout and the parsed JSON report."""
+    report = tmp_folder / f"{Path(script).stem}.json"
+    stdout = run_benchmark(script, "--smoke", *args, "--json", str(report), timeout=timeout)
+    return stdout, json.loads(report.read_text())
