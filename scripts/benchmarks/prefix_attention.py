@@ -8,7 +8,8 @@
 Why it matters: P-tuning v2 prepends m_p key/value slots to every layer (Eq. 24). A prefix near zero is not a no-op:
 each slot still gets softmax weight exp(q . 0) = 1 and contributes a near-zero value, so a fresh RAP scales every
 layer's attention output down by the mass its prefix takes. This script measures that mass (mean over heads and real
-query tokens, then over examples) on text-only input, the setting of `quality.py`.
+query tokens, then over examples) and how large the prefix values are next to the token values (RMS ratio), on
+text-only input, the setting of `quality.py`. Results and their reading: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -153,6 +154,9 @@ def main(argv=None) -> None:
     model, processor, source = build(args, dataset_dict)
     if not model.config.multimodal:
         sys.exit(f"{args.model} is a text-only baseline (config.multimodal=False): it has no prefix")
+    if model.config.task != TASK_OF_DATASET[args.dataset]:
+        sys.exit(f"{args.model} is a {model.config.task} model but --dataset {args.dataset} is a "
+                 f"{TASK_OF_DATASET[args.dataset]} corpus")  # fmt: skip
     print_table(measure(model, processor, args, dataset_dict), source, args)
 
 
