@@ -176,13 +176,16 @@ def print_target(runs: list[dict], args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    """Prints the table of saved runs (e.g. seeds trained at different times); --epochs must match those runs."""
+    """Prints the table of saved runs (e.g. seeds trained at different times); files older than the "epochs" field
+    take --epochs from the command line."""
     runs = [run for path in args.report for run in json.loads(Path(path).read_text())]
     for key in SETTING_KEYS:  # older files lack "epochs" and the lr: those runs match any value
         values = {json.dumps(run[key]) for run in runs if key in run}
         if len(values) > 1:
             sys.exit(f"{', '.join(args.report)}: runs differ in {key!r} ({', '.join(sorted(values))}); not one table")
     args.epochs = next((run["epochs"] for run in runs if "epochs" in run), args.epochs)
+    args.new_params_learning_rate = next((run["new_params_learning_rate"] for run in runs
+                                          if run.get("new_params_learning_rate")), args.new_params_learning_rate)  # fmt: skip
     args.seeds = sorted({run["seed"] for run in runs})
     args.tasks = [task for task in DATASET_OF_TASK if any(run["task"] == task for run in runs)]
     args.variants = [key for key, name in VARIANTS.items() if any(run["variant"] == name for run in runs)]
