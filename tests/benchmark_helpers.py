@@ -1,4 +1,5 @@
-"""Reading the Markdown tables that the benchmark scripts print (shared by tests/test_benchmark_*.py)."""
+"""Running the benchmark scripts (smoke mode, or imported as modules) and reading the Markdown tables they print;
+shared by tests/test_benchmark_*.py."""
 
 import importlib.util
 import json
@@ -8,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
 
 
