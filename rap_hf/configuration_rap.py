@@ -20,6 +20,26 @@ RESNET101_DEPTHS = [3, 4, 23, 3]
 DEFAULT_ROUTING_LAYERS = {"ner": 4, "re": 3}
 
 
+def pooled_vision_width(vision_config: PreTrainedConfig) -> int:
+    """Width of the `pooler_output` of the vision encoder `AutoModel.from_config(vision_config)` builds."""
+    if vision_config.model_type == "timm_wrapper":
+        width = getattr(vision_config, "num_features", None)
+        return int(width) if width else timm_pooled_width(vision_config)
+    sizes = getattr(vision_config, "hidden_sizes", None)  # ResNet, ConvNeXt, RegNet: the last stage, pooled
+    return int(sizes[-1]) if sizes else int(vision_config.hidden_size)  # ViT, DINOv2, CLIP, SigLIP, Swin
+
+
+def timm_pooled_width(vision_config: PreTrainedConfig) -> int:
+    """Pooled width of a timm architecture, read from a weightless (meta-device) instance."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(vision_config.architecture, pretrained=False, num_classes=0,
+                                  **(vision_config.model_args or {}))  # fmt: skip
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
 @strict
 class RAPConfig(PreTrainedConfig):
     r"""
@@ -54,6 +74,21 @@ class RAPConfig(PreTrainedConfig):
             `"none"` keeps the raw linear output.
         relevance_gate (`str`, *optional*, defaults to `"tanh"`):
             R-Gate of Eq. 14 (`"tanh"` per the paper, or `"identity"`).
+        relevance_feature_norm (`bool`, *optional*, defaults to `True`):
+            l2-normalise E_t, E_v and the pooled u-bar, v-bar before Eq. 1-5 (as SGRAF, where Eq. 1-8 come from), so
+            that |mu - v|^2 measures alignment rather than the two projections' scales.
+        relevance_own_projections (`bool`, *optional*, defaults to `True`):
+            The relevance reasoning projects the text states and visual features into the multimodal space with its
+            own linear layers; `False` shares E_t, E_v with the fusion units as Sec. 3.2 reads (the task loss then
+            dominates those projections and beta learns the image-text match far more slowly, docs/design.md).
+        relevance_init (`str`, *optional*, defaults to `"xavier"`):
+            Initialisation of the semantic projections, the pooling and every layer of Eq. 1-8: `"xavier"` (uniform,
+            zero bias, as SGRAF) keeps a unit gain through the graph so beta depends on the input from the start;
+            `"normal"` is the `initializer_range` normal init of the other new layers.
+        relevance_matching_weight (`float`, *optional*, defaults to 0.1):
+            Weight of an auxiliary image-text matching loss on beta's logit (not in the paper): each training sample's
+            own image is a positive, another sample's image in the batch a negative, so beta learns to tell a matching
+            image from a foreign one without extra labels. 0 trains beta through the task loss only, as the paper.
         routing_layers (`int`, *optional*):
             Number `L` of routing layers (Sec. 3.4); defaults to 4 for NER and 3 for RE (Table 4).
         fusion_units (`list[str]`, *optional*, defaults to `["rau", "fsru", "cfu"]`):
@@ -66,6 +101,9 @@ class RAPConfig(PreTrainedConfig):
             Hidden size of the router MLP (Eq. 19). Defaults to `fusion_hidden_size // 2`.
         path_regularization_weight (`float`, *optional*, defaults to 1.5):
             `gamma` of Eq. 20 (Table 6); 0 disables the routing regulariser.
+        path_regularization_reduction (`str`, *optional*, defaults to `"sum"`):
+            `"sum"` over all pairs of the batch as Eq. 22 writes it (gamma then means what it means in Table 6), or
+            `"mean"` over ordered pairs (independent of the batch size).
         prompt_length (`int`, *optional*, defaults to 8):
             Prompt length `m_p` per encoder layer (Sec. 3.6).
         prompt_source_length (`int`, *optional*, defaults to 128):
@@ -73,6 +111,13 @@ class RAPConfig(PreTrainedConfig):
             processor's `max_length`.
         prompt_hidden_size (`int`, *optional*):
             Output size of `W_in` in Eq. 23. Defaults to `fusion_hidden_size` ("does not change the dimension").
+        prompt_layer_norm (`bool`, *optional*, defaults to `True`):
+            LayerNorm on the length-mapped X'_mli before `W_in` (Eq. 23), so the prefixes' initial scale does not
+            depend on the fused features' scale.
+        prompt_init_scale (`float`, *optional*, defaults to 0.3):
+            Initial RMS of the prefix keys and values relative to the text encoder's own keys and values (measured per
+            layer by `from_text_vision_pretrained`; 1.0 assumed for a randomly initialised encoder). With the old
+            std-0.02 init the prefixes started ~200x below the encoder's scale and passed almost no gradient upstream.
         text_feature_source (`str`, *optional*, defaults to `"encoder"`):
             Where `E_t` (Sec. 3.2) comes from: `"encoder"` runs the text encoder once without prompts (no gradient)
             and projects its last layer; `"embeddings"` projects the encoder's input embeddings (one encoder pass).
@@ -84,6 +129,10 @@ class RAPConfig(PreTrainedConfig):
             Dropout in the fusion units, the prompt projection and before the task head.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Std of the normal initialisation of the new (non-encoder) layers.
+        vision_feature_size (`int`, *optional*):
+            Width of the vision encoder's pooled output (`pooler_output`); derived from `vision_config` for every
+            family (ResNet/ConvNeXt/RegNet: last hidden size; ViT/DINOv2/CLIP/SigLIP/Swin: hidden size; timm through
+            `TimmWrapper`: the timm model's pooled width).
         subject_marker_token_id, object_marker_token_id (`int`, *optional*):
             Token ids of the `<s>` and `<o>` markers (RE), used when `entity_positions` is not passed.
     """
@@ -110,20 +159,28 @@ class RAPConfig(PreTrainedConfig):
     use_relevance_reasoning: bool = True
     relevance_activation: Literal["sigmoid", "none"] = "sigmoid"
     relevance_gate: Literal["tanh", "identity"] = "tanh"
+    relevance_feature_norm: bool = True
+    relevance_own_projections: bool = True
+    relevance_init: Literal["xavier", "normal"] = "xavier"
+    relevance_matching_weight: float | int = 0.1
     routing_layers: int | None = None
     fusion_units: list[str] | tuple[str, ...] | None = None
     fusion_num_heads: int = 8
     fusion_intermediate_size: int | None = None
     router_hidden_size: int | None = None
     path_regularization_weight: float | int = 1.5
+    path_regularization_reduction: Literal["sum", "mean"] = "sum"
     prompt_length: int = 8
     prompt_source_length: int = 128
     prompt_hidden_size: int | None = None
+    prompt_layer_norm: bool = True
+    prompt_init_scale: float | int = 0.3
     text_feature_source: Literal["encoder", "embeddings"] = "encoder"
     freeze_text_encoder: bool = False
     freeze_vision_encoder: bool = True
     hidden_dropout_prob: float | int = 0.1
     initializer_range: float = 0.02
+    vision_feature_size: int | None = None
     subject_marker_token_id: int | None = None
     object_marker_token_id: int | None = None
 
@@ -140,6 +197,8 @@ class RAPConfig(PreTrainedConfig):
             self.router_hidden_size = max(1, self.fusion_hidden_size // 2)
         if self.prompt_hidden_size is None:
             self.prompt_hidden_size = self.fusion_hidden_size
+        if self.vision_feature_size is None:
+            self.vision_feature_size = pooled_vision_width(self.vision_config)
         self._check_rap_fields()
 
     def _check_rap_fields(self) -> None:
@@ -164,6 +223,9 @@ class RAPConfig(PreTrainedConfig):
                 raise ValueError(f"RAPConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_crops < 0:
             raise ValueError(f"RAPConfig.num_crops must be >= 0, got {self.num_crops}")
+        for name in ("relevance_matching_weight", "path_regularization_weight", "prompt_init_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RAPConfig.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def num_visual_objects(self) -> int:
@@ -179,12 +241,6 @@ class RAPConfig(PreTrainedConfig):
         """Size of g in Eq. 22: U^2 (L - 1) + U."""
         units = self.num_fusion_units
         return units * units * (self.routing_layers - 1) + units
-
-    @property
-    def vision_feature_size(self) -> int:
-        """Width of the pooled vision-encoder feature of one image (2048 for ResNet-101)."""
-        sizes = getattr(self.vision_config, "hidden_sizes", None)
-        return sizes[-1] if sizes else self.vision_config.hidden_size
 
 
 __all__ = ["RAPConfig"]

@@ -8,13 +8,16 @@ ambiguous is marked `# Choice:` and listed in docs/design.md.
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, DynamicCache, PreTrainedModel
+from transformers import AutoConfig, AutoModel, DynamicCache, PreTrainedModel
 from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput, logging
 
 from .configuration_rap import RAPConfig
@@ -42,11 +45,14 @@ class RAPModelOutput(ModelOutput):
         relevance (`torch.FloatTensor` of shape `(batch,)`): modality relevance beta (Algorithm 1).
         relevance_gate (`torch.FloatTensor` of shape `(batch,)`): R-Gate(beta) applied in the CFU (Eq. 14).
         routing_weights (`torch.FloatTensor` of shape `(batch, U^2 (L-1) + U)`): routing vector g (Eq. 18-19).
+        relevance_matching_loss (`torch.FloatTensor` of shape `()`): image-text matching loss on beta's logit
+            (training only, when `relevance_matching_weight` > 0).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     text_cls: torch.FloatTensor | None = None
     router_loss: torch.FloatTensor | None = None
+    relevance_matching_loss: torch.FloatTensor | None = None
     relevance: torch.FloatTensor | None = None
     relevance_gate: torch.FloatTensor | None = None
     routing_weights: torch.FloatTensor | None = None
@@ -56,7 +62,8 @@ class RAPModelOutput(ModelOutput):
 class RAPNEROutput(ModelOutput):
     """
     Args:
-        loss: CRF negative log-likelihood + gamma * L_router (Eq. 20-21), when `labels` are given.
+        loss: CRF negative log-likelihood + gamma * L_router (Eq. 20-21) (+ the weighted relevance matching loss),
+            when `labels` are given.
         logits (`(batch, words, num_labels)`): CRF emissions at the first sub-token of every word.
         predictions (`(batch, words)`): Viterbi tag ids per word, -100 past the last word.
         word_mask (`(batch, words)`): True for real words.
@@ -65,6 +72,7 @@ class RAPNEROutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     task_loss: torch.FloatTensor | None = None
     router_loss: torch.FloatTensor | None = None
+    relevance_matching_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predictions: torch.LongTensor | None = None
     word_mask: torch.BoolTensor | None = None
@@ -78,13 +86,15 @@ class RAPNEROutput(ModelOutput):
 class RAPREOutput(ModelOutput):
     """
     Args:
-        loss: cross-entropy + gamma * L_router (Eq. 20-21), when `labels` are given.
+        loss: cross-entropy + gamma * L_router (Eq. 20-21) (+ the weighted relevance matching loss), when `labels`
+            are given.
         logits (`(batch, num_relations)`): relation scores from `[C_s; C_o]` (Eq. 26).
     """
 
     loss: torch.FloatTensor | None = None
     task_loss: torch.FloatTensor | None = None
     router_loss: torch.FloatTensor | None = None
+    relevance_matching_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     relevance: torch.FloatTensor | None = None
     relevance_gate: torch.FloatTensor | None = None
@@ -117,6 +127,7 @@ class AttentionPooling(nn.Module):
         super().__init__()
         # No bias on the score: softmax is shift-invariant, a bias would never learn.
         self.query = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1, bias=False))
+        mark_relevance_layers(self)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scores = self.query(features).squeeze(-1).masked_fill(~mask, torch.finfo(features.dtype).min)
@@ -124,21 +135,25 @@ class AttentionPooling(nn.Module):
         return (weights.unsqueeze(-1) * features).sum(1)
 
 
+def mark_relevance_layers(module: nn.Module) -> None:
+    """Flags every linear layer of `module` for the relevance-path initialisation (`RAPConfig.relevance_init`)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            layer.is_relevance_layer = True
+
+
 class SemanticFeatureExtractor(nn.Module):
-    """Maps text states and visual object features into the multimodal space d (E_t, E_v) and pools them."""
+    """Maps text states and visual object features into the multimodal space d: E_t and E_v (Sec. 3.2)."""
 
     def __init__(self, config: RAPConfig):
         super().__init__()
         d = config.fusion_hidden_size
         self.text_projection = nn.Linear(config.text_config.hidden_size, d)
         self.visual_projection = nn.Linear(config.vision_feature_size, d)
-        self.text_pooling = AttentionPooling(d)
-        self.visual_pooling = AttentionPooling(d)
+        mark_relevance_layers(self)
 
-    def forward(self, text_states, text_mask, visual_features, visual_mask):
-        text = self.text_projection(text_states)  # E_t
-        visual = self.visual_projection(visual_features)  # E_v
-        return text, visual, self.text_pooling(text, text_mask), self.visual_pooling(visual, visual_mask)
+    def forward(self, text_states: torch.Tensor, visual_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text_projection(text_states), self.visual_projection(visual_features)  # E_t, E_v
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -150,6 +165,7 @@ class RelevanceRepresentation(nn.Module):
     def __init__(self, hidden_size: int, relevance_dim: int):
         super().__init__()
         self.weight = nn.Linear(hidden_size, relevance_dim, bias=False)
+        mark_relevance_layers(self)
 
     def forward(self, mu: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.weight((mu - v).pow(2)), dim=-1, eps=1e-8)  # Eq. 1
@@ -173,40 +189,51 @@ class TextToVisualAttention(nn.Module):
 
 
 class RelevanceGraphReasoning(nn.Module):
-    """Message passing over the relevance graph (Eq. 6-8, Fig. 4) and the relevance weight beta (Algorithm 1)."""
+    """Message passing over the relevance graph (Eq. 6-8, Fig. 4) and the relevance score (Algorithm 1)."""
 
-    def __init__(self, relevance_dim: int, iterations: int, activation: str):
+    def __init__(self, relevance_dim: int, iterations: int):
         super().__init__()
         self.source = nn.ModuleList(nn.Linear(relevance_dim, relevance_dim, bias=False) for _ in range(iterations))
         self.target = nn.ModuleList(nn.Linear(relevance_dim, relevance_dim, bias=False) for _ in range(iterations))
         self.update = nn.ModuleList(nn.Linear(relevance_dim, relevance_dim, bias=False) for _ in range(iterations))
         self.score = nn.Linear(relevance_dim, 1)  # W_s, b_s
-        self.activation = activation
+        mark_relevance_layers(self)
+        for layer in self.update:  # ReLU follows W_r (Eq. 8): He init keeps the nodes' norm through the iterations
+            layer.relu_follows = True
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
-        """`nodes` (batch, 1 + n, m): r_g first, then r_l per word. Returns beta (batch,)."""
+        """`nodes` (batch, 1 + n, m): r_g first, then r_l per word. Returns W_s r_g^N + b_s (batch,)."""
         for source, target, update in zip(self.source, self.target, self.update):
-            logits = source(nodes) @ target(nodes).transpose(1, 2)  # (W_src r_s)(W_tgt r_t)
+            # Choice: logits x sqrt(m): Eq. 1 gives unit-norm nodes, whose plain products would make every edge equal.
+            logits = source(nodes) @ target(nodes).transpose(1, 2) * nodes.shape[-1] ** 0.5  # (W_src r_s)(W_tgt r_t)
             logits = logits.masked_fill(~node_mask.unsqueeze(1), torch.finfo(nodes.dtype).min)
             edges = torch.softmax(logits, dim=-1)  # Eq. 6, row-wise softmax over targets
             nodes = torch.relu(update(edges @ nodes))  # Eq. 7-8
-        beta = self.score(nodes[:, 0]).squeeze(-1)  # beta = W_s r_g^N + b_s
-        # Choice: squash beta into (0, 1) so it reads as a weight (Fig. 8 reports 0.09-0.71).
-        return torch.sigmoid(beta) if self.activation == "sigmoid" else beta
+        return self.score(nodes[:, 0]).squeeze(-1)  # beta before squashing: W_s r_g^N + b_s
 
 
 class ModalityRelevanceReasoning(nn.Module):
-    """Algorithm 1: global (Eq. 2) and local (Eq. 3-5) relevance, graph reasoning, modality relevance beta."""
+    """Algorithm 1: global (Eq. 2) and local (Eq. 3-5) relevance and graph reasoning; returns beta's logit."""
 
     def __init__(self, config: RAPConfig):
         super().__init__()
         d, m = config.fusion_hidden_size, config.relevance_dim
+        self.normalize = config.relevance_feature_norm
+        self.text_pooling = AttentionPooling(d)  # g_mu = SelfAttention(E_mu)
+        self.visual_pooling = AttentionPooling(d)  # g_v = SelfAttention(E_v)
         self.global_relevance = RelevanceRepresentation(d, m)  # W_g
         self.local_relevance = RelevanceRepresentation(d, m)  # W_l
         self.text_to_visual = TextToVisualAttention(config.relevance_temperature)
-        self.graph = RelevanceGraphReasoning(m, config.graph_iterations, config.relevance_activation)
+        self.graph = RelevanceGraphReasoning(m, config.graph_iterations)
 
-    def forward(self, text, text_mask, visual, visual_mask, text_global, visual_global) -> torch.Tensor:
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        # Choice: unit-length features (SGRAF), so (mu - v)^2 in Eq. 1 reflects direction, not the projections' scale.
+        return F.normalize(x, dim=-1, eps=1e-8) * x.shape[-1] ** 0.5 if self.normalize else x
+
+    def forward(self, text, text_mask, visual, visual_mask) -> torch.Tensor:
+        text, visual = self._unit(text), self._unit(visual)
+        text_global = self._unit(self.text_pooling(text, text_mask))
+        visual_global = self._unit(self.visual_pooling(visual, visual_mask))
         r_global = self.global_relevance(text_global, visual_global)  # Eq. 2
         attended = self.text_to_visual(text, visual, visual_mask)  # Eq. 3-4
         r_local = self.local_relevance(text, attended)  # Eq. 5
@@ -340,15 +367,36 @@ class DynamicFusionModule(nn.Module):
         return unit_inputs[0], torch.cat(routing, dim=-1)  # X_mli: aggregation of the last layer's units
 
 
-def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
+def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Tensor, reduction: str = "sum"):
     """L_router (Eq. 22): squared gap between routing-vector and [CLS] cosine similarities over batch pairs."""
     batch = routing_weights.shape[0]
     if batch < 2:
         return routing_weights.sum() * 0.0
-    gap = pairwise_cosine(routing_weights) - pairwise_cosine(semantics.detach())
+    gap = (pairwise_cosine(routing_weights) - pairwise_cosine(semantics.detach())).pow(2)
+    if reduction == "sum":  # Eq. 22 as written: sum over x, y in B (x = y adds 0)
+        return gap.sum()
     off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=gap.device)
-    # Choice: mean over ordered pairs x != y (the paper's sum grows with the batch size).
-    return gap.pow(2)[off_diagonal].mean()
+    return gap[off_diagonal].mean()
+
+
+def relevance_matching_loss(score_fn, text, text_mask, visual, visual_mask, matched_scores) -> torch.Tensor:
+    """Image-text matching on beta's logit (beyond the paper): own image = 1, every other image of the batch = 0.
+
+    Each sample with an image is scored against the images of all other such samples (the in-batch negatives of
+    contrastive image-text training, no extra labels); positives and negatives weigh half each. Samples without an
+    image take no part; fewer than two such samples give 0.
+    """
+    holders = visual_mask.any(-1).nonzero().squeeze(-1)
+    count = holders.numel()
+    if count < 2:
+        return matched_scores.sum() * 0.0
+    texts, images = torch.meshgrid(holders, holders, indexing="ij")
+    foreign = texts != images
+    texts, images = texts[foreign], images[foreign]  # count * (count - 1) mismatched pairs
+    scores = score_fn(text[texts], text_mask[texts], visual[images], visual_mask[images])
+    positive = F.binary_cross_entropy_with_logits(matched_scores[holders], torch.ones(count, device=scores.device))
+    negative = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores))
+    return 0.5 * (positive + negative)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -365,10 +413,15 @@ class PromptProjection(nn.Module):
         self.head_dim = text.hidden_size // text.num_attention_heads
         self.prompt_length = config.prompt_length
         self.source_length = config.prompt_source_length
+        self.init_scale = config.prompt_init_scale
         # Choice: "map the length to m_p" is a learned (m_p x max_len) matrix over zero-padded positions.
         self.length_mapping = nn.Linear(config.prompt_source_length, config.prompt_length)
+        # Choice: a LayerNorm before W_in, so the prefixes' initial scale does not depend on X_mli's.
+        self.input_norm = nn.LayerNorm(config.fusion_hidden_size) if config.prompt_layer_norm else nn.Identity()
         self.input_projection = nn.Linear(config.fusion_hidden_size, config.prompt_hidden_size)  # W_in
         self.output_projection = nn.Linear(config.prompt_hidden_size, 2 * self.num_layers * text.hidden_size)  # W_out
+        self.input_projection.is_prompt_input = True
+        self.output_projection.is_prompt_output = True
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, fused: torch.Tensor, text_mask: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
@@ -381,10 +434,38 @@ class PromptProjection(nn.Module):
         fused = fused * text_mask.unsqueeze(-1).to(fused.dtype)
         weight = self.length_mapping.weight[:, :length]  # (m_p, n): padded positions contribute nothing
         mapped = torch.einsum("pn,bnd->bpd", weight, fused) + self.length_mapping.bias[None, :, None]
-        prompt = self.output_projection(torch.relu(self.input_projection(mapped)))  # Eq. 23
+        prompt = self.output_projection(torch.relu(self.input_projection(self.input_norm(mapped))))  # Eq. 23
         prompt = self.dropout(prompt).view(batch, self.prompt_length, 2 * self.num_layers, self.num_heads, self.head_dim)
         prompt = prompt.permute(2, 0, 3, 1, 4)  # (2 L_bert, batch, heads, m_p, head_dim)
         return tuple((prompt[2 * i], prompt[2 * i + 1]) for i in range(self.num_layers))
+
+    @torch.no_grad()
+    def match_encoder_scale(self, encoder: nn.Module) -> torch.Tensor:
+        """Rescales W_out so each layer's prefix keys/values start at `prompt_init_scale` x that layer's own RMS.
+
+        `_init_weights` assumes unit-RMS keys and values; this measures the real ones on a fixed pseudo-text (random
+        vocabulary ids) and returns them, (2 L_bert,) in the order key_0, value_0, key_1, ...
+        """
+        scale = encoder_key_value_rms(encoder)
+        weight = self.output_projection.weight.view(2 * self.num_layers, -1, self.output_projection.in_features)
+        weight.mul_(scale.to(weight)[:, None, None])
+        return scale
+
+
+def encoder_key_value_rms(encoder: nn.Module, batch: int = 4, length: int = 32) -> torch.Tensor:
+    """RMS of every layer's attention keys and values on random vocabulary ids, read from the encoder's cache."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = encoder.get_input_embeddings().num_embeddings
+    input_ids = torch.randint(0, vocab, (batch, length), generator=generator).to(encoder.device)
+    cache = DynamicCache(config=encoder.config)
+    was_training = encoder.training
+    encoder.eval()
+    encoder(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **{encoder_cache_argument(encoder): cache})
+    encoder.train(was_training)
+    rms = []
+    for layer in cache.layers:
+        rms += [layer.keys.float().pow(2).mean().sqrt(), layer.values.float().pow(2).mean().sqrt()]
+    return torch.stack(rms).cpu()
 
 
 def encoder_cache_argument(encoder: nn.Module) -> str:
@@ -451,6 +532,7 @@ class RAPPreTrainedModel(PreTrainedModel):
     base_model_prefix = "rap"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
+    accepts_loss_kwargs = False  # Trainer: the loss is a per-batch mean, scale it for gradient accumulation
     _supports_sdpa = True
     _no_split_modules = ["RoutingLayer"]
 
@@ -462,15 +544,32 @@ class RAPPreTrainedModel(PreTrainedModel):
         elif CRF is not None and isinstance(module, CRF):
             for parameter in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(parameter, -0.1, 0.1)
+        elif getattr(module, "is_relevance_layer", False) and self.config.relevance_init == "xavier":
+            # Choice: Xavier (SGRAF) keeps a unit gain through Eq. 1-8, so beta depends on the input from the start.
+            if getattr(module, "relu_follows", False):
+                init.kaiming_uniform_(module.weight, nonlinearity="relu")
+            else:
+                init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif getattr(module, "is_prompt_input", False):
+            init.kaiming_normal_(module.weight, nonlinearity="relu")  # unit RMS after ReLU for a LayerNorm-ed input
+        elif getattr(module, "is_prompt_output", False):
+            # Prefix keys/values start at prompt_init_scale x unit RMS; `match_encoder_scale` adapts it per layer.
+            init.normal_(module.weight, std=self.config.prompt_init_scale / math.sqrt(module.in_features))
 
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """Pooled vision-encoder feature per image (N, 3, H, W) -> (N, C_v); see `RAPModel.get_image_features`."""
         return self.base_model.get_image_features(pixel_values)
 
-    def _total_loss(self, task_loss, router_loss):
-        if router_loss is None:  # text-only baseline
-            return task_loss, None
-        return task_loss + self.config.path_regularization_weight * router_loss, router_loss  # Eq. 20
+    def _total_loss(self, task_loss: torch.Tensor, backbone: "RAPModelOutput") -> torch.Tensor:
+        """Eq. 20, plus the optional image-text matching loss on beta (`relevance_matching_weight`)."""
+        loss = task_loss
+        if backbone.router_loss is not None:  # None: text-only baseline
+            loss = loss + self.config.path_regularization_weight * backbone.router_loss
+        if backbone.relevance_matching_loss is not None:
+            loss = loss + self.config.relevance_matching_weight * backbone.relevance_matching_loss
+        return loss
 
     def gradient_checkpointing_enable(self, *args, **kwargs):
         raise ValueError(
@@ -486,22 +585,59 @@ class RAPPreTrainedModel(PreTrainedModel):
         **config_kwargs,
     ) -> "RAPPreTrainedModel":
         """Builds a RAP model around a pretrained text encoder (and vision encoder), like
-        `VisionTextDualEncoderModel.from_vision_text_pretrained`. New RAP layers are randomly initialised; without a
+        `VisionTextDualEncoderModel.from_vision_text_pretrained`. The vision encoder can be any Hugging Face vision
+        model with a pooled output, a `timm/...` model, or the vision tower of a CLIP-like checkpoint; with `rap_hf`
+        installed the offline aliases `"minilm"` and `"efficientnet-lite0"` work too. New RAP layers are randomly
+        initialised, the prefixes scaled to the text encoder's keys and values (`prompt_init_scale`); without a
         vision path the vision encoder is randomly initialised with a warning (its features carry no semantics)."""
-        text_encoder = AutoModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False)
-        vision_encoder = AutoModel.from_pretrained(vision_model_name_or_path) if vision_model_name_or_path else None
+        text_path, vision_path = resolve_encoder_aliases(text_model_name_or_path, vision_model_name_or_path)
+        text_encoder = AutoModel.from_pretrained(text_path, add_pooling_layer=False)
+        text_encoder.config._name_or_path = public_name(text_model_name_or_path)
         config_kwargs["text_config"] = text_encoder.config
-        if vision_encoder is not None:
+        vision_encoder = None
+        if vision_path:
+            vision_encoder = load_pretrained_vision_encoder(vision_path)
+            vision_encoder.config._name_or_path = public_name(vision_model_name_or_path)
             config_kwargs["vision_config"] = vision_encoder.config
         elif config_kwargs.get("multimodal", True):
             logger.warning("no vision encoder given: the RAP vision encoder is randomly initialised")
         model = cls(RAPConfig(**config_kwargs))
         backbone = model.base_model
         backbone.text_encoder.load_state_dict(text_encoder.state_dict())
-        if vision_encoder is not None and model.config.multimodal:
-            backbone.vision_encoder.load_state_dict(vision_encoder.state_dict())
-        model.name_or_path = text_model_name_or_path
+        if model.config.multimodal:
+            if vision_encoder is not None:
+                backbone.vision_encoder.load_state_dict(vision_encoder.state_dict())
+            backbone.prompt_projection.match_encoder_scale(backbone.text_encoder)
+        model.name_or_path = public_name(text_model_name_or_path)
         return model
+
+
+def resolve_encoder_aliases(text: str, vision: str | None) -> tuple[str, str | None]:
+    """The offline aliases of `rap_hf.encoders` where `rap_hf` is installed; names pass through elsewhere (Hub copy)."""
+    try:
+        from rap_hf.encoders import resolve_text_model, resolve_vision_model
+    except ImportError:  # this file runs as remote code without the package: only real names and paths
+        return text, vision
+    return resolve_text_model(text), resolve_vision_model(vision)
+
+
+def public_name(name_or_path: str) -> str:
+    """What a saved config records of an encoder: the Hub id or alias, never a path of this machine (a folder's name)."""
+    return os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
+
+
+def load_pretrained_vision_encoder(name_or_path: str) -> PreTrainedModel:
+    """A pretrained vision encoder with a pooled output; the vision tower where the checkpoint holds two (CLIP...)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    vision_config = getattr(config, "vision_config", None)
+    if vision_config is not None and type(vision_config) in MODEL_MAPPING:
+        encoder = MODEL_MAPPING[type(vision_config)].from_pretrained(name_or_path)
+    else:
+        encoder = AutoModel.from_pretrained(name_or_path)
+    if encoder.config.model_type == "timm_wrapper":  # the ImageNet label names would bloat every saved RAP config
+        encoder.config.__dict__.pop("label_names", None)
+        encoder.config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
+    return encoder
 
 
 class RAPModel(RAPPreTrainedModel):
@@ -515,6 +651,9 @@ class RAPModel(RAPPreTrainedModel):
             self.vision_encoder = AutoModel.from_config(config.vision_config)
             self.semantic_features = SemanticFeatureExtractor(config)
             self.relevance_reasoning = ModalityRelevanceReasoning(config) if config.use_relevance_reasoning else None
+            # Choice: the relevance path's own E_t, E_v: shared with the fusion units, the task loss dominated them.
+            own = config.use_relevance_reasoning and config.relevance_own_projections
+            self.relevance_features = SemanticFeatureExtractor(config) if own else None
             self.dynamic_fusion = DynamicFusionModule(config)
             self.prompt_projection = PromptProjection(config)
         self.post_init()
@@ -573,12 +712,30 @@ class RAPModel(RAPPreTrainedModel):
         """States feeding E_t, and the [CLS] semantics of Eq. 22 when available from an un-prompted pass."""
         if self.config.text_feature_source == "embeddings":
             return self.text_encoder.get_input_embeddings()(input_ids), None
-        # Choice: E_t comes from an un-prompted encoder pass without gradient (the prompts need E_t first).
+        # Choice: E_t comes from an un-prompted encoder pass without gradient (the prompts need E_t first), in eval
+        # mode: dropout noise would otherwise enter E_t and the [CLS] target of Eq. 22.
+        was_training = self.text_encoder.training
+        self.text_encoder.eval()
         with torch.no_grad():
             states = self.text_encoder(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
+        self.text_encoder.train(was_training)
         return states, states[:, 0]
+
+    def _relevance(self, text, visual, text_mask, visual_mask) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
+        """beta (Algorithm 1), the R-Gate (Eq. 14) and, in training, the image-text matching loss."""
+        if self.relevance_reasoning is None:  # Table 5 "MRR": no relevance reasoning, gate = 1
+            return None, torch.ones(text.shape[0], dtype=text.dtype, device=text.device), None
+        scores = self.relevance_reasoning(text, text_mask, visual, visual_mask)
+        # Choice: squash beta into (0, 1) so it reads as a weight (Fig. 8 reports 0.09-0.71).
+        relevance = torch.sigmoid(scores) if self.config.relevance_activation == "sigmoid" else scores
+        relevance = relevance * visual_mask.any(-1).to(text.dtype)  # no image: beta = 0
+        gate = torch.tanh(relevance) if self.config.relevance_gate == "tanh" else relevance  # Eq. 14
+        matching = None
+        if self.training and self.config.relevance_matching_weight > 0:
+            matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores)
+        return relevance, gate, matching
 
     def forward(
         self,
@@ -603,31 +760,29 @@ class RAPModel(RAPPreTrainedModel):
             pixel_values, visual_features, image_mask, batch_size, input_ids.device
         )
         text_states, semantics = self._text_features(input_ids, attention_mask, token_type_ids)
-        text, visual, text_global, visual_global = self.semantic_features(
-            text_states, text_mask, visual_features, visual_mask
-        )
-        has_image = visual_mask.any(-1).to(text.dtype)
-        if self.relevance_reasoning is not None:
-            relevance = self.relevance_reasoning(text, text_mask, visual, visual_mask, text_global, visual_global)
-            relevance = relevance * has_image  # no image: beta = 0
-            gate = torch.tanh(relevance) if self.config.relevance_gate == "tanh" else relevance  # Eq. 14
+        text, visual = self.semantic_features(text_states, visual_features)  # E_t, E_v
+        if self.relevance_features is not None:
+            relevance, gate, matching_loss = self._relevance(
+                *self.relevance_features(text_states, visual_features), text_mask, visual_mask
+            )
         else:
-            relevance = None
-            gate = torch.ones(batch_size, dtype=text.dtype, device=text.device)  # Table 5 "MRR": gate = 1
+            relevance, gate, matching_loss = self._relevance(text, visual, text_mask, visual_mask)
         fused, routing_weights = self.dynamic_fusion(text, text_mask, visual, visual_mask, gate)
         prefixes = self.prompt_projection(fused, text_mask)
         states = run_prefixed_encoder(self.text_encoder, prefixes, input_ids, attention_mask, token_type_ids)
         if semantics is None:
             semantics = states[:, 0]
-        router_loss = path_regularization_loss(routing_weights, semantics)
+        router_loss = path_regularization_loss(routing_weights, semantics, self.config.path_regularization_reduction)
         return RAPModelOutput(
             last_hidden_state=states,
             text_cls=semantics,
             router_loss=router_loss,
+            relevance_matching_loss=matching_loss,
             relevance=relevance,
             relevance_gate=gate,
             routing_weights=routing_weights,
         )
+
 
 class RAPForMultimodalNER(RAPPreTrainedModel):
     """RAP with a CRF over the prompted encoder states at the first sub-token of every word (Eq. 25)."""
@@ -669,30 +824,47 @@ class RAPForMultimodalNER(RAPPreTrainedModel):
         if word_start_mask is None:  # without alignment, label positions (or every real token) are the words
             word_start_mask = labels.ne(-100) if labels is not None else attention_mask.bool()
         word_start_mask = word_start_mask.bool()
-        emissions = self.classifier(self.dropout(backbone.last_hidden_state))
-        emissions, word_mask = self.gather_words(emissions, word_start_mask)
-        crf_mask = word_mask.clone()
-        crf_mask[:, 0] = True  # pytorch-crf needs the first step on; a word-less sample decodes one dummy step
-        task_loss = router_loss = loss = None
+        token_emissions = self.classifier(self.dropout(backbone.last_hidden_state))
+        emissions, word_mask = self.gather_words(token_emissions, word_start_mask)
+        task_loss = loss = None
         if labels is not None:
-            tags, _ = self.gather_words(labels, word_start_mask)
-            task_loss = -self.crf(emissions, tags.clamp(min=0), mask=crf_mask, reduction="mean")  # Eq. 21
-            loss, router_loss = self._total_loss(task_loss, backbone.router_loss)
-        paths = self.crf.decode(emissions, mask=crf_mask)  # Viterbi
-        predictions = torch.full(word_mask.shape, -100, dtype=torch.long, device=emissions.device)
-        for row, path in enumerate(paths):
-            predictions[row, : int(word_mask[row].sum())] = torch.tensor(path, device=emissions.device)[
-                : int(word_mask[row].sum())
-            ]
+            task_loss = self._crf_loss(token_emissions, labels, word_start_mask)  # Eq. 21
+            loss = self._total_loss(task_loss, backbone)
+        predictions = None
+        if not (self.training and labels is not None):  # no Viterbi in training steps: only the loss is used there
+            predictions = self.decode(emissions, word_mask)
         return RAPNEROutput(
             loss=loss,
             task_loss=task_loss,
-            router_loss=router_loss,
+            router_loss=backbone.router_loss,
+            relevance_matching_loss=backbone.relevance_matching_loss,
             logits=emissions,
             predictions=predictions,
             word_mask=word_mask,
             **analysis_fields(backbone),
         )
+
+    def _crf_loss(self, token_emissions, labels, word_start_mask) -> torch.Tensor:
+        """Mean CRF negative log-likelihood over the samples; a word start labelled -100 is left out of its sequence."""
+        scored = word_start_mask & labels.ne(-100)
+        emissions, mask = self.gather_words(token_emissions, scored)
+        tags, _ = self.gather_words(labels, scored)
+        has_words = mask.any(1)
+        crf_mask = mask.clone()
+        crf_mask[:, 0] = True  # pytorch-crf needs the first step on; word-less samples are dropped below
+        log_likelihood = self.crf(emissions, tags.clamp(min=0), mask=crf_mask, reduction="none")
+        return -(log_likelihood * has_words).sum() / has_words.sum().clamp(min=1)
+
+    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor) -> torch.LongTensor:
+        """Viterbi tag ids per word (batch, W), -100 past each sample's last word."""
+        crf_mask = word_mask.clone()
+        crf_mask[:, 0] = True  # a word-less sample decodes one dummy step, dropped below
+        predictions = torch.full(word_mask.shape, -100, dtype=torch.long, device=emissions.device)
+        for row, path in enumerate(self.crf.decode(emissions, mask=crf_mask)):
+            length = int(word_mask[row].sum())
+            predictions[row, :length] = torch.tensor(path[:length], dtype=torch.long, device=emissions.device)
+        return predictions
+
 
 class RAPForMultimodalRE(RAPPreTrainedModel):
     """RAP relation classifier on the prompted states at the subject and object markers, softmax([C_s; C_o]) (Eq. 26)."""
@@ -733,14 +905,15 @@ class RAPForMultimodalRE(RAPPreTrainedModel):
         index = entity_positions.unsqueeze(-1).expand(-1, -1, states.shape[-1])
         pair = states.gather(1, index).flatten(1)  # [C_s; C_o]
         logits = self.classifier(self.dropout(pair))  # Eq. 26
-        task_loss = router_loss = loss = None
+        task_loss = loss = None
         if labels is not None:
             task_loss = F.cross_entropy(logits, labels)  # Eq. 21
-            loss, router_loss = self._total_loss(task_loss, backbone.router_loss)
+            loss = self._total_loss(task_loss, backbone)
         return RAPREOutput(
             loss=loss,
             task_loss=task_loss,
-            router_loss=router_loss,
+            router_loss=backbone.router_loss,
+            relevance_matching_loss=backbone.relevance_matching_loss,
             logits=logits,
             **analysis_fields(backbone),
         )

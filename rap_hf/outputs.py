@@ -46,28 +46,14 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
     return {name: str(path) for name, path in figures.items()}
 
 
-def push_folder_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Uploads a saved model folder (weights, remote code, processor, card, figures) to the Hub."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload RAP model")
-    logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
-    return str(getattr(commit, "commit_url", commit))
-
-
 def write_run_outputs(results: dict[str, Any], test, model, output_dir: Path, args) -> None:
-    """Writes results.json, figures and the model card into the best-model folder, then pushes when asked."""
+    """Writes results.json, the figures and the model card next to the saved model in `output_dir`."""
     from .model_card import write_model_card
 
-    best_dir = output_dir / "best_model"
-    figures = write_figures(test, model.config, best_dir / "figures") if args.make_figures else {}
-    results["figures"] = {name: str(Path(path).relative_to(best_dir)) for name, path in figures.items()}
-    for folder in (output_dir, best_dir):
-        (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    figures = write_figures(test, model.config, output_dir / "figures") if args.make_figures else {}
+    results["figures"] = {name: str(Path(path).relative_to(output_dir)) for name, path in figures.items()}
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     repo_id = args.hub_model_id or f"your-org/rap-{results['dataset']}"
-    card = write_model_card(best_dir / "results.json", best_dir / "README.md", repo_id, figures=figures)
-    logger.info("Model: %s | results: %s | model card: %s", best_dir, output_dir / "results.json", card)
-    if args.push_to_hub:
-        push_folder_to_hub(best_dir, args.hub_model_id, args.hub_private_repo)
+    # links relative to the card (it sits next to figures/), so they work on the Hub and in any checkout
+    write_model_card(output_dir / "results.json", output_dir / "README.md", repo_id, figures=results["figures"])
+    logger.info("Model, results.json and model card (README.md) in %s", output_dir)

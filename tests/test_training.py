@@ -1,4 +1,5 @@
-"""End-to-end tests of scripts/run_rap.py on the bundled sample: reload, two processes, resume, Hub push."""
+"""End-to-end tests of scripts/run_rap.py (transformers.Trainer) on the bundled sample: reload, two processes, resume,
+cut-off checkpoints, output folder reuse, Hub push."""
 
 import json
 import os
@@ -15,7 +16,6 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 from rap_hf.data import load_dataset
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
-from rap_hf.training import word_predictions
 
 SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
 TINY_OVERRIDES = json.dumps(
@@ -34,18 +34,22 @@ def tiny_text_model(tmp_path_factory, minilm) -> Path:
     return folder
 
 
-def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1) -> dict:
+def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, expect_failure=False) -> dict:
     """Runs the training script like a user would and returns its results.json."""
     # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.
     layout = ["--cpu"] if processes == 1 else ["--multi_gpu"]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)]
     command = [
-        *launcher, str(SCRIPT), "--text_model", str(text_model), "--output_dir", str(output_dir),
+        *launcher, str(SCRIPT), "--text_model", str(text_model), "--vision_model", "", "--output_dir", str(output_dir),
         "--config_overrides", TINY_OVERRIDES, "--per_device_eval_batch_size", "8", "--report_to", "none",
-        "--new_params_learning_rate", "3e-3", "--learning_rate", "1e-3", *extra,
+        "--new_params_learning_rate", "3e-3", "--learning_rate", "1e-3", "--feature_cache_dir",
+        str(output_dir.parent / "features"), *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true")
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    if expect_failure:
+        assert result.returncode != 0
+        return {"stderr": result.stderr}
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     results_path = output_dir / "results.json"
     return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": result.stdout}
@@ -72,7 +76,8 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
         for j, row in enumerate(rows):
             if task == "ner":
                 references.append([labels[t] for t in row["ner_tags"]])
-                predictions.append(word_predictions(out.predictions[j].tolist(), word_ids[j], len(row["tokens"]), labels))
+                predictions += processor.post_process_ner(out.predictions[j : j + 1], word_ids[j : j + 1],
+                                                          [len(row["tokens"])], model.config.id2label)  # fmt: skip
             else:
                 references.append(labels[row["relation"]])
                 predictions.append(labels[int(out.logits[j].argmax())])
@@ -85,16 +90,20 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
 @pytest.mark.parametrize("dataset", ["twitter2017", "mnre"])
 def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model, dataset):
     results = run_script(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
-    best = tmp_path / "run" / "best_model"
+    best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
     for name in ("config.json", "model.safetensors", "modeling_rap.py", "configuration_rap.py",
                  "processing_rap.py", "README.md", "results.json"):  # fmt: skip
         assert (best / name).exists(), name
+    assert not list(best.glob("checkpoint-*")) and not (best / "training_args.bin").exists()
     assert results["task"] == ("ner" if dataset == "twitter2017" else "re")
     splits = load_dataset(dataset)
     assert (results["num_train_examples"], results["num_test_examples"]) == (len(splits["train"]), len(splits["test"]))
     assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
     assert len(results["history"]) == 2
-    assert shlex.split(results["command"])[:3] == ["accelerate", "launch", str(SCRIPT)]  # copy-pasteable
+    # copy-pasteable from the repository root, and no path of this machine anywhere in the outputs
+    assert shlex.split(results["command"])[:3] == ["accelerate", "launch", "scripts/run_rap.py"]
+    for name in ("results.json", "README.md", "config.json", "processor_config.json"):
+        assert str(tmp_path) not in (best / name).read_text() and str(REPO_ROOT) not in (best / name).read_text()
     for figure in results["figures"].values():
         assert (best / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = reevaluate(best, dataset)
@@ -126,7 +135,13 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_tex
     full = run_script(tmp_path / "full", tiny_text_model, *common)
     interrupted = run_script(tmp_path / "cut", tiny_text_model, *common, "--stop_after_epoch", "1")
     assert "stdout" in interrupted and not (tmp_path / "cut" / "results.json").exists()
-    assert (tmp_path / "cut" / "checkpoints" / "epoch_0").exists()
+    checkpoints = list((tmp_path / "cut").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "rap_checkpoint_complete").exists()
+    refused = run_script(tmp_path / "cut", tiny_text_model, *common, expect_failure=True)  # would mix two runs
+    assert "--resume_from_checkpoint latest" in refused["stderr"]
+    cut_off = tmp_path / "cut" / "checkpoint-999"  # a newer save that a kill interrupted: no completion marker
+    cut_off.mkdir()
+    (cut_off / "config.json").write_text((checkpoints[0] / "config.json").read_text())
     resumed = run_script(tmp_path / "cut", tiny_text_model, *common, "--resume_from_checkpoint", "latest")
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
     assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
@@ -141,21 +156,45 @@ def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_m
     from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
 
     uploads = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: repo_id)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
 
-    def fake_upload(self, repo_id, folder_path, **kwargs):
-        uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+    def fake_upload(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        uploads.append((repo_id, files, list(ignore_patterns)))
         return "https://huggingface.co/org/rap-mnre/commit/0"
 
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
     run(
-        ModelArguments(text_model=str(tiny_text_model), config_overrides=TINY_OVERRIDES),
-        DataArguments(dataset="mnre"),
+        ModelArguments(text_model=str(tiny_text_model), vision_model=None, config_overrides=TINY_OVERRIDES),
+        DataArguments(dataset="mnre", feature_cache_dir=str(tmp_path / "features")),
         RAPTrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, push_to_hub=True,
                              hub_model_id="org/rap-mnre", report_to="none"),  # fmt: skip
     )
     assert len(uploads) == 1 and uploads[0][0] == "org/rap-mnre"
-    assert {"config.json", "model.safetensors", "modeling_rap.py", "processing_rap.py", "README.md"} <= set(uploads[0][1])
-    card = huggingface_hub.ModelCard((tmp_path / "run" / "best_model" / "README.md").read_text())
+    assert {"config.json", "model.safetensors", "modeling_rap.py", "processing_rap.py", "README.md",
+            "results.json"} <= set(uploads[0][1])  # fmt: skip
+    assert "training_args.bin" not in uploads[0][1] and "checkpoint-*" in uploads[0][2]
+    card = huggingface_hub.ModelCard((tmp_path / "run" / "README.md").read_text())
     assert card.data.to_dict()["model-index"][0]["name"]
     assert 'AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)' in card.text
+
+
+def test_latest_checkpoint_skips_one_cut_off_while_saving(tmp_path):
+    from rap_hf.training import RAPTrainingArguments, latest_complete_checkpoint, resolve_resume
+
+    for step, complete in ((5, True), (10, True), (15, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "rap_checkpoint_complete").write_text("")
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    args = RAPTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="latest")
+    assert resolve_resume(args) == tmp_path / "checkpoint-10"
+    args.resume_from_checkpoint = str(tmp_path / "checkpoint-15")
+    with pytest.raises(ValueError, match="not saved completely"):
+        resolve_resume(args)
+    args.resume_from_checkpoint = "latest"
+    args.output_dir = str(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_resume(args)

@@ -13,7 +13,7 @@ import torch
 from transformers import BertConfig
 
 from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE
-from rap_hf.training import resolve_text_model
+from rap_hf.encoders import resolve_text_model
 
 NER_LABELS = 9  # BIO over PER/LOC/ORG/MISC
 RE_LABELS = 23  # MNRE relations

@@ -2,7 +2,7 @@
 """How much attention RAP's prefix prompts take in every layer of the text encoder, fresh or trained.
 
     python scripts/benchmarks/prefix_attention.py                                  # fresh RAP on MiniLM-L6
-    python scripts/benchmarks/prefix_attention.py --model OUT/best_model --dataset mnre --data_dir ../shared/data
+    python scripts/benchmarks/prefix_attention.py --model OUT --dataset mnre --data_dir ../shared/data
     python scripts/benchmarks/prefix_attention.py --smoke                          # CI-sized
 
 Why it matters: P-tuning v2 prepends m_p key/value slots to every layer (Eq. 24). A prefix near zero is not a no-op:

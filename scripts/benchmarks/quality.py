@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DATASET_OF_TASK = {"ner": "twitter2017", "re": "mnre"}
 VARIANTS = {"baseline": "text-only baseline", "rap": "RAP (text only)"}
-SETTING_KEYS = ("train_examples", "epochs", "new_params_learning_rate")  # runs merged by --report must agree on these
+SETTING_KEYS = ("train_examples", "epochs", "new_params_learning_rate", "config_overrides")  # runs merged by --report must agree on these
 SMOKE_OVERRIDES = {
     "vision_config": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
                       "layer_type": "basic"},  # fmt: skip
@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="which models to train (the target needs both)")  # fmt: skip
     parser.add_argument("--new_params_learning_rate", type=float, default=None,
                         help="lr of the new RAP layers and heads (default: the training default, = learning_rate)")
+    parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for the RAP variant")
     parser.add_argument("--output_dir", default=None, help="default: a temporary folder")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--smoke", action="store_true", help="bundled sample, tiny random encoder, 1 epoch, 1 seed")
@@ -66,7 +67,7 @@ def smoke_text_model(folder: Path) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from rap_hf.training import resolve_text_model
+    from rap_hf.encoders import resolve_text_model
 
     torch.manual_seed(0)
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)).save_pretrained(folder)
@@ -78,6 +79,8 @@ def train_once(task: str, variant: str, seed: int, args: argparse.Namespace, out
     from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
 
     overrides = dict(SMOKE_OVERRIDES) if args.smoke else {}
+    if args.config_overrides and variant == VARIANTS["rap"]:
+        overrides.update(json.loads(args.config_overrides))
     model_args = ModelArguments(
         text_model=args.text_model, text_only_baseline=variant == VARIANTS["baseline"],
         config_overrides=json.dumps(overrides) if overrides else None,
@@ -97,7 +100,8 @@ def train_once(task: str, variant: str, seed: int, args: argparse.Namespace, out
     return {"task": task, "variant": variant, "seed": seed, "test": results["test"],
             "validation": results["validation"], "seconds": time.perf_counter() - start,
             "train_examples": max_train or "all", "best_epoch": results["best_epoch"], "epochs": args.epochs,
-            "new_params_learning_rate": args.new_params_learning_rate}  # fmt: skip
+            "new_params_learning_rate": args.new_params_learning_rate,
+            "config_overrides": args.config_overrides if variant == VARIANTS["rap"] else None}  # fmt: skip
 
 
 def train_in_subprocesses(combos: list[tuple[str, str, int]], args: argparse.Namespace, out: Path) -> list[dict]:
@@ -180,7 +184,8 @@ def report(args: argparse.Namespace) -> None:
     take --epochs from the command line."""
     runs = [run for path in args.report for run in json.loads(Path(path).read_text())]
     for key in SETTING_KEYS:  # older files lack "epochs" and the lr: those runs match any value
-        values = {json.dumps(run[key]) for run in runs if key in run}
+        compared = [run for run in runs if key != "config_overrides" or run["variant"] == VARIANTS["rap"]]
+        values = {json.dumps(run[key]) for run in compared if key in run}
         if len(values) > 1:
             sys.exit(f"{', '.join(args.report)}: runs differ in {key!r} ({', '.join(sorted(values))}); not one table")
     args.epochs = next((run["epochs"] for run in runs if "epochs" in run), args.epochs)

