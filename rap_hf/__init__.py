@@ -14,7 +14,7 @@ from .modeling_rap import (
 
 from .auto import register_auto_classes
 from .data import load_dataset
-from .metrics import RAPMetric, compute_ner_metrics, compute_re_metrics
+from .metrics import compute_ner_metrics, compute_re_metrics
 from .pipelines import RAPPipeline, pipeline
 from .processing_rap import RAPDataCollator, RAPProcessor
 
@@ -27,7 +27,6 @@ __all__ = [
     "load_dataset",
     "compute_ner_metrics",
     "compute_re_metrics",
-    "RAPMetric",
     "pipeline",
     "RAPPipeline",
     "RAPProcessor",

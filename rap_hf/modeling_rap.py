@@ -694,8 +694,7 @@ class RAPModel(RAPPreTrainedModel):
                     f"pixel_values must have shape (batch, {slots}, 3, H, W) (image + {slots - 1} crops), "
                     f"got {tuple(pixel_values.shape)}"
                 )
-            flat = self.get_image_features(pixel_values.flatten(0, 1).to(self.dtype))
-            visual_features = flat.view(batch_size, slots, -1)
+            visual_features = self._encode_real_slots(pixel_values, image_mask)
         if visual_features is None:
             visual_features = torch.zeros(batch_size, slots, self.config.vision_feature_size, device=device)
             image_mask = torch.zeros(batch_size, slots, dtype=torch.bool, device=device)
@@ -707,6 +706,15 @@ class RAPModel(RAPPreTrainedModel):
         if image_mask is None:
             image_mask = torch.ones(batch_size, slots, dtype=torch.bool, device=device)
         return visual_features.to(self.dtype), image_mask.bool()
+
+    def _encode_real_slots(self, pixel_values: torch.Tensor, image_mask: torch.Tensor | None) -> torch.Tensor:
+        """Pooled features of the slots that hold a picture (the vision encoder never sees an empty slot); zeros
+        elsewhere."""
+        mask = image_mask.bool() if image_mask is not None else pixel_values.new_ones(pixel_values.shape[:2]).bool()
+        features = pixel_values.new_zeros(*mask.shape, self.config.vision_feature_size, dtype=self.dtype)
+        if mask.any():
+            features[mask] = self.get_image_features(pixel_values[mask].to(self.dtype)).to(features.dtype)
+        return features
 
     def _text_features(self, input_ids, attention_mask, token_type_ids):
         """States feeding E_t, and the [CLS] semantics of Eq. 22 when available from an un-prompted pass."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import Pipeline
+from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
@@ -342,7 +342,32 @@ _INPUT_KEYS = {"text", "tokens", "image", "crops", "subject", "object", "pairs",
 _PICTURE_TYPES = (str, os.PathLike, Image.Image, Mapping)
 
 
-class RAPPipeline(Pipeline):
+def save_pipeline_code(pipe: "RAPPipeline", save_directory: str | os.PathLike) -> None:
+    """Writes what `transformers.pipeline(model=save_directory, trust_remote_code=True)` needs next to a saved model:
+    this file (and the remote-code files it imports) and the config's `custom_pipelines` entry naming `AutoModel`,
+    which resolves to the task head through the checkpoint's auto_map."""
+    from transformers.dynamic_module_utils import custom_object_save
+
+    os.makedirs(save_directory, exist_ok=True)
+    pipe.model.config.custom_pipelines = {
+        TASK_NAME: {"impl": f"{type(pipe).__module__.split('.')[-1]}.{type(pipe).__name__}", "pt": ("AutoModel",),
+                    "type": "multimodal"}
+    }  # fmt: skip
+    custom_object_save(pipe, save_directory)
+    pipe.model.config.save_pretrained(save_directory)
+
+
+def describe_input(item: Any, width: int = 40) -> str:
+    """A short name of an input for error messages: the start of its text, or its type."""
+    text = item.get("text") or " ".join(item.get("tokens") or []) if isinstance(item, Mapping) else item
+    if isinstance(item, RAPInput):
+        text = item.text
+    if not isinstance(text, str):
+        return type(item).__name__
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+class RAPPipeline(ChunkPipeline):
     """Multimodal NER / RE with a RAP model (the task comes from `model.config.task`).
 
     Call it on one input or a list of inputs. An input is a string (raw text, split into words by `word_splitting`)
@@ -350,10 +375,13 @@ class RAPPipeline(Pipeline):
     `object` or `pairs`/`entities`. Keyword arguments of the call are defaults for every input (a dict's own keys
     win). A list of strings is a list of texts; pass pre-split words as `{"tokens": [...]}`.
 
+    A `ChunkPipeline`: an RE input fans out into one chunk per subject/object pair, and chunks of all inputs are
+    batched `batch_size` at a time (padding by the tokenizer); the model encodes the real image slots itself.
+
     Args:
         model: a `RAPForMultimodalNER` or `RAPForMultimodalRE`.
         processor: the `RAPProcessor` saved with the model (loaded from `model.name_or_path` when omitted).
-        batch_size: examples per forward pass (RE: subject/object pairs per forward pass).
+        batch_size: chunks per forward pass (NER: inputs; RE: subject/object pairs).
         word_splitting: `"punct"` or `"tweet"` (see `split_words`); defaults to `"punct"` for NER and `"tweet"` for
             RE, the conventions of Twitter-2015/2017 and MNRE.
         device: as for any transformers pipeline (`-1`/`"cpu"`, `0`/`"cuda:0"`, a `torch.device`).
@@ -389,14 +417,15 @@ class RAPPipeline(Pipeline):
             if not model.name_or_path:
                 raise ValueError("pass processor= (the RAPProcessor of this model) for a model built in memory")
             processor = load_processor(model.name_or_path)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         kwargs.setdefault("task", TASK_NAME)
         for unused in ("tokenizer", "feature_extractor", "image_processor", "video_processor"):
             kwargs.pop(unused, None)
-        super().__init__(model=model, processor=processor, **kwargs)
+        # transformers' pad_collate_fn batches the chunks: tokenizer padding, pictures concatenated
+        super().__init__(model=model, processor=processor, tokenizer=processor.tokenizer,
+                         image_processor=processor.image_processor, batch_size=batch_size, **kwargs)  # fmt: skip
         self.model.eval()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
         self.rap_task = config.task
         self.word_splitting = word_splitting or DEFAULT_WORD_SPLITTING[self.rap_task]
         if self.word_splitting not in WORD_SPLITTERS:
@@ -406,13 +435,9 @@ class RAPPipeline(Pipeline):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Saves model, processor and this pipeline's code, so that a fresh Python without `rap_hf` can run
         `transformers.pipeline(model=save_directory, trust_remote_code=True)` (task read from `custom_pipelines`)."""
-        super().save_pretrained(save_directory, **kwargs)  # model, tokenizer, image processor, pipelines.py
+        self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
-        # transformers looks custom pipeline model classes up by name in its own namespace: AutoModel resolves the
-        # checkpoint's auto_map, which names the task class.
-        for info in getattr(self.model.config, "custom_pipelines", {}).values():
-            info["pt"] = ("AutoModel",)
-        self.model.config.save_pretrained(save_directory)
+        save_pipeline_code(self, save_directory)
 
     # -------------------------------------------------------------------------------------------- transformers API
     def _sanitize_parameters(self, **kwargs):
@@ -421,118 +446,85 @@ class RAPPipeline(Pipeline):
             raise TypeError(f"unexpected pipeline argument(s): {sorted(unknown)}")
         return kwargs, {}, {}
 
-    def get_inference_context(self):
-        return torch.inference_mode
-
     @property
     def is_multimodal(self) -> bool:
         return bool(self.model.config.multimodal)
 
-    def __call__(self, inputs: Any = None, batch_size: int | None = None, **kwargs) -> Any:
-        """Predicts for one input (returns one result) or a list of inputs (returns a list, in input order)."""
-        defaults, _, _ = self._sanitize_parameters(**kwargs)
-        single = not isinstance(inputs, (list, tuple))
-        if inputs is None and ("text" in defaults or "tokens" in defaults):
-            inputs = {}
-        items = [inputs] if single else list(inputs)
-        parsed = []
-        for index, item in enumerate(items):
-            try:
-                parsed.append(self.parse_input(item, **defaults))
-            except (ValueError, TypeError) as error:
-                if single:
-                    raise
-                raise type(error)(f"input {index}: {error}") from error
-        results = self.predict_parsed(parsed, batch_size=batch_size)
-        return results[0] if single else results
-
     def predict_parsed(self, inputs: list[RAPInput], batch_size: int | None = None) -> list[Any]:
-        """Runs already parsed inputs in chunks of `batch_size` inputs (RE pairs are batched `batch_size` at a time)."""
-        batch_size = batch_size or self.batch_size
-        results: list[Any] = []
-        for first in range(0, len(inputs), batch_size):
-            chunk = inputs[first : first + batch_size]
-            items = [item for index, rap_input in enumerate(chunk) for item in self.preprocess(rap_input, index)]
-            outputs: list[dict] = []
-            for start in range(0, len(items), batch_size):
-                outputs.extend(self.forward(self.collate(items[start : start + batch_size])))
-            results.extend(self._gather(chunk, items, outputs))
-        return results
+        """Results for inputs already parsed (validated) with `parse_input`, in order."""
+        return self(list(inputs), batch_size=batch_size or self._batch_size)
 
-    def preprocess(self, input_: RAPInput, index: int = 0, **unused) -> list[dict[str, Any]]:
-        """Model features of one input: one item for NER, one per subject/object pair for RE."""
-        processor: RAPProcessor = self.processor
-        words = [word.text for word in input_.words]
-        visual = self._visual_inputs(input_) if self.is_multimodal else {}
+    def preprocess(self, inputs: Any, **defaults):
+        """The chunks of one input: one for NER, one per subject/object pair for RE (each a model input of batch 1)."""
+        try:
+            parsed = self.parse_input(inputs, **defaults)
+        except (ValueError, TypeError) as error:  # name the input: in a list, the error surfaces without its index
+            raise type(error)(f"input {describe_input(inputs)}: {error}") from error
+        words = [word.text for word in parsed.words]
+        visual = self._visual_inputs(parsed) if self.is_multimodal else {}
         if self.rap_task == "ner":
-            encoded = processor.encode_ner([words])
-            return [{**{key: values[0] for key, values in encoded.items()}, **visual, "_meta": (index, None)}]
-        if not input_.pairs:
-            return []
-        subjects = [(s.start, s.end) for s, _ in input_.pairs]
-        objects = [(o.start, o.end) for _, o in input_.pairs]
-        encoded = processor.encode_re([words] * len(input_.pairs), subjects, objects)
-        return [
-            {**{key: values[row] for key, values in encoded.items()}, **visual, "_meta": (index, row)}
-            for row in range(len(input_.pairs))
-        ]
+            encoded = self.processor.pad(self.processor.encode_ner([words]))
+            encoded["word_ids"] = encoded["word_ids"][0]
+            yield {**encoded, **visual, "rap_input": parsed, "pair": None, "is_last": True}
+            return
+        pairs = parsed.pairs or []
+        # an input without any pair still yields one chunk (a placeholder pair, dropped in postprocess)
+        spans = [((s.start, s.end), (o.start, o.end)) for s, o in pairs] or [((0, 1), (0, 1))]
+        encoded = self.processor.encode_re([words or ["."]] * len(spans), *zip(*spans))
+        for row in range(len(spans)):
+            single = self.processor.pad({key: values[row : row + 1] for key, values in encoded.items()})
+            yield {**single, **visual, "rap_input": parsed, "pair": row if pairs else None,
+                   "is_last": row == len(spans) - 1}  # fmt: skip
 
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Pads a list of preprocessed items into one batch (`word_ids` and `_meta` stay python lists)."""
-        batch = pad_batch(items, pad_token_id=self.processor.tokenizer.pad_token_id or 0, keep_word_ids=True)
-        batch["_meta"] = [item["_meta"] for item in items]
-        return batch
-
-    def _forward(self, model_inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        word_ids = model_inputs.pop("word_ids", None)
-        meta = model_inputs.pop("_meta")
-        self._encode_pictures(model_inputs)
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        passed = {key: model_inputs.pop(key) for key in ("rap_input", "pair", "is_last", "word_ids")
+                  if key in model_inputs}  # fmt: skip
         outputs = self.model(**model_inputs)
-        per_item = {
-            "relevance": outputs.relevance,
-            "routing_weights": outputs.routing_weights,
-            "image_used": model_inputs["image_mask"].any(-1) if "image_mask" in model_inputs else None,
-        }
+        batch = model_inputs["input_ids"].shape[0]
+        result = {
+            "relevance": outputs.relevance if outputs.relevance is not None else torch.zeros(batch),
+            "routing_weights": outputs.routing_weights if outputs.routing_weights is not None else torch.zeros(batch, 0),
+            "image_used": model_inputs["image_mask"].any(-1) if "image_mask" in model_inputs else torch.zeros(batch).bool(),
+            **passed,
+        }  # fmt: skip
         if self.rap_task == "ner":
-            per_item["predictions"] = outputs.predictions
-            per_item["marginals"] = crf_marginals(self.model.crf, outputs.logits, outputs.word_mask)
-            per_item["word_start_mask"] = model_inputs["word_start_mask"]
+            result["predictions"] = outputs.predictions
+            result["marginals"] = crf_marginals(self.model.crf, outputs.logits, outputs.word_mask)
+            result["word_start_mask"] = model_inputs["word_start_mask"]
         else:
-            per_item["probabilities"] = torch.softmax(outputs.logits.float(), dim=-1)
-        rows = []
-        for row, item_meta in enumerate(meta):
-            values = {key: (None if value is None else value[row].cpu()) for key, value in per_item.items()}
-            values["_meta"] = item_meta
-            if word_ids is not None:
-                values["word_ids"] = word_ids[row]
-            rows.append(values)
-        return rows
+            result["probabilities"] = torch.softmax(outputs.logits.float(), dim=-1)
+        return result
 
-    def forward(self, model_inputs: dict[str, Any], **forward_params) -> list[dict[str, Any]]:
-        with self.device_placement(), self.get_inference_context()():
-            tensors = {k: v for k, v in model_inputs.items() if isinstance(v, torch.Tensor)}
-            tensors = self._ensure_tensor_on_device(tensors, device=self.device)
-            return self._forward({**model_inputs, **tensors}, **forward_params)
+    def postprocess(self, all_outputs: list[dict[str, Any]]) -> Any:
+        """NER: the entities of the input. RE: the relation of the pair (subject/object given), or the list of the
+        pairs' relations (`pairs`)."""
+        first = all_outputs[0]
+        rap_input = first["rap_input"]
 
-    def postprocess(self, model_outputs: dict[str, Any], input_: RAPInput | None = None, **unused) -> dict[str, Any]:
-        """Result of one item: the NER entities of an input, or the relation of one subject/object pair."""
-        common = {
-            "relevance": _as_float(model_outputs["relevance"]),
-            "routing_weights": _as_float_list(model_outputs["routing_weights"]),
-            "image_used": bool(model_outputs["image_used"]) if model_outputs["image_used"] is not None else False,
-        }
+        config = self.model.config
+        has_beta, routed = config.multimodal and config.use_relevance_reasoning, config.multimodal
+
+        def common(output: dict[str, Any]) -> dict[str, Any]:  # tensors keep the chunk's batch dimension of 1
+            return {"relevance": float(output["relevance"][0]) if has_beta else None,
+                    "routing_weights": [float(v) for v in output["routing_weights"][0].tolist()] if routed else None,
+                    "image_used": bool(output["image_used"][0]) and routed}  # fmt: skip
+
         if self.rap_task == "ner":
-            return {"entities": self._entities(model_outputs, input_), **common}
-        probabilities = model_outputs["probabilities"].tolist()
+            return {"entities": self._entities(first, rap_input), **common(first)}
+        relations = [{**self._relation(output, rap_input), **common(output)} for output in all_outputs
+                     if output["pair"] is not None]  # fmt: skip
+        return relations[0] if rap_input.single_pair else relations
+
+    def _relation(self, output: dict[str, Any], rap_input: RAPInput) -> dict[str, Any]:
+        probabilities = output["probabilities"][0].tolist()
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
-        subject, obj = input_.pairs[model_outputs["_meta"][1]]
+        subject, obj = rap_input.pairs[output["pair"]]
         return {
             "relation": self.id2label[best],
             "score": float(probabilities[best]),
             "distribution": {self.id2label[i]: float(p) for i, p in enumerate(probabilities)},
-            "subject": input_.span_info(subject),
-            "object": input_.span_info(obj),
-            **common,
+            "subject": rap_input.span_info(subject),
+            "object": rap_input.span_info(obj),
         }
 
     # -------------------------------------------------------------------------------------------- input parsing
@@ -613,37 +605,23 @@ class RAPPipeline(Pipeline):
 
     # -------------------------------------------------------------------------------------------- internals
     def _visual_inputs(self, input_: RAPInput) -> dict[str, torch.Tensor]:
-        """`pixel_values [1+K, 3, H, W]` and `image_mask [1+K]` of one input; all zero when the image is unusable."""
+        """`pixel_values [1, 1+K, 3, H, W]` and `image_mask [1, 1+K]` of one input; zero when the image is unusable."""
         picture = read_picture(input_.image, "image")
         crops = []
         if picture is not None:
             crops = [crop for crop in (read_picture(c, f"crop {i}") for i, c in enumerate(input_.crops)) if crop]
         elif input_.crops:
             logger.warning("crops given without a readable image are ignored; predicting text-only")
-        visual = self.processor.process_images([picture], [crops], num_crops=self.model.config.num_crops)
-        return {key: value[0] for key, value in visual.items()}
-
-    def _encode_pictures(self, model_inputs: dict[str, Any]) -> None:
-        """Replaces `pixel_values` by `visual_features`, running the vision encoder on the real pictures only."""
-        pixel_values = model_inputs.pop("pixel_values", None)
-        if pixel_values is None:
-            return
-        mask = model_inputs["image_mask"].bool()
-        base = self.model.base_model
-        features = torch.zeros(*mask.shape, self.model.config.vision_feature_size, device=pixel_values.device)
-        if mask.any():
-            features[mask] = base.get_image_features(pixel_values[mask].to(self.model.dtype)).to(features.dtype)
-        model_inputs["visual_features"] = features
+        return self.processor.process_images([picture], [crops], num_crops=self.model.config.num_crops)
 
     def _entities(self, outputs: dict[str, Any], input_: RAPInput) -> list[dict[str, Any]]:
-        word_ids, starts = outputs["word_ids"], outputs["word_start_mask"].tolist()
+        word_ids, starts = outputs["word_ids"], outputs["word_start_mask"][0].tolist()
         kept = [word for word, start in zip(word_ids, starts) if start]  # word index of each predicted position
-        tags = ["O"] * len(input_.words)
+        tags = self.processor.post_process_ner(outputs["predictions"], [word_ids], [len(input_.words)],
+                                               id2label=self.id2label)[0]  # fmt: skip
         confidence = [1.0] * len(input_.words)
-        for position, word in enumerate(kept):
-            tag_id = int(outputs["predictions"][position])
-            tags[word] = self.id2label[tag_id]
-            confidence[word] = float(outputs["marginals"][position, tag_id])
+        for position, word in enumerate(kept):  # the marginal probability of each kept word's decoded tag
+            confidence[word] = float(outputs["marginals"][0, position, int(outputs["predictions"][0, position])])
         if len(kept) < len(input_.words):
             logger.warning(
                 f"only the first {len(kept)} of {len(input_.words)} words fit into the processor's max_length "
@@ -659,15 +637,6 @@ class RAPPipeline(Pipeline):
             })  # fmt: skip
         return entities
 
-    def _gather(self, inputs: list[RAPInput], items: list[dict], outputs: list[dict]) -> list[Any]:
-        """Per-input results from per-item outputs (RE: the pairs of an input, in order)."""
-        results: list[Any] = [[] for _ in inputs]
-        for output in outputs:
-            index = output["_meta"][0]
-            results[index].append(self.postprocess(output, inputs[index]))
-        if self.rap_task == "ner":
-            return [result[0] for result in results]
-        return [result[0] if rap_input.single_pair else result for rap_input, result in zip(inputs, results)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # Tensor-valued fields that are padded along the sequence dimension, with their padding value (None = pad id).
 _SEQUENCE_FIELDS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "word_start_mask": 0}
+_TOKENIZER_FIELDS = ("input_ids", "attention_mask", "token_type_ids")  # padded by the tokenizer itself
 
 
 def default_image_processor(image_size: int = 224):
@@ -75,16 +76,26 @@ def load_image(value: Any) -> Image.Image | None:
 
 
 def pad_sequences(
-    sequences: Sequence[Sequence[int]], value: int, pad_to_multiple_of: int | None = None
+    sequences: Sequence[Sequence[int]],
+    value: int,
+    pad_to_multiple_of: int | None = None,
+    length: int | None = None,
+    side: str = "right",
 ) -> torch.Tensor:
-    """Right-pad integer sequences to a ``[B, T]`` long tensor (``T`` rounded up to ``pad_to_multiple_of``)."""
-    length = max((len(s) for s in sequences), default=0)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    """Pad integer sequences to a ``[B, T]`` long tensor: ``T`` = ``length`` or the longest rounded up to
+    ``pad_to_multiple_of``; on the tokenizer's padding ``side``."""
+    if length is None:
+        length = max((len(s) for s in sequences), default=0)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     out = torch.full((len(sequences), length), value, dtype=torch.long)
     for row, sequence in enumerate(sequences):
         if len(sequence):
-            out[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+            values = torch.as_tensor(list(sequence), dtype=torch.long)
+            if side == "left":
+                out[row, length - len(sequence) :] = values
+            else:
+                out[row, : len(sequence)] = values
     return out
 
 
@@ -138,7 +149,6 @@ class RAPProcessor(ProcessorMixin):
         self.entity_markers = list(entity_markers)
         if len(self.entity_markers) != 4 or len(set(self.entity_markers)) != 4:
             raise ValueError(f"entity_markers must be 4 distinct strings, got {entity_markers}")
-        self._template: tuple[list[int], list[int]] | None = None
         self._image_shape: tuple[int, int, int] | None = None
         self.add_entity_markers()
 
@@ -192,65 +202,29 @@ class RAPProcessor(ProcessorMixin):
     # text
     # ------------------------------------------------------------------------------------------------------------
 
-    def _special_template(self) -> tuple[list[int], list[int]]:
-        """Ids the tokenizer puts before and after a single sequence (``[CLS]``/``[SEP]``, ``<s>``/``</s>``...)."""
-        if self._template is None:
-            encoding = self.tokenizer(["x"], is_split_into_words=True, add_special_tokens=True)
-            ids, word_ids = encoding["input_ids"], encoding.word_ids()
-            first = word_ids.index(0)
-            last = len(word_ids) - 1 - word_ids[::-1].index(0)
-            self._template = (ids[:first], ids[last + 1 :])
-        return self._template
-
-    def _flat_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[tuple[list[int], list[int]]]:
-        """Per example: the sub-token ids of all words and ``starts`` (``starts[w]`` = index of word ``w``'s first
-        sub-token, plus a final end offset). A word that tokenizes to nothing (e.g. a zero-width character)
-        becomes the unknown token, so every word keeps a first sub-token (and its label)."""
-        unk = [self.tokenizer.unk_token_id] if self.tokenizer.unk_token_id is not None else []
+    def encode_words(
+        self, words_batch: Sequence[Sequence[str]], max_length: int | None = None, add_special_tokens: bool = True
+    ):
+        """The tokenizer's encoding of pre-split words (`is_split_into_words`; special tokens and truncation at
+        `max_length` by the tokenizer). A word that tokenizes to nothing (e.g. a zero-width character) is encoded as
+        the unknown token, so that every word keeps a first sub-token (and its label)."""
         words_batch = [list(words) for words in words_batch]
-        non_empty = [i for i, words in enumerate(words_batch) if words]
-        result: list[tuple[list[int], list[int]]] = [([], [0]) for _ in words_batch]
-        if not non_empty:
-            return result
-        encoding = self.tokenizer(
-            [words_batch[i] for i in non_empty], is_split_into_words=True, add_special_tokens=False
-        )
-        all_ids = encoding["input_ids"]
-        for row, index in enumerate(non_empty):
-            ids: list[int] = []
-            starts: list[int] = []
-            next_word = 0
-            for token_id, word in zip(all_ids[row], encoding.word_ids(row)):
-                if word is None:
-                    continue
-                while next_word <= word:  # opens `word`, and fills any empty word skipped before it
-                    starts.append(len(ids))
-                    if next_word < word:
-                        ids.extend(unk)
-                    next_word += 1
-                ids.append(token_id)
-            while next_word < len(words_batch[index]):  # empty words at the end
-                starts.append(len(ids))
-                ids.extend(unk)
-                next_word += 1
-            starts.append(len(ids))
-            result[index] = (ids, starts)
-        return result
+        kwargs = dict(is_split_into_words=True, add_special_tokens=add_special_tokens,
+                      truncation=max_length is not None, max_length=max_length)  # fmt: skip
+        encoding = self.tokenizer(words_batch, **kwargs)
+        empty = [self._empty_words(encoding, row, len(words)) for row, words in enumerate(words_batch)]
+        if any(empty):
+            words_batch = [[self.tokenizer.unk_token if i in gone else word for i, word in enumerate(words)]
+                           for words, gone in zip(words_batch, empty)]  # fmt: skip
+            encoding = self.tokenizer(words_batch, **kwargs)
+        return encoding
 
-    def word_pieces(self, words_batch: Sequence[Sequence[str]]) -> list[list[list[int]]]:
-        """Sub-token ids per word (see `_flat_pieces`; empty words become the unknown token)."""
-        return [[ids[a:b] for a, b in zip(starts, starts[1:])] for ids, starts in self._flat_pieces(words_batch)]
-
-    def _wrap(self, ids: list[int], word_ids: list[int | None]) -> tuple[list[int], list[int | None]]:
-        prefix, suffix = self._special_template()
-        return prefix + ids + suffix, [None] * len(prefix) + word_ids + [None] * len(suffix)
-
-    def _budget(self, max_length: int | None, extra: int = 0) -> int:
-        prefix, suffix = self._special_template()
-        budget = (max_length or self.max_length) - len(prefix) - len(suffix)
-        if budget < 1 + extra:
-            raise ValueError(f"max_length={max_length or self.max_length} leaves no room for text")
-        return budget
+    @staticmethod
+    def _empty_words(encoding, row: int, num_words: int) -> set[int]:
+        """Words of `row` that produced no sub-token (words after a truncation cut are cut, not empty)."""
+        seen = {w for w in encoding.word_ids(row) if w is not None}
+        end = max(seen, default=-1) + 1 if encoding.encodings[row].overflowing else num_words
+        return set(range(end)) - seen
 
     def encode_ner(
         self,
@@ -260,84 +234,81 @@ class RAPProcessor(ProcessorMixin):
     ) -> dict[str, list]:
         """Unpadded NER encoding (lists per example): ``input_ids``, ``attention_mask``, ``token_type_ids``,
         ``word_start_mask``, ``word_ids`` and, with tags, ``labels`` (tag id on first sub-tokens, -100 elsewhere).
-        Words that do not fit into ``max_length`` are dropped (``word_ids`` shows which words were kept)."""
-        budget = self._budget(max_length)
+        Words that do not fit into ``max_length`` are dropped by the tokenizer (``word_ids`` shows which were kept;
+        a warning counts them)."""
+        max_length = max_length or self.max_length
         if ner_tags is not None and len(ner_tags) != len(tokens):
             raise ValueError(f"{len(tokens)} token lists but {len(ner_tags)} tag lists")
+        for index, tags in enumerate(ner_tags or []):
+            if len(tags) != len(tokens[index]):
+                raise ValueError(f"example {index}: {len(tokens[index])} words but {len(tags)} tags")
+            if tags and not all(isinstance(t, (int, np.integer)) for t in tags):
+                raise TypeError(f"example {index}: ner_tags must be label ids (ints), got {list(tags)[:3]}...")
+        encoding = self.encode_words(tokens, max_length)
         out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "word_start_mask",
                                                  "word_ids")}  # fmt: skip
         if ner_tags is not None:
             out["labels"] = []
-        for index, (ids, starts) in enumerate(self._flat_pieces(tokens)):
-            num_words = len(starts) - 1
-            tags = None
-            if ner_tags is not None:
-                tags = list(ner_tags[index])
-                if len(tags) != num_words:
-                    raise ValueError(f"example {index}: {num_words} words but {len(tags)} tags")
-                if tags and not all(isinstance(t, (int, np.integer)) for t in tags):
-                    raise TypeError(f"example {index}: ner_tags must be label ids (ints), got {tags[:3]}...")
-            word_ids: list[int | None] = []
-            for word in range(num_words):
-                word_ids.extend([word] * (starts[word + 1] - starts[word]))
-            if len(ids) > budget:
-                logger.warning_once("NER input longer than max_length was truncated; cut words get no label")
-                ids, word_ids = ids[:budget], word_ids[:budget]
-            ids, word_ids = self._wrap(ids, word_ids)
+        cut_examples = cut_words = 0
+        for index, words in enumerate(tokens):
+            ids, word_ids = encoding["input_ids"][index], encoding.word_ids(index)
             first = [int(w is not None and (i == 0 or word_ids[i - 1] != w)) for i, w in enumerate(word_ids)]
-            out["input_ids"].append(ids)
+            kept = sum(first)
+            if kept < len(words):
+                cut_examples, cut_words = cut_examples + 1, cut_words + len(words) - kept
+            out["input_ids"].append(list(ids))
             out["attention_mask"].append([1] * len(ids))
             out["token_type_ids"].append([0] * len(ids))
             out["word_start_mask"].append(first)
-            out["word_ids"].append(word_ids)
-            if tags is not None:
+            out["word_ids"].append(list(word_ids))
+            if ner_tags is not None:
+                tags = ner_tags[index]
                 out["labels"].append([int(tags[w]) if f else IGNORE_INDEX for w, f in zip(word_ids, first)])
+        if cut_examples:
+            logger.warning(f"NER: {cut_examples} of {len(tokens)} texts longer than max_length={max_length} were "
+                           f"truncated; {cut_words} words lost (their predictions are 'O')")  # fmt: skip
         return out
 
-    def _insert_markers(
-        self, ids: list[int], starts: list[int], subject: tuple[int, int], obj: tuple[int, int], marker_ids: list[int]
-    ) -> tuple[list[int], dict[str, int]]:
-        """Sub-token ids with the four markers inserted (see `marker_order`) and the markers' positions."""
-        marker_id = dict(zip(DEFAULT_ENTITY_MARKERS, marker_ids))
-        out: list[int] = []
-        positions: dict[str, int] = {}
-        previous = 0
-        for boundary, marker in marker_order(subject, obj, len(starts) - 1):
-            out.extend(ids[previous : starts[boundary]])
-            previous = starts[boundary]
-            positions[marker] = len(out)
-            out.append(marker_id[marker])
-        out.extend(ids[previous:])
-        return out, positions
+    def _marked_words(self, words: Sequence[str], subject: tuple[int, int], obj: tuple[int, int]) -> list[str]:
+        """The words with the four entity markers inserted as words of their own (see `marker_order`)."""
+        marker = dict(zip(DEFAULT_ENTITY_MARKERS, self.entity_markers))
+        placements = marker_order(subject, obj, len(words))
+        marked, cursor = [], 0
+        for boundary in range(len(words) + 1):
+            while cursor < len(placements) and placements[cursor][0] == boundary:
+                marked.append(marker[placements[cursor][1]])
+                cursor += 1
+            if boundary < len(words):
+                marked.append(words[boundary])
+        return marked
 
     @staticmethod
-    def _window(num_tokens: int, budget: int, positions: dict[str, int]) -> list[int]:
-        """Indices to keep: a contiguous window holding every marker (the plain head when it already does);
-        when the entities alone exceed the budget, all four markers, then the first sub-tokens of each entity,
-        then the context nearest the markers (no longer contiguous; rare: entities longer than the window)."""
-        if num_tokens <= budget:
-            return list(range(num_tokens))
-        first, last = min(positions.values()), max(positions.values())
-        span = last - first + 1
-        if span <= budget:
-            if last < budget:
-                start = 0
-            else:  # centre the entities, clamped to the sequence
-                start = min(max(first - (budget - span) // 2, last + 1 - budget), first, num_tokens - budget)
-            return list(range(start, start + budget))
-        marker_positions = sorted(positions.values())
-        keep = set(marker_positions)
-        spans = [(positions["<s>"], positions["</s>"]), (positions["<o>"], positions["</o>"])]
-
-        def priority(i: int) -> tuple[int, int, int]:
-            # entity tokens first, the beginning of each entity first; then context nearest any marker
-            inside = [i - start for start, end in spans if start < i < end]
-            if inside:
-                return (0, min(inside), i)
-            return (1, min(abs(i - p) for p in marker_positions), i)
-
-        others = [i for i in range(num_tokens) if i not in keep]
-        keep.update(sorted(others, key=priority)[: budget - len(keep)])
+    def _window(lengths: Sequence[int], budget: int, markers: Sequence[int], entities: Sequence[range]) -> list[int]:
+        """Words to keep (indices into the marked words): all when they fit; else the head when it holds every
+        marker, or a contiguous window grown around the entities. When the entities' region exceeds the budget: the
+        markers, each entity's words from its start, then the context nearest a marker (no longer contiguous)."""
+        if sum(lengths) <= budget:
+            return list(range(len(lengths)))
+        first, last = min(markers), max(markers)
+        if sum(lengths[first : last + 1]) <= budget:
+            start, end = (0, 0) if sum(lengths[: last + 1]) <= budget else (first, last + 1)
+            used = sum(lengths[start:end])
+            grew = True
+            while grew:  # alternately to the right and to the left, while the next word fits
+                grew = False
+                for side in (1, -1) if start == 0 else (-1, 1):
+                    if side == 1 and end < len(lengths) and used + lengths[end] <= budget:
+                        used, end, grew = used + lengths[end], end + 1, True
+                    elif side == -1 and start > 0 and used + lengths[start - 1] <= budget:
+                        used, start, grew = used + lengths[start - 1], start - 1, True
+            return list(range(start, end))
+        depth = {i: d for entity in entities for d, i in enumerate(entity)}  # the first words of each entity first
+        nearest = {i: min(abs(i - m) for m in markers) for i in range(len(lengths))}
+        keep, used = set(markers), sum(lengths[i] for i in markers)
+        for i in sorted(set(range(len(lengths))) - keep, key=lambda i: (i not in depth, depth.get(i, nearest[i]), i)):
+            if used + lengths[i] <= budget:  # entity words, then the context nearest a marker
+                keep.add(i)
+                used += lengths[i]
         return sorted(keep)
 
     def encode_re(
@@ -349,29 +320,43 @@ class RAPProcessor(ProcessorMixin):
         max_length: int | None = None,
     ) -> dict[str, list]:
         """Unpadded RE encoding with entity markers: ``input_ids``, ``attention_mask``, ``token_type_ids``,
-        ``entity_positions`` ([index of <s>, index of <o>]) and, with relations, ``labels``."""
-        budget = self._budget(max_length, extra=3)
+        ``entity_positions`` ([index of <s>, index of <o>]) and, with relations, ``labels``. Texts longer than
+        ``max_length`` keep a window of words that holds both entities (the tokenizer's truncation could cut them)."""
+        max_length = max_length or self.max_length
+        budget = max_length - self.tokenizer.num_special_tokens_to_add()
+        if budget < 6:
+            raise ValueError(f"max_length={max_length} has no room for the 4 entity markers and one token of each "
+                             f"entity (needs at least {self.tokenizer.num_special_tokens_to_add() + 6})")  # fmt: skip
         if not len(tokens) == len(subject_spans) == len(object_spans):
             raise ValueError("tokens, subject_spans and object_spans must have the same length")
-        out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "entity_positions")}
-        prefix_length = len(self._special_template()[0])
-        marker_ids = self.tokenizer.convert_tokens_to_ids(self.entity_markers)
-        for index, (ids, starts) in enumerate(self._flat_pieces(tokens)):
-            subject = (int(subject_spans[index][0]), int(subject_spans[index][1]))
-            obj = (int(object_spans[index][0]), int(object_spans[index][1]))
+        marked = []
+        for index, (words, subject, obj) in enumerate(zip(tokens, subject_spans, object_spans)):
             try:
-                ids, positions = self._insert_markers(ids, starts, subject, obj, marker_ids)
+                marked.append(self._marked_words(list(words), tuple(map(int, subject)), tuple(map(int, obj))))
             except ValueError as error:
                 raise ValueError(f"example {index}: {error}") from None
-            keep = self._window(len(ids), budget, positions)
-            new_index = {old: new for new, old in enumerate(keep)}
-            ids, _ = self._wrap([ids[i] for i in keep], [None] * len(keep))
-            out["input_ids"].append(ids)
-            out["attention_mask"].append([1] * len(ids))
-            out["token_type_ids"].append([0] * len(ids))
-            out["entity_positions"].append(
-                [prefix_length + new_index[positions["<s>"]], prefix_length + new_index[positions["<o>"]]]
-            )
+        pieces = self.encode_words(marked, add_special_tokens=False)
+        windows, cut = [], 0
+        for index, words in enumerate(marked):
+            lengths = [0] * len(words)
+            for word in pieces.word_ids(index):
+                lengths[word] += 1
+            markers = [i for i, word in enumerate(words) if word in self.entity_markers]
+            opened = {words[i]: i for i in markers}
+            names = self.entity_markers
+            entities = [range(opened[names[0]] + 1, opened[names[1]]), range(opened[names[2]] + 1, opened[names[3]])]
+            keep = self._window(lengths, budget, markers, entities)
+            cut += any(i not in keep for entity in entities for i in entity)
+            windows.append([words[i] for i in keep])
+        if cut:
+            logger.warning(f"RE: in {cut} of {len(tokens)} texts the entities alone exceed max_length={max_length}; "
+                           "their ends were cut")  # fmt: skip
+        encoding = self.encode_words(windows)
+        subject_id, object_id = self.tokenizer.convert_tokens_to_ids([self.entity_markers[0], self.entity_markers[2]])
+        out = {"input_ids": [list(ids) for ids in encoding["input_ids"]]}
+        out["attention_mask"] = [[1] * len(ids) for ids in out["input_ids"]]
+        out["token_type_ids"] = [[0] * len(ids) for ids in out["input_ids"]]
+        out["entity_positions"] = [[ids.index(subject_id), ids.index(object_id)] for ids in out["input_ids"]]
         if relations is not None:
             out["labels"] = [int(r) for r in relations]
         return out
@@ -467,7 +452,7 @@ class RAPProcessor(ProcessorMixin):
         python list."""
         return pad_batch(
             [dict(zip(encoded, values)) for values in zip(*encoded.values())],
-            pad_token_id=self.tokenizer.pad_token_id or 0,
+            tokenizer=self.tokenizer,
             pad_to_multiple_of=pad_to_multiple_of,
             keep_word_ids=True,
         )
@@ -504,20 +489,6 @@ class RAPProcessor(ProcessorMixin):
     # mapping predictions back to words
     # ------------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def token_to_word_labels(
-        token_values: Sequence[int], word_ids: Sequence[int | None], num_words: int | None = None, fill: int = 0
-    ) -> list[int]:
-        """Word-level values read at each word's first sub-token; words cut by truncation get ``fill``."""
-        num_words = num_words if num_words is not None else 1 + max((w for w in word_ids if w is not None), default=-1)
-        values = [fill] * num_words
-        previous = None
-        for value, word in zip(token_values, word_ids):
-            if word is not None and word != previous:
-                values[word] = int(value)
-            previous = word
-        return values
-
     def post_process_ner(
         self,
         predictions: Any,
@@ -543,34 +514,46 @@ class RAPProcessor(ProcessorMixin):
 
 def pad_batch(
     examples: Sequence[dict[str, Any]],
+    tokenizer: Any = None,
     pad_token_id: int = 0,
     pad_to_multiple_of: int | None = None,
     keep_word_ids: bool = False,
 ) -> dict[str, Any]:
-    """Pad/stack a list of single encoded examples into model inputs (right padding).
+    """Pad/stack a list of single encoded examples into model inputs.
 
-    Sequence fields are padded (``labels`` with -100 when they are sequences), ``entity_positions``,
-    ``pixel_values``, ``visual_features`` and ``image_mask`` are stacked; other keys are dropped except
-    ``word_ids`` (kept as a python list when ``keep_word_ids``).
+    ``input_ids``, ``attention_mask`` and ``token_type_ids`` are padded by ``tokenizer.pad`` (its pad id and side;
+    without a tokenizer: right, with ``pad_token_id``); ``word_start_mask`` (0) and sequence ``labels`` (-100) to the
+    same length and side. ``entity_positions``, ``pixel_values``, ``visual_features`` and ``image_mask`` are stacked;
+    other keys are dropped except ``word_ids`` (kept as a python list when ``keep_word_ids``).
     """
     if not examples:
         return {}
     first = examples[0]
-    batch: dict[str, Any] = {}
-    for key, value in _SEQUENCE_FIELDS.items():
-        if key in first:
-            batch[key] = pad_sequences(
-                [e[key] for e in examples], pad_token_id if value is None else value, pad_to_multiple_of
-            )
+    side = getattr(tokenizer, "padding_side", "right")
+    if tokenizer is not None:
+        text = [{key: list(e[key]) for key in _TOKENIZER_FIELDS if key in first} for e in examples]
+        batch: dict[str, Any] = dict(tokenizer.pad(text, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"))
+    else:
+        batch = {key: pad_sequences([e[key] for e in examples], pad_token_id if value is None else value,
+                                    pad_to_multiple_of) for key, value in _SEQUENCE_FIELDS.items()
+                 if key in first and key in _TOKENIZER_FIELDS}  # fmt: skip
+    length = batch["input_ids"].shape[1] if "input_ids" in batch else None
+    if "word_start_mask" in first:
+        batch["word_start_mask"] = pad_sequences([e["word_start_mask"] for e in examples], 0, pad_to_multiple_of,
+                                                 length, side)  # fmt: skip
     if "labels" in first:
         if isinstance(first["labels"], (int, np.integer)) or (
             isinstance(first["labels"], torch.Tensor) and first["labels"].dim() == 0
         ):
             batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
         else:
-            batch["labels"] = pad_sequences([e["labels"] for e in examples], IGNORE_INDEX, pad_to_multiple_of)
+            batch["labels"] = pad_sequences([e["labels"] for e in examples], IGNORE_INDEX, pad_to_multiple_of,
+                                            length, side)  # fmt: skip
     if "entity_positions" in first:
-        batch["entity_positions"] = torch.tensor([list(e["entity_positions"]) for e in examples], dtype=torch.long)
+        positions = torch.tensor([list(e["entity_positions"]) for e in examples], dtype=torch.long)
+        if side == "left":  # the markers moved right by the padding put in front
+            positions += torch.tensor([length - len(e["input_ids"]) for e in examples])[:, None]
+        batch["entity_positions"] = positions
     for key, dtype in (("pixel_values", torch.float32), ("visual_features", torch.float32), ("image_mask", torch.long)):
         if key in first:
             batch[key] = torch.stack([torch.as_tensor(np.asarray(e[key]), dtype=dtype) for e in examples])
@@ -602,10 +585,9 @@ class RAPDataCollator:
     num_crops: int | None = None
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        pad_id = self.pad_token_id
-        if pad_id is None:
-            pad_id = (self.processor.tokenizer.pad_token_id or 0) if self.processor is not None else 0
-        batch = pad_batch(features, pad_id, self.pad_to_multiple_of, keep_word_ids=self.return_word_ids)
+        tokenizer = self.processor.tokenizer if self.processor is not None else None
+        batch = pad_batch(features, tokenizer, self.pad_token_id or 0, self.pad_to_multiple_of,
+                          keep_word_ids=self.return_word_ids)  # fmt: skip
         first = features[0]
         has_visual = "visual_features" in first or "pixel_values" in first
         if not has_visual and ("image" in first or "crops" in first):

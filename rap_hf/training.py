@@ -39,6 +39,7 @@ from .encoders import (
 )
 from .metrics import compute_ner_metrics, compute_re_metrics
 from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE, RAPPreTrainedModel
+from .pipelines import RAPPipeline, save_pipeline_code
 from .processing_rap import RAPDataCollator, RAPProcessor
 
 logger = logging.getLogger(__name__)
@@ -393,12 +394,15 @@ class RAPTrainer(Trainer):
             self.best_state = load_file(str(folder / BEST_WEIGHTS))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`, minus the pickled arguments in the final folder, then the Hub push it would do."""
+        """`Trainer.save_model`; in the final folder without the pickled arguments and with the pipeline code; then the
+        Hub push it would do."""
         super().save_model(output_dir, _internal_call=True)
         folder = Path(output_dir or self.args.output_dir)
         if folder.resolve() == Path(self.args.output_dir).resolve() and self.is_world_process_zero():
             # results.json records the arguments; the pickled copy would carry this machine's paths
             (folder / "training_args.bin").unlink(missing_ok=True)
+            model = self.accelerator.unwrap_model(self.model)  # + what transformers.pipeline(model=folder) needs
+            save_pipeline_code(RAPPipeline(model, self.processing_class, device=model.device), folder)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Upload RAP model", blocking=True)
 

@@ -7,7 +7,7 @@ import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from rap_hf.metrics import RAPMetric, compute_ner_metrics, compute_re_metrics
+from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 
 
 # --------------------------------------------------------------------------- NER
@@ -159,28 +159,3 @@ def test_re_errors():
 
 
 # --------------------------------------------------------------------------- accumulator
-
-
-def test_rap_metric_ner_drops_ignored_positions_and_maps_ids():
-    tags = ["O", "B-PER", "I-PER", "B-LOC"]
-    metric = RAPMetric("ner", label_names=tags)
-    metric.add_batch(predictions=[[1, 2, 0, -100], [3, 0, 0, 0]], references=[[1, 2, 0, -100], [3, -100, -100, -100]])
-    metric.add_batch(predictions=[[0, 1]], references=[[3, 0]])
-    scores = metric.compute()
-
-    assert metric.references == [["B-PER", "I-PER", "O"], ["B-LOC"], ["B-LOC", "O"]]
-    assert (scores["num_correct"], scores["num_predicted"], scores["num_gold"]) == (2, 3, 3)
-    metric.reset()
-    assert metric.compute()["num_gold"] == 0
-
-
-def test_rap_metric_re_and_arguments():
-    metric = RAPMetric("re", label_names=LABELS)
-    metric.add_batch(predictions=[1, 0], references=[1, 1])
-    metric.add_batch(predictions=[2], references=[0])
-    scores = metric.compute()
-    assert scores["precision"] == pytest.approx(1 / 2) and scores["recall"] == pytest.approx(1 / 2)
-    with pytest.raises(ValueError):
-        RAPMetric("re")
-    with pytest.raises(ValueError):
-        RAPMetric("pos")

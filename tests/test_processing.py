@@ -70,7 +70,8 @@ def test_ner_round_trip_is_identity_on_sample(processor, sample):
     rows = sample["twitter2017"]["train"]
     encoded = processor.encode_ner(rows["tokens"], rows["ner_tags"], max_length=512)
     for tags, labels, word_ids in zip(rows["ner_tags"], encoded["labels"], encoded["word_ids"]):
-        assert processor.token_to_word_labels(labels, word_ids, num_words=len(tags)) == tags
+        word_level = [label for label in labels if label != IGNORE_INDEX]  # what the model predicts per word
+        assert processor.post_process_ner([word_level], [word_ids], [len(tags)])[0] == tags
 
 
 def test_ner_post_process_maps_word_level_predictions_back(processor):
@@ -96,7 +97,8 @@ def test_ner_truncation_keeps_alignment(processor):
     assert kept[0] == 0 and kept == sorted(kept)
     for label, word, start in zip(out["labels"][0], out["word_ids"][0], out["word_start_mask"][0]):
         assert label == (word % 9 if start else IGNORE_INDEX)
-    restored = processor.token_to_word_labels(out["labels"][0], out["word_ids"][0], num_words=40, fill=0)
+    word_level = [label for label in out["labels"][0] if label != IGNORE_INDEX]
+    restored = processor.post_process_ner([word_level], [out["word_ids"][0]], [40], fill=0)[0]
     assert restored[: kept[-1]] == [i % 9 for i in range(kept[-1])] and restored[-1] == 0
 
 
@@ -348,3 +350,31 @@ def test_remote_file_is_self_contained():
     allowed = {"torch", "transformers", "PIL", "numpy"} | set(sys.stdlib_module_names)
     assert modules <= allowed, modules - allowed
     assert "rap_hf" not in modules and "torchvision" not in modules
+
+
+def test_padding_is_the_tokenizers_on_either_side(processor):
+    """input_ids/attention_mask come from tokenizer.pad; the word-start mask, labels and entity positions follow its
+    padding side."""
+    tokenizer = processor.tokenizer
+    ner = processor(tokens=[["Bill", "Gates"], ["a", "Stockholm", "trip", "today"]], ner_tags=[[1, 2], [0, 3, 0, 0]])
+    re_ = processor(tokens=[["Bill", "met", "Ann"], ["x"] * 6 + ["Bill", "met", "Ann"]], subject_spans=[(0, 1), (6, 7)],
+                    object_spans=[(2, 3), (8, 9)])  # fmt: skip
+    try:
+        tokenizer.padding_side = "left"
+        left_ner = processor(tokens=[["Bill", "Gates"], ["a", "Stockholm", "trip", "today"]],
+                             ner_tags=[[1, 2], [0, 3, 0, 0]])  # fmt: skip
+        left_re = processor(tokens=[["Bill", "met", "Ann"], ["x"] * 6 + ["Bill", "met", "Ann"]],
+                            subject_spans=[(0, 1), (6, 7)], object_spans=[(2, 3), (8, 9)])  # fmt: skip
+    finally:
+        tokenizer.padding_side = "right"
+    assert left_ner["input_ids"][0, 0] == tokenizer.pad_token_id and ner["input_ids"][0, -1] == tokenizer.pad_token_id
+    for right, left in ((ner, left_ner), (re_, left_re)):
+        for row in range(2):
+            real_right, real_left = right["attention_mask"][row].bool(), left["attention_mask"][row].bool()
+            assert right["input_ids"][row][real_right].tolist() == left["input_ids"][row][real_left].tolist()
+    for row in range(2):
+        for key in ("word_start_mask", "labels"):
+            real_right, real_left = ner["attention_mask"][row].bool(), left_ner["attention_mask"][row].bool()
+            assert ner[key][row][real_right].tolist() == left_ner[key][row][real_left].tolist()
+        marker_ids = [processor.marker_ids["<s>"], processor.marker_ids["<o>"]]
+        assert left_re["input_ids"][row][left_re["entity_positions"][row]].tolist() == marker_ids

@@ -111,6 +111,17 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
         assert again[key] == pytest.approx(results["test"][key], abs=1e-9), key
     card = (best / "README.md").read_text()
     assert f"{100 * results['test']['f1']:.2f}" in card
+    # the run's folder works with plain transformers, in a fresh process without rap_hf
+    code = ("import json, sys, transformers\n"
+            f"pipe = transformers.pipeline(model={str(best)!r}, trust_remote_code=True, device='cpu')\n"
+            "text = 'Vela Motors announces new headquarters in Bellhaven'\n"
+            "kwargs = dict(subject='Vela Motors', object='Bellhaven') if pipe.model.config.task == 're' else {}\n"
+            "print(json.dumps([pipe(text, **kwargs), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path, env=dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules")))  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert rap_modules == [] and ("entities" in prediction if dataset == "twitter2017" else "relation" in prediction)
 
 
 @pytest.mark.slow
