@@ -14,13 +14,16 @@ See docs/inference.md for the JSONL format.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 logger = logging.getLogger("rap_hf.cli")
 
@@ -76,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--ner-model", help="RE with --pairs all: NER model folder that finds the entities first")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--indent", type=int, default=2, help="JSON indentation of a single --text result")
+    predict.add_argument(
+        "--on-error",
+        "--on_error",
+        dest="on_error",
+        choices=("stop", "record"),
+        default="stop",
+        help="--input line that cannot be read or predicted: stop naming it, leaving --output untouched (default), "
+        "or write {\"line\": N, \"error\": \"...\"} for it and predict the other lines",
+    )
     predict.set_defaults(handler=run_predict)
 
     explain = commands.add_parser("explain", help="draw the routing paths (and relevance) of one input as a PNG")
@@ -133,56 +145,139 @@ def _resolve_path(value: Any, base_dir: Path) -> Any:
     return str(candidate) if candidate.exists() else value
 
 
-def read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """`(line number, object)` for every non-blank line; a malformed line raises `CLIError` naming it."""
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+              (codecs.BOM_UTF16_BE, "UTF-16"))  # fmt: skip
+
+
+@dataclass
+class LineError:
+    """A `--input` line that could not be used (kept, with `--on-error record`, as an error record)."""
+
+    message: str
+
+
+def _check_not_wide(handle: BinaryIO, path: str) -> None:
+    """A UTF-16/UTF-32 file is refused as a whole (every line would fail)."""
+    start = handle.read(4)
+    handle.seek(0)
+    for bom, encoding in _WIDE_BOMS:
+        if start.startswith(bom):
+            raise CLIError(f"{path}: the file is {encoding}-encoded (byte-order mark); --input must be UTF-8")
+
+
+def _decode_line(raw: bytes, path: str, number: int) -> str:
+    """One JSONL line as text; a line that is not UTF-8 raises `CLIError` naming it."""
+    if number == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    if b"\x00" in raw:
+        raise CLIError(f"{path}:{number}: NUL bytes (UTF-16 without byte-order mark?); --input must be UTF-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CLIError(
+            f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+            "--input must be UTF-8"
+        ) from None
+
+
+def _parse_line(raw: bytes, path: str, number: int, base_dir: Path) -> dict[str, Any]:
+    """The JSON object of one line, with picture paths resolved; `CLIError` naming the line otherwise."""
+    try:
+        example = json.loads(_decode_line(raw, path, number))
+    except json.JSONDecodeError as error:
+        raise CLIError(f"{path}:{number}: invalid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(example, dict):
+        raise CLIError(f"{path}:{number}: expected a JSON object, got {type(example).__name__}")
+    example["image"] = _resolve_path(example.get("image"), base_dir)
+    if isinstance(example.get("crops"), list):
+        example["crops"] = [_resolve_path(crop, base_dir) for crop in example["crops"]]
+    return example
+
+
+def read_jsonl(path: str, on_error: str = "stop") -> Iterator[tuple[int, dict[str, Any] | LineError]]:
+    """`(line number, object)` for every non-blank line; a malformed line raises `CLIError` naming it, or with
+    `on_error="record"` comes as a `LineError` (an encoding declared for the whole file always raises)."""
     base_dir = Path(path).resolve().parent
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")  # bytes: a line that is not UTF-8 is reported with its number
     except OSError as error:
         raise CLIError(f"cannot read --input {path!r}: {error}") from error
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+        _check_not_wide(handle, path)
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                example = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CLIError(f"{path}:{number}: invalid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(example, dict):
-                raise CLIError(f"{path}:{number}: expected a JSON object, got {type(example).__name__}")
-            example["image"] = _resolve_path(example.get("image"), base_dir)
-            if isinstance(example.get("crops"), list):
-                example["crops"] = [_resolve_path(crop, base_dir) for crop in example["crops"]]
-            yield number, example
+                yield number, _parse_line(raw, path, number, base_dir)
+            except CLIError as error:
+                if on_error != "record":
+                    raise
+                yield number, LineError(str(error))
 
 
 def _where(source: str, number: int | None) -> str:
     return source if number is None else f"{source}:{number}"
 
 
-def _parse_all(pipe, examples: Sequence[tuple[int, dict]], source: str, **defaults) -> list:
-    parsed = []
-    for number, example in examples:
+@dataclass
+class _Line:
+    """One input: its line number (None for --text), the example, then its parsed form or its error."""
+
+    number: int | None
+    example: dict[str, Any] | None
+    parsed: Any = None
+    error: str | None = None
+
+
+def _fail(line: _Line, message: str, on_error: str) -> None:
+    """Stops the run (`CLIError`), or with `--on-error record` marks the line as failed."""
+    if on_error != "record":
+        raise CLIError(message)
+    line.error = message
+
+
+def _parse_all(pipe, lines: Sequence[_Line], source: str, on_error: str, **defaults) -> list[_Line]:
+    """Parses every line not failed yet; returns the lines that parsed."""
+    for line in lines:
+        if line.error is None:
+            try:
+                line.parsed = pipe.parse_input(line.example, **defaults)
+            except (ValueError, TypeError) as error:
+                _fail(line, f"{_where(source, line.number)}: {error}", on_error)
+    return [line for line in lines if line.error is None]
+
+
+def _predict(pipe, lines: Sequence[_Line], source: str, on_error: str) -> list[Any]:
+    """Predictions of parsed lines, in order; when the batch fails, the lines are run one by one so the failing one
+    is named (`None` for a line failed with `--on-error record`)."""
+    try:
+        return pipe.predict_parsed([line.parsed for line in lines])
+    except Exception:  # noqa: BLE001 -- rerun one by one below, so that the failure is reported against its line
+        pass
+    results = []
+    for line in lines:
         try:
-            parsed.append(pipe.parse_input(example, **defaults))
-        except (ValueError, TypeError) as error:
-            raise CLIError(f"{_where(source, number)}: {error}") from None
-    return parsed
+            results.extend(pipe.predict_parsed([line.parsed]))
+        except Exception as error:  # noqa: BLE001 -- e.g. an image dict with text instead of bytes
+            _fail(line, f"{_where(source, line.number)}: prediction failed ({type(error).__name__}: {error})", on_error)
+            results.append(None)
+    return results
 
 
-def _with_entities(
-    ner_pipe, examples: list[tuple[int, dict]], batch_size: int, source: str
-) -> list[tuple[int, dict]]:
+def _with_entities(ner_pipe, lines: list[_Line], source: str, on_error: str) -> None:
     """Adds the NER model's entities to every example that has none."""
-    todo = [(number, example) for number, example in examples if "entities" not in example]
-    ner_inputs = [
-        (number, {k: v for k, v in example.items() if k in ("text", "tokens", "image", "crops")})
-        for number, example in todo
+    todo = [line for line in lines if line.error is None and "entities" not in line.example]
+    ner_lines = [
+        _Line(line.number, {k: v for k, v in line.example.items() if k in ("text", "tokens", "image", "crops")})
+        for line in todo
     ]
-    predictions = ner_pipe.predict_parsed(_parse_all(ner_pipe, ner_inputs, source), batch_size=batch_size)
-    for (_, example), prediction in zip(todo, predictions):
-        example["entities"] = prediction["entities"]
-    return examples
+    parsed = _parse_all(ner_pipe, ner_lines, source, on_error)
+    for ner_line, prediction in zip(parsed, _predict(ner_pipe, parsed, source, on_error) if parsed else []):
+        if prediction is not None:
+            ner_line.example["entities"] = prediction["entities"]
+    for line, ner_line in zip(todo, ner_lines):
+        line.error = ner_line.error
+        line.example["entities"] = ner_line.example.get("entities", [])
 
 
 def _output_record(number: int | None, parsed, result: Any) -> dict[str, Any]:
@@ -195,14 +290,40 @@ def _output_record(number: int | None, parsed, result: Any) -> dict[str, Any]:
     return record
 
 
-def _open_output(path: str | None) -> TextIO:
-    if path is None:
-        return sys.stdout
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w", encoding="utf-8")
-    except OSError as error:
-        raise CLIError(f"cannot write --output {path!r}: {error}") from error
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp creates 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class _AtomicOutput:
+    """`--output` written to a temporary file beside it and renamed into place only when everything succeeded, so a
+    failed run leaves an earlier file as it was and never a truncated one."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            os.chmod(self.tmp, self.path.stat().st_mode & 0o777 if self.path.exists() else _file_mode())
+        except OSError as error:
+            raise CLIError(f"cannot write --output {path!r}: {error}") from error
+        self.handle: TextIO = os.fdopen(descriptor, "w", encoding="utf-8")
+
+    def __enter__(self) -> TextIO:
+        return self.handle
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.handle.close()
+        try:
+            if error_type is None:
+                os.replace(self.tmp, self.path)
+                return
+        except OSError as replace_error:
+            os.unlink(self.tmp)
+            raise CLIError(f"cannot write --output {os.fspath(self.path)!r}: {replace_error}") from replace_error
+        os.unlink(self.tmp)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -224,33 +345,48 @@ def run_predict(args: argparse.Namespace) -> int:
     defaults = {"pairs": "all"} if args.pairs else {}
 
     if args.text is not None:
-        source = "--text"
-        examples = [(None, _example_from_arguments(args))]
+        source, on_error = "--text", "stop"
+        lines = [_Line(None, _example_from_arguments(args))]
     else:
-        source = args.input
-        examples = list(read_jsonl(args.input))
+        source, on_error = args.input, args.on_error
+        lines = [
+            _Line(number, None, error=example.message) if isinstance(example, LineError) else _Line(number, example)
+            for number, example in read_jsonl(args.input, on_error)
+        ]
     if args.pairs and ner_pipe is not None:
-        examples = _with_entities(ner_pipe, examples, args.batch_size, source)
-    parsed = _parse_all(pipe, examples, source, **defaults)
+        _with_entities(ner_pipe, lines, source, on_error)
+    _parse_all(pipe, lines, source, on_error, **defaults)
 
     if args.text is not None:
-        result = pipe.predict_parsed(parsed)[0]
+        result = _predict(pipe, lines, source, on_error)[0]
         print(json.dumps(result, indent=args.indent or None, ensure_ascii=False))
         return 0
-    step = args.batch_size * _BATCHES_PER_WRITE
-    output = _open_output(args.output)
-    try:
-        for first in range(0, len(parsed), step):
-            chunk = parsed[first : first + step]
-            for (number, _), item, result in zip(examples[first : first + step], chunk, pipe.predict_parsed(chunk)):
-                output.write(json.dumps(_output_record(number, item, result), ensure_ascii=False) + "\n")
-            output.flush()
-    finally:
-        if output is not sys.stdout:
-            output.close()
-    if args.output:
-        logger.info(f"wrote {len(parsed)} predictions to {args.output}")
+    if args.output is None:
+        _write_predictions(pipe, lines, source, on_error, sys.stdout, args.batch_size)
+    else:
+        with _AtomicOutput(args.output) as output:
+            _write_predictions(pipe, lines, source, on_error, output, args.batch_size)
+        logger.info(f"wrote {len(lines)} records to {args.output}")
+    failed = sum(line.error is not None for line in lines)
+    if failed:
+        logger.warning(f"{failed} of {len(lines)} input lines failed: written as error records (--on-error record)")
     return 0
+
+
+def _write_predictions(pipe, lines: list[_Line], source: str, on_error: str, output: TextIO, batch_size: int) -> None:
+    """One JSONL record per line, in input order: the prediction, or `{"line", "error"}` for a failed line."""
+    step = batch_size * _BATCHES_PER_WRITE
+    for first in range(0, len(lines), step):
+        chunk = lines[first : first + step]
+        good = [line for line in chunk if line.error is None]
+        results = dict(zip(map(id, good), _predict(pipe, good, source, on_error) if good else []))
+        for line in chunk:
+            if line.error is None:
+                record = _output_record(line.number, line.parsed, results[id(line)])
+            else:
+                record = {"line": line.number, "error": line.error}
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+        output.flush()
 
 
 def run_explain(args: argparse.Namespace) -> int:

@@ -318,7 +318,16 @@ def load_model_and_processor(
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path!r} does not hold a RAP model: {error}") from error
     model = RAPForMultimodalExtraction.from_pretrained(path, config=config, **model_kwargs)
-    return model, load_processor(path)
+    processor = load_processor(path)
+    # A folder without tokenizer.json still loads a tokenizer: special tokens only, every word [UNK].
+    tokens, rows = len(processor.tokenizer), model.get_input_embeddings().num_embeddings
+    if tokens != rows:
+        raise ValueError(
+            f"{os.fspath(path)!r}: the saved tokenizer has {tokens} tokens but the model's text embeddings have {rows} "
+            "rows: its files are incomplete (tokenizer.json missing?) or belong to another model; save this model's "
+            "processor next to it with `processor.save_pretrained(folder)`"
+        )
+    return model, processor
 
 
 def load_processor(path: str | os.PathLike) -> RAPProcessor:

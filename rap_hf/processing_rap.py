@@ -54,7 +54,12 @@ def default_image_processor(image_size: int = 224):
 
 
 def load_image(value: Any) -> Image.Image | None:
-    """Open an image given as PIL image, path, ``datasets`` dict (``{"bytes", "path"}``), array or ``None``."""
+    """Open an image given as PIL image, path, ``datasets`` dict (``{"bytes", "path"}``), array or ``None``.
+
+    An array is ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` of a type ``Image.fromarray`` reads
+    (``uint8``...) or of floats in [0, 1] (scaled to 0..255, as ``torchvision``'s ``ToTensor`` makes them); other
+    arrays raise ``ValueError`` saying what was found.
+    """
     if value is None:
         return None
     if isinstance(value, Image.Image):
@@ -69,10 +74,28 @@ def load_image(value: Any) -> Image.Image | None:
         else:
             return None
     elif isinstance(value, np.ndarray):
-        image = Image.fromarray(value)
+        image = _array_image(value)
     else:
         raise TypeError(f"cannot read an image from a {type(value).__name__}")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _array_image(array: np.ndarray) -> Image.Image:
+    """``Image.fromarray`` for the arrays it refuses: floats (in [0, 1], scaled to 0..255) and ``[H, W, 1]``."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if np.issubdtype(array.dtype, np.floating):
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not (0 <= low and high <= 1):  # NaN fails both comparisons
+            raise ValueError(f"a float image array must hold values in [0, 1], got {array.dtype} in [{low}, {high}]")
+        array = np.round(array * 255).astype(np.uint8)
+    try:
+        return Image.fromarray(array)
+    except TypeError as error:  # PIL's message names neither the shape nor what would work
+        raise ValueError(
+            f"cannot read an image from a {array.dtype} array of shape {array.shape} ({error}); use [H, W] or "
+            "[H, W, 3] with uint8 values in 0..255 or floats in [0, 1]"
+        ) from None
 
 
 def pad_sequences(

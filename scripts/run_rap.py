@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from rap_hf.data import DataFormatError
 from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
 
 
@@ -29,7 +30,12 @@ def main() -> None:
     for noisy in ("httpx", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     model_args, data_args, training_args = parse_arguments()
-    results = run(model_args, data_args, training_args)
+    try:
+        results = run(model_args, data_args, training_args)
+    except (DataFormatError, FileNotFoundError, ValueError) as error:  # a bad argument or corpus: one line
+        logging.getLogger("run_rap").debug("traceback", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     if results is None:
         return
     test = results["test"]

@@ -151,3 +151,68 @@ def test_explain_draws_the_routing_paths(folders, tmp_path, capsys):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["explain", "--model", str(folders["ner_text_only"]), "--text", "a", "--out", str(figure)]) == 2
     assert "no routing paths" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# issue #10: a failed run never leaves a truncated --output; bad lines and encodings are named
+# ----------------------------------------------------------------------------------------------------------------------
+BAD_IMAGE_LINES = [
+    {"text": "Kevin Durant visits Oracle Arena"},
+    {"text": "Vela Motors in Bellhaven", "image": {"bytes": "abc"}},  # passes the up-front check, fails to predict
+    {"text": "Dakota tonight !"},
+]
+
+
+def write_jsonl(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_failed_prediction_keeps_the_earlier_output_file(folders, tmp_path, capsys):
+    path = write_jsonl(tmp_path / "in.jsonl", BAD_IMAGE_LINES)
+    out = tmp_path / "out.jsonl"
+    out.write_text("earlier results\n")
+    args = ["predict", "--model", str(folders["ner"]), "--input", str(path), "--output", str(out), "--batch-size", "1"]
+    assert main(args) == 2
+    assert f"{path}:2: prediction failed (TypeError" in capsys.readouterr().err
+    assert out.read_text() == "earlier results\n"  # neither truncated nor replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left
+
+
+def test_on_error_record_writes_an_error_record_and_keeps_the_other_lines(folders, tmp_path, caplog):
+    path = write_jsonl(tmp_path / "in.jsonl", [*BAD_IMAGE_LINES, "not json", {"txt": "a"}])
+    out = tmp_path / "out.jsonl"
+    args = ["predict", "--model", str(folders["ner"]), "--input", str(path), "--output", str(out), "--on-error",
+            "record"]  # fmt: skip
+    assert main(args) == 0
+    assert "3 of 5 input lines failed" in caplog.text
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [record["line"] for record in records] == [1, 2, 3, 4, 5]
+    assert [sorted(record) for record in records[1:2] + records[3:]] == [["error", "line"]] * 3
+    assert records[1]["error"].startswith(f"{path}:2: prediction failed")
+    assert records[3]["error"].startswith(f"{path}:4: invalid JSON")
+    assert records[4]["error"].startswith(f"{path}:5: unknown input key(s) ['txt']")
+    expected = pipeline(folders["ner"], device="cpu")([BAD_IMAGE_LINES[0]["text"], BAD_IMAGE_LINES[2]["text"]])
+    assert [records[0]["entities"], records[2]["entities"]] == [e["entities"] for e in expected]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"text": "a"}\n{"text": "caf\xe9"}\n', "bad.jsonl:2: not valid UTF-8 (byte 0xe9 at column 14)"),
+        ('{"text": "a"}\n'.encode("utf-16"), "bad.jsonl: the file is UTF-16-encoded (byte-order mark)"),
+        ('{"text": "a"}\n'.encode("utf-16-le"), "bad.jsonl:1: NUL bytes (UTF-16 without byte-order mark?)"),
+    ],
+)
+def test_jsonl_that_is_not_utf8_is_named(folders, tmp_path, capsys, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    assert main(["predict", "--model", str(folders["ner"]), "--input", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_jsonl_with_utf8_byte_order_mark_is_read(folders, tmp_path, capsys):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "Kevin Durant"}\n')
+    assert main(["predict", "--model", str(folders["ner"]), "--input", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "Kevin Durant"

@@ -3,6 +3,7 @@
 import json
 import logging
 import pickle
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rap_hf.data import MNRE, NER_LABELS, SAMPLE_DIR, TwitterNER, get_builder, load_dataset
+from rap_hf.data import MNRE, NER_LABELS, SAMPLE_DIR, DataFormatError, TwitterNER, get_builder, load_dataset
 from rap_hf.data.parsing import MNRE_RELATIONS
 
 
@@ -315,3 +316,92 @@ def test_mnre_span_outside_tokens_raises_with_line(mnre_corpus, tmp_path):
     path.write_text(path.read_text() + "\n" + bad)
     with pytest.raises(ValueError, match=r"ours_test\.txt:2: 't' span \[1, 3\] outside tokens"):
         load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path, text_only=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# issue #10: no file read outside the corpus, no stale or path-only "embedded" images, empty files named
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("image_id", ["../../../outside", "ABSOLUTE"])
+def test_twitter_image_id_leading_outside_the_image_folder_is_an_error(twitter_corpus, tmp_path, image_id):
+    outside = picture(tmp_path / "outside.jpg")  # a readable picture: the old code loaded it into the dataset
+    image_id = str(outside.with_suffix("")) if image_id == "ABSOLUTE" else image_id
+    path = twitter_corpus / "NER_data" / "twitter2015" / "test.txt"
+    path.write_text(f"IMGID:301\nx\tO\n\nIMGID:{image_id}\ny\tO\n")
+    with pytest.raises(DataFormatError) as info:
+        load_dataset("twitter2015", data_dir=twitter_corpus, cache_dir=tmp_path / "cache")
+    assert str(info.value).startswith(f"{path}:4: image id {image_id!r} leads outside the image folder")
+
+
+def test_mnre_img_id_leading_outside_the_image_folder_is_an_error(mnre_corpus, tmp_path):
+    picture(tmp_path / "outside.jpg")
+    path = mnre_corpus / "RE_data" / "txt" / "ours_test.txt"
+    path.write_text(path.read_text() + "\n" + mnre_line(["a", "b"], (0, 1), (1, 2), "../../../../outside.jpg", "None"))
+    with pytest.raises(DataFormatError, match=r"ours_test\.txt:2: 'img_id' '(\.\./){4}outside\.jpg' leads outside"):
+        load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path / "cache")
+    # text-only loads read no image, so the id is kept as data
+    assert load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path / "c", text_only=True)["test"]["image_id"][1]
+
+
+def test_crop_names_leading_outside_the_crop_folder_are_skipped_and_counted(mnre_corpus, tmp_path):
+    outside = picture(tmp_path / "outside.png", (1, 2, 3))
+    txt = mnre_corpus / "RE_data" / "txt"
+    names = ["0_pred_yolo_crop_0.png", "../../../../../outside.png", str(outside)]
+    torch.save({0: names, "1": ["1_pred_yolo_crop_0.png"]}, txt / "mre_train_dict.pth")
+    dataset, builder = load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path / "cache", return_builder=True)
+    crops = dataset["train"][0]["crops"]
+    assert [c.getpixel((0, 0)) for c in crops] == [(0, 0, 0)]  # only the crop inside the folder
+    assert builder.gap_counts["train"]["crop_outside_folder"] == 2
+
+
+@pytest.fixture
+def sample_copy(tmp_path):
+    """The bundled sample, copied so that it can be moved and damaged."""
+    import shutil
+
+    return Path(shutil.copytree(SAMPLE_DIR, tmp_path / "corpus"))
+
+
+def test_embedded_images_survive_moving_the_corpus_and_parquet_export(sample_copy, tmp_path):
+    import shutil
+
+    split = load_dataset("twitter2017", data_dir=sample_copy, cache_dir=tmp_path / "cache")["train"]
+    shutil.move(sample_copy, tmp_path / "moved")  # the prepared data must not need the corpus any more
+    raw = split.cast_column("image", datasets.Image(decode=False))
+    stored = [row["image"] for row in raw if row["image"] is not None]
+    assert len(stored) == 33 and all(value["bytes"] and value["path"] is None for value in stored)
+    assert all(image.size == (64, 64) for image in split["image"] if image is not None)
+    assert sum(len(crops) for crops in split["crops"]) > 0
+    split.to_parquet(str(tmp_path / "train.parquet"))
+    back = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train",
+                                 cache_dir=str(tmp_path / "parquet-cache"))  # fmt: skip
+    assert [image is None for image in back["image"]] == [image is None for image in split["image"]]
+    assert all(np.asarray(a).tolist() == np.asarray(b).tolist() for a, b in zip(back["crops"][0], split["crops"][0]))
+
+
+@pytest.mark.parametrize("embed_images", [True, False])
+def test_image_changed_after_preparation_is_prepared_again(twitter_corpus, tmp_path, embed_images):
+    options = dict(data_dir=twitter_corpus, cache_dir=tmp_path / "cache", embed_images=embed_images)
+    first, builder = load_dataset("twitter2015", return_builder=True, **options)
+    assert first["train"][0]["image"] is not None and "unreadable_image" not in builder.gap_counts["validation"]
+    garbage(twitter_corpus / "NER_data" / "twitter2015_images" / "201.jpg")  # damaged in place after preparation
+    again, builder = load_dataset("twitter2015", return_builder=True, **options)
+    assert again["validation"][0]["image"] is None  # the old code served the cache: decoding crashed here
+    assert builder.gap_counts["validation"]["unreadable_image"] == 1
+
+
+@pytest.mark.parametrize("name, file_name", [("twitter2015", "valid.txt"), ("mnre", "ours_test.txt")])
+def test_empty_split_file_is_named(twitter_corpus, mnre_corpus, tmp_path, name, file_name):
+    data_dir = twitter_corpus if name == "twitter2015" else mnre_corpus
+    path = next(data_dir.rglob(file_name))
+    path.write_text("\n\n")
+    with pytest.raises(DataFormatError, match=rf"{file_name}: the file holds no examples"):
+        load_dataset(name, data_dir=data_dir, cache_dir=tmp_path / "cache", text_only=True)
+
+
+def test_corpus_file_that_is_not_utf8_is_named_through_the_builder(mnre_corpus, tmp_path):
+    path = mnre_corpus / "RE_data" / "txt" / "ours_test.txt"
+    path.write_bytes(path.read_text().encode("utf-16"))
+    with pytest.raises(DataFormatError, match=r"ours_test\.txt: the file is UTF-16-encoded"):
+        load_dataset("mnre", data_dir=mnre_corpus, cache_dir=tmp_path / "cache", text_only=True)

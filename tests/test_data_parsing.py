@@ -184,3 +184,119 @@ def test_crop_dict_errors(tmp_path):
     path.write_bytes(pickle.dumps({"a.jpg": [3]}))
     with pytest.raises(ValueError, match="must be a list of file names"):
         load_crop_dict(path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# issue #10: no code runs from a corpus, bad input is named
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """Pickles to `eval(expression)`: what a crafted crop dictionary would do (here: create a marker file, then
+    return the real dictionary so that loading looks normal)."""
+
+    def __init__(self, expression):
+        self.expression = expression
+
+    def __reduce__(self):
+        return eval, (self.expression,)
+
+
+@pytest.mark.parametrize("writer", ["torch_zip", "torch_legacy", "pickle"])
+def test_crop_dict_that_runs_code_is_refused_without_running_it(tmp_path, writer):
+    marker = tmp_path / "payload-ran"
+    real = {"1.jpg": ["1_pred_yolo_crop_0.png"]}
+    payload = _RunsCode(f"__import__('os').system('touch {marker}') or {real!r}")
+    path = tmp_path / "twitter2017_train_dict.pth"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=writer == "torch_zip")
+    with pytest.raises(DataFormatError) as info:
+        load_crop_dict(path)
+    assert not marker.exists()  # the payload never ran
+    assert str(info.value).startswith(f"{path}: refused to load the crop dictionary")
+    assert "eval" in str(info.value)  # the object it refers to is named
+
+
+def test_crop_dict_with_tensors_or_other_values_is_refused(tmp_path):
+    path = tmp_path / "dict.pth"
+    torch.save({"1.jpg": torch.zeros(2)}, path)
+    with pytest.raises(DataFormatError, match=r"dict\.pth: refused to load the crop dictionary: .*_rebuild_tensor"):
+        load_crop_dict(path)
+    path.write_bytes(pickle.dumps({"1.jpg": "1_pred_yolo_crop_0.png"}))  # a bare string, not a list
+    with pytest.raises(DataFormatError, match=r"dict\.pth: entry '1\.jpg' must be a list of file names"):
+        load_crop_dict(path)
+    path.write_bytes(pickle.dumps({(1, 2): ["a.png"]}))
+    with pytest.raises(DataFormatError, match=r"dict\.pth: crop dictionary key \(1, 2\) must be a string"):
+        load_crop_dict(path)
+
+
+@pytest.mark.parametrize(
+    "body, line, message",
+    [
+        ("a\tO\nb\tO\n\nIMGID:2\nc\tO\n", 1, "token line without an 'IMGID:<id>' line"),
+        ("IMGID:1\na\tO\n\nb\tB-PER\n", 4, "does the blank line 3 split a tweet?"),
+        ("IMGID:1\nKevin\tB-PER\n \nDurant\tI-PER\n\nIMGID:2\nc\tO\n", 3, "a line holding only whitespace (' ')"),
+        ("IMGID:1\na\tO\n\t\nb\tO\n", 3, "inside a tweet splits it in two"),
+    ],
+)
+def test_tweet_without_imgid_or_split_by_a_whitespace_line_is_an_error(tmp_path, body, line, message):
+    path = write(tmp_path / "train.txt", body)
+    with pytest.raises(DataFormatError) as info:
+        read_twitter_file(path)
+    assert str(info.value).startswith(f"{path}:{line}: ") and message in str(info.value)
+
+
+def test_whitespace_line_between_tweets_is_a_separator(tmp_path):
+    path = write(tmp_path / "train.txt", "IMGID:1\na\tO\n \nIMGID:2\nb\tO\n")
+    assert [(s.image_id, s.tokens) for s in read_twitter_file(path)] == [("1", ["a"]), ("2", ["b"])]
+
+
+def test_mnre_pos_of_booleans_is_an_error(tmp_path):
+    path = write(tmp_path / "ours_train.txt", MNRE_LINE.replace("'pos': [3, 5]", "'pos': [False, True]") + "\n")
+    with pytest.raises(DataFormatError, match=r"ours_train\.txt:1: 'h\.pos' must be \[start, end\] integers"):
+        read_mnre_file(path, MNRE_RELATIONS)
+
+
+def test_mnre_name_not_matching_pos_is_counted_and_warned(tmp_path, caplog):
+    mismatched = MNRE_LINE.replace("'name': 'Bill Cosby'", "'name': 'Bill Gates'")
+    path = write(tmp_path / "ours_train.txt", MNRE_LINE + "\n" + mismatched + "\n")
+    with caplog.at_level("WARNING", logger="rap_hf.data.parsing"):
+        records = read_mnre_file(path, MNRE_RELATIONS)
+    assert f"{path}:2: 'h.name' 'Bill Gates' does not match the tokens at pos [3, 5]: 'Bill Cosby'" in caplog.text
+    assert [(r.subject.name, r.subject.start) for r in records] == [("Bill Cosby", 3), ("Bill Gates", 3)]  # kept
+    stats = ParseStats()
+    read_mnre_file(path, MNRE_RELATIONS, stats)
+    assert stats.counts["entity_name_mismatch"] == 1
+
+
+@pytest.mark.parametrize(
+    "encoding, where, message",
+    [
+        ("utf-16", "", "the file is UTF-16-encoded (byte-order mark); convert it to UTF-8"),
+        ("utf-32", "", "the file is UTF-32-encoded (byte-order mark); convert it to UTF-8"),
+        ("utf-16-le", ":1", "NUL byte in the text (UTF-16 without byte-order mark?)"),
+        ("latin-1", ":3", "not valid UTF-8 (byte 0xe9 at column 4)"),
+    ],
+)
+def test_twitter_file_that_is_not_utf8_is_named(tmp_path, encoding, where, message):
+    path = tmp_path / "train.txt"
+    path.write_bytes("IMGID:1\na\tO\ncaf\xe9\tB-LOC\n\n".encode(encoding))
+    with pytest.raises(DataFormatError) as info:
+        read_twitter_file(path)
+    assert str(info.value).startswith(f"{path}{where}: {message}")
+
+
+def test_mnre_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "ours_train.txt"
+    path.write_bytes((MNRE_LINE + "\n" + MNRE_LINE.replace("Fame", "F\xe2me") + "\n").encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"ours_train\.txt:2: not valid UTF-8 \(byte 0xe2 at column \d+\)"):
+        read_mnre_file(path, MNRE_RELATIONS)
+
+
+def test_rel2id_file_in_utf16_is_named(tmp_path):
+    path = tmp_path / "ours_rel2id.json"
+    path.write_bytes(json.dumps({"None": 0}).encode("utf-16"))
+    with pytest.raises(DataFormatError, match=r"ours_rel2id\.json: the file is UTF-16-encoded"):
+        read_relation_names(path)

@@ -2,6 +2,8 @@
 
 import itertools
 import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -379,6 +381,24 @@ def test_bad_model_paths_fail_clearly(tmp_path, folders):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="not a RAP model"):
         pipeline(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["no tokenizer.json", "another tokenizer"])
+def test_incomplete_or_foreign_tokenizer_fails_clearly(folders, tmp_path, damage):
+    import shutil
+
+    folder = Path(shutil.copytree(folders["ner"], tmp_path / "model"))
+    if damage == "no tokenizer.json":
+        (folder / "tokenizer.json").unlink()  # loaded anyway: 9 special tokens, every word [UNK]
+        expected = "the saved tokenizer has 9 tokens but the model's text embeddings have"
+    else:
+        processor = RAPProcessor.from_pretrained(folder)
+        processor.tokenizer.add_tokens(["#nba", "#otrii"])
+        processor.save_pretrained(folder)
+        expected = f"the saved tokenizer has {len(processor.tokenizer)} tokens"
+    with pytest.raises(ValueError, match=re.escape(expected)) as info:
+        pipeline(folder, device="cpu")
+    assert str(folder) in str(info.value) and "tokenizer.json missing?" in str(info.value)
 
 
 def test_in_memory_model_needs_its_processor(folders, ner):

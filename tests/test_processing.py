@@ -12,7 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from rap_hf.processing_rap import IGNORE_INDEX, RAPDataCollator, RAPProcessor, default_image_processor, marker_order
+from rap_hf.processing_rap import (
+    IGNORE_INDEX,
+    RAPDataCollator,
+    RAPProcessor,
+    default_image_processor,
+    load_image,
+    marker_order,
+)
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,6 +252,21 @@ def test_images_slots_and_mask(processor, tmp_path):
     assert out["pixel_values"][1].abs().sum() == 0 and out["pixel_values"][2, 1:].abs().sum() == 0
     # ImageNet normalisation: a pure red pixel -> ((1-0.485)/0.229, -0.456/0.224, -0.406/0.225)
     assert torch.allclose(out["pixel_values"][0, 0, :, 100, 100], torch.tensor([2.2489, -2.0357, -1.8044]), atol=1e-3)
+
+
+def test_float_arrays_in_0_1_are_scaled_and_others_refused_clearly():
+    floats = np.zeros((6, 5, 3))
+    floats[..., 0] = 1.0
+    floats[0, 0] = (0.5, 0.25, 0.0)
+    image = load_image(floats)
+    assert image.size == (5, 6) and image.getpixel((1, 1)) == (255, 0, 0) and image.getpixel((0, 0)) == (128, 64, 0)
+    assert load_image(np.full((4, 4, 1), 0.5, dtype=np.float32)).getpixel((0, 0)) == (128, 128, 128)
+    with pytest.raises(ValueError, match=r"image array must hold values in \[0, 1\], got float64 in \[0.0, 255.0"):
+        load_image(floats * 255)
+    with pytest.raises(ValueError, match=r"in \[nan, nan\]"):
+        load_image(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match=r"cannot read an image from a int64 array of shape \(2, 2, 3\)"):
+        load_image(np.zeros((2, 2, 3), dtype=np.int64))
 
 
 def test_single_example_call(processor):

@@ -35,22 +35,33 @@ logger = logging.getLogger(__name__)
 SAMPLE_DIR: Path = Path(__file__).resolve().parent / "sample"
 DATASET_NAMES: tuple[str, ...] = (*TWITTER_CORPORA, "mnre")
 # Bump when parsing changes what a prepared dataset contains, so caches from older code are not reused.
-_PREPARE_VERSION = "1"
+_PREPARE_VERSION = "2"  # 2: embedded images hold their bytes, not a path
 
 
-def _input_fingerprint(data_dir: Path) -> str:
-    """Hash of the corpus files' names, sizes and mtimes (and image folders' mtimes): a stale cache is rebuilt."""
+def _is_image_folder(root: str) -> bool:
+    name = Path(root).name
+    return name == "crops" or "_images" in name or "img_org" in root or "img_vg" in root
+
+
+def _input_fingerprint(data_dir: Path, with_images: bool = True) -> str:
+    """Hash of the corpus files' names, sizes and mtimes: a changed file (an image edited, replaced or corrupted
+    after preparation included) re-prepares the data instead of serving a stale cache. Image folders are skipped
+    for a text-only load, which never reads them."""
     digest = hashlib.sha256(_PREPARE_VERSION.encode())
-    for root, dirs, files in os.walk(data_dir):
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(data_dir, followlinks=True):  # image folders are often links to another disk
         dirs.sort()
-        if Path(root).name in ("crops",) or "_images" in Path(root).name or "img_org" in root or "img_vg" in root:
-            # one stat per image folder instead of one per image: adding/removing a file changes its mtime
-            stat = os.stat(root)
-            digest.update(f"{root}:{stat.st_mtime_ns}".encode())
+        real = os.path.realpath(root)
+        if real in seen or (_is_image_folder(root) and not with_images):
+            dirs.clear()  # a link cycle; or a text-only load: image folders not even listed, so it stays fast
             continue
+        seen.add(real)
         for name in sorted(files):
-            stat = os.stat(os.path.join(root, name))
-            digest.update(f"{root}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            try:
+                stat = os.stat(os.path.join(root, name))
+                digest.update(f"{root}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            except OSError:  # a dangling link: the builder counts it as missing
+                digest.update(f"{root}/{name}:unreadable".encode())
     return digest.hexdigest()[:16]
 
 
@@ -72,7 +83,7 @@ def get_builder(
     kwargs: dict[str, Any] = dict(
         data_dir=str(data_dir),
         cache_dir=str(cache_dir) if cache_dir is not None else None,
-        hash=_input_fingerprint(data_dir),
+        hash=_input_fingerprint(data_dir, with_images=not text_only),
         text_only=text_only,
         **config_kwargs,
     )

@@ -25,14 +25,18 @@ import datasets
 
 from .parsing import (
     MNRE_RELATIONS,
+    DataFormatError,
     GapReportMixin,
+    ParseStats,
     RAPBuilderConfig,
     crop_values,
+    file_inside,
     first_existing,
     image_value,
     load_crop_dict,
     read_mnre_file,
     read_relation_names,
+    require_examples,
     warn_if_missing_folder,
 )
 
@@ -152,18 +156,23 @@ class MNRE(GapReportMixin, datasets.GeneratorBasedBuilder):
         ]
 
     def _generate_examples(self, layout: MNRELayout, split: str, relation_names: list[str]):
-        records = read_mnre_file(layout.split_file(split), relation_names)
-        counts: Counter = Counter()
+        split_file = layout.split_file(split)
+        stats = ParseStats()
+        records = read_mnre_file(split_file, relation_names, stats)
+        require_examples(split_file, len(records))
+        counts: Counter = stats.counts
         crop_dict = self._crop_dict(layout, split, counts)
-        crops_dir = layout.crops_dir(split)
+        crops_dir, images_dir = layout.crops_dir(split), layout.images_dir(split)
         if not self.config.text_only:
-            warn_if_missing_folder(layout.images_dir(split), "image")
+            warn_if_missing_folder(images_dir, "image")
         for record in records:
             image, crops = None, []
             if not self.config.text_only:
-                image = image_value(
-                    layout.images_dir(split) / record.image_id, "image", counts, self.config.embed_images
-                )
+                path = file_inside(images_dir, record.image_id)
+                if path is None:
+                    raise DataFormatError(split_file, record.line, f"'img_id' {record.image_id!r} leads outside the "
+                                          f"image folder {images_dir}")  # fmt: skip
+                image = image_value(path, "image", counts, self.config.embed_images)
                 if crop_dict is not None:
                     names = crop_dict.get(str(record.index))
                     crops = crop_values(names, crops_dir, self.config.max_crops, counts, self.config.embed_images)

@@ -9,10 +9,13 @@ unreadable crop) are not handled here but counted by the builders.
 from __future__ import annotations
 
 import ast
+import codecs
+import io
 import json
 import logging
 import os
 import pickle
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,48 @@ def _preview(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),  # before UTF-16: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 corpus file (a UTF-8 byte-order mark is dropped).
+
+    Raises ``DataFormatError`` naming the file (and the line of the first bad byte) for UTF-16/UTF-32 files and
+    anything that is not valid UTF-8, instead of a bare ``UnicodeDecodeError``.
+    """
+    data = Path(path).read_bytes()
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):
+            raise DataFormatError(path, None, f"the file is {encoding}-encoded (byte-order mark); convert it to UTF-8")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    nul = data.find(b"\x00")
+    if nul >= 0:  # UTF-16 without byte-order mark decodes as "valid" UTF-8 full of NUL characters
+        line = data.count(b"\n", 0, nul) + 1
+        raise DataFormatError(path, line, "NUL byte in the text (UTF-16 without byte-order mark?); convert it to UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        raise DataFormatError(
+            path,
+            data.count(b"\n", 0, error.start) + 1,
+            f"not valid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start - line_start + 1}); "
+            "the corpus files must be UTF-8",
+        ) from None
+
+
+def require_examples(path: str | os.PathLike, count: int) -> None:
+    """An empty split file is an error naming it (``datasets`` would only say a split "corresponds to no data")."""
+    if count == 0:
+        raise DataFormatError(path, None, "the file holds no examples (empty or only blank lines)")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Twitter-2015 / Twitter-2017 (CoNLL-like, one token per line)
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,7 +130,7 @@ class NERSentence:
     image_id: str
     tokens: list[str]
     tags: list[str]
-    line: int  # 1-based line of the IMGID line (or of the first token when there is none)
+    line: int  # 1-based line of the IMGID line
 
 
 @dataclass
@@ -136,7 +181,8 @@ def read_twitter_file(
     Each tweet is an ``IMGID:<id>`` line followed by ``token<TAB>label`` lines; tweets are separated by blank
     lines. The last tweet is kept when the file has no trailing blank line, ``OTHER`` is read as ``MISC`` and
     orphan ``I-`` tags are kept (or repaired to ``B-`` when ``repair_orphan_i``); their number is counted in
-    ``stats.counts["orphan_i_tags"]``.
+    ``stats.counts["orphan_i_tags"]``. Token lines without an ``IMGID:`` line before them (a tweet without image
+    id, or a blank or whitespace-only line inside a tweet splitting it) raise ``DataFormatError``.
     """
     stats = stats if stats is not None else ParseStats()
     sentences: list[NERSentence] = []
@@ -144,8 +190,9 @@ def read_twitter_file(
     tokens: list[str] = []
     tags: list[str] = []
     start_line = 0
+    separator: tuple[int, str] | None = None  # last blank line: (number, text)
 
-    def close(end_line: int) -> None:
+    def close() -> None:
         nonlocal image_id, tokens, tags
         if image_id is not None and not tokens:
             raise DataFormatError(path, start_line, f"tweet IMGID:{image_id} has no tokens")
@@ -153,36 +200,47 @@ def read_twitter_file(
             orphans = find_orphan_tags(tags)
             stats.counts["orphan_i_tags"] += len(orphans)
             final_tags = repair_orphan_tags(tags) if (repair_orphan_i and orphans) else tags
-            sentences.append(NERSentence(image_id or "", tokens, final_tags, start_line))
+            sentences.append(NERSentence(image_id, tokens, final_tags, start_line))
         image_id, tokens, tags = None, [], []
 
-    # utf-8-sig drops a byte-order mark; newline="" keeps "\r" so it can be stripped explicitly below.
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        lineno = 0
-        for lineno, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                close(lineno)
-                continue
-            if line.startswith("IMGID:"):
-                close(lineno)  # a new tweet without a blank line in between is unambiguous
-                image_id = line[len("IMGID:") :].strip()
-                if not image_id:
-                    raise DataFormatError(path, lineno, "empty image id after 'IMGID:'")
-                start_line = lineno
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise DataFormatError(path, lineno, f"expected 'token<TAB>label', got {_preview(line)}")
-            token, tag = fields
-            if token == "":
-                raise DataFormatError(path, lineno, f"empty token in {_preview(line)}")
-            if not tokens and image_id is None:
-                start_line = lineno
-            tokens.append(token)
-            tags.append(normalize_tag(tag, path, lineno))
-        close(lineno + 1)  # the last tweet of a file without trailing blank line
+    # newline="" keeps "\r" so it can be stripped explicitly below (and splits lines only at \n, \r, \r\n).
+    lineno = 0
+    for lineno, raw in enumerate(io.StringIO(read_text(path), newline=""), start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            close()
+            separator = (lineno, line)
+            continue
+        if line.startswith("IMGID:"):
+            close()  # a new tweet without a blank line in between is unambiguous
+            image_id = line[len("IMGID:") :].strip()
+            if not image_id:
+                raise DataFormatError(path, lineno, "empty image id after 'IMGID:'")
+            start_line = lineno
+            continue
+        if image_id is None:
+            raise _tweet_without_imgid(path, lineno, separator)
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataFormatError(path, lineno, f"expected 'token<TAB>label', got {_preview(line)}")
+        token, tag = fields
+        if token == "":
+            raise DataFormatError(path, lineno, f"empty token in {_preview(line)}")
+        tokens.append(token)
+        tags.append(normalize_tag(tag, path, lineno))
+    close()  # the last tweet of a file without trailing blank line
     return sentences
+
+
+def _tweet_without_imgid(path: str | os.PathLike, lineno: int, separator: tuple[int, str] | None) -> DataFormatError:
+    """The error for a token line that belongs to no ``IMGID:`` line, pointing at the likely cause."""
+    if separator is not None and separator[1]:
+        return DataFormatError(
+            path, separator[0], f"a line holding only whitespace ({separator[1]!r}) inside a tweet splits it in two; "
+            "remove it (tweets are separated by empty lines)",
+        )  # fmt: skip
+    hint = f" (does the blank line {separator[0]} split a tweet?)" if separator is not None else ""
+    return DataFormatError(path, lineno, f"token line without an 'IMGID:<id>' line before it{hint}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,8 +276,7 @@ class RERecord:
 def read_relation_names(path: str | os.PathLike) -> list[str]:
     """Relation names of an ``ours_rel2id.json`` ordered by id; the ids must be 0..n-1."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            mapping = json.load(handle)
+        mapping = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise DataFormatError(path, error.lineno, f"not valid JSON: {error.msg}") from error
     if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
@@ -230,28 +287,60 @@ def read_relation_names(path: str | os.PathLike) -> list[str]:
     return [name for name, _ in sorted(mapping.items(), key=lambda item: item[1])]
 
 
-def _parse_entity(value: Any, key: str, num_tokens: int, path: str | os.PathLike, line: int) -> Entity:
+def _parse_entity(value: Any, key: str, tokens: Sequence[str], path: str | os.PathLike, line: int) -> Entity:
     """Validate an MNRE ``h``/``t`` entry ``{"name": str, "pos": [start, end]}``."""
-    if not isinstance(value, dict) or "pos" not in value:
+    if not isinstance(value, dict) or "pos" not in value or "name" not in value:
         raise DataFormatError(path, line, f"'{key}' must be a dict with 'name' and 'pos', got {_preview(repr(value))}")
     pos = value["pos"]
-    if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and all(isinstance(p, int) for p in pos)):
+    # type() rather than isinstance: True/False are ints to isinstance but never a word index
+    if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and all(type(p) is int for p in pos)):
         raise DataFormatError(path, line, f"'{key}.pos' must be [start, end] integers, got {pos!r}")
     start, end = pos
-    if not 0 <= start < end <= num_tokens:
+    if not 0 <= start < end <= len(tokens):
         raise DataFormatError(
-            path, line, f"'{key}' span {list(pos)} outside tokens (need 0 <= start < end <= {num_tokens})"
+            path, line, f"'{key}' span {list(pos)} outside tokens (need 0 <= start < end <= {len(tokens)})"
         )
-    name = value.get("name", "")
+    name = value["name"]
     if not isinstance(name, str):
         raise DataFormatError(path, line, f"'{key}.name' must be a string, got {name!r}")
     return Entity(name=name, start=start, end=end)
 
 
+# Name/pos mismatches logged one by one per file before only the count goes on.
+_MISMATCH_WARNINGS = 3
+
+
+def _check_entity_names(record: RERecord, path: str | os.PathLike, stats: ParseStats | None) -> None:
+    """Count (``entity_name_mismatch``) and warn about an entity whose ``name`` is not its words joined by a space.
+
+    The spans (``pos``) are what the model uses; a different name means the line was edited or built by hand.
+    """
+    for key, entity in (("h", record.subject), ("t", record.object)):
+        words = " ".join(record.tokens[entity.start : entity.end])
+        if entity.name == words:
+            continue
+        count = 1
+        if stats is not None:
+            stats.counts["entity_name_mismatch"] += 1
+            count = stats.counts["entity_name_mismatch"]
+        if count <= _MISMATCH_WARNINGS:
+            logger.warning("%s:%d: '%s.name' %r does not match the tokens at pos [%d, %d]: %r (the pos is used)",
+                           path, record.line, key, entity.name, entity.start, entity.end, words)  # fmt: skip
+
+
 def parse_mnre_line(
-    text: str, index: int, relation_names: Sequence[str], path: str | os.PathLike = "<input>", line: int = 1
+    text: str,
+    index: int,
+    relation_names: Sequence[str],
+    path: str | os.PathLike = "<input>",
+    line: int = 1,
+    stats: ParseStats | None = None,
 ) -> RERecord:
-    """Parse one MNRE line (a Python dict literal, hence ``ast.literal_eval`` rather than JSON)."""
+    """Parse one MNRE line (a Python dict literal, hence ``ast.literal_eval`` rather than JSON).
+
+    An entity ``name`` that differs from its words at ``pos`` is warned about and counted in
+    ``stats.counts["entity_name_mismatch"]``; everything else malformed raises ``DataFormatError``.
+    """
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
@@ -268,59 +357,109 @@ def parse_mnre_line(
     if relation not in relation_names:
         raise DataFormatError(path, line, f"unknown relation {relation!r} (not in the relation list)")
     image_id = value["img_id"]
-    if not isinstance(image_id, str):
-        raise DataFormatError(path, line, f"'img_id' must be a string, got {image_id!r}")
-    return RERecord(
+    if not isinstance(image_id, str) or not image_id:
+        raise DataFormatError(path, line, f"'img_id' must be a non-empty string, got {image_id!r}")
+    record = RERecord(
         index=index,
         tokens=tokens,
-        subject=_parse_entity(value["h"], "h", len(tokens), path, line),
-        object=_parse_entity(value["t"], "t", len(tokens), path, line),
+        subject=_parse_entity(value["h"], "h", tokens, path, line),
+        object=_parse_entity(value["t"], "t", tokens, path, line),
         image_id=image_id,
         relation=relation,
         line=line,
     )
+    _check_entity_names(record, path, stats)
+    return record
 
 
-def read_mnre_file(path: str | os.PathLike, relation_names: Sequence[str]) -> list[RERecord]:
+def read_mnre_file(
+    path: str | os.PathLike, relation_names: Sequence[str], stats: ParseStats | None = None
+) -> list[RERecord]:
     """Parse an MNRE split file. Blank lines are skipped but still count for the line index."""
+    stats = stats if stats is not None else ParseStats()
     records = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for index, raw in enumerate(handle):
-            if raw.strip():
-                records.append(parse_mnre_line(raw.strip(), index, relation_names, path, index + 1))
+    for index, raw in enumerate(io.StringIO(read_text(path), newline=None)):
+        if raw.strip():
+            records.append(parse_mnre_line(raw.strip(), index, relation_names, path, index + 1, stats))
     return records
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Crop dictionaries (*.pth): a pickled {key: [crop file names]}
+# Crop dictionaries (*.pth): a pickled {key: [crop file names]}, read without running any code
 # ----------------------------------------------------------------------------------------------------------------
+
+# torch.save's legacy format starts with this pickled number (torch.serialization.MAGIC_NUMBER).
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _RefusedPickle(pickle.UnpicklingError):
+    """A pickle that names a Python object or holds tensors: never loaded."""
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles only what pickle encodes without naming a Python object: dicts, lists, tuples, strings, numbers.
+
+    Any class or function reference (the only way a pickle can run code) and any torch storage are refused.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _RefusedPickle(f"it refers to the Python object {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _RefusedPickle("it holds tensors")
+
+
+def _unpickle_plain(data: bytes, count: int = 1) -> list[Any]:
+    """The first ``count`` pickles of ``data``, read with `_PlainDataUnpickler`."""
+    unpickler = _PlainDataUnpickler(io.BytesIO(data))
+    return [unpickler.load() for _ in range(count)]
+
+
+def _read_crop_pickle(path: str | os.PathLike) -> Any:
+    """The object of a ``torch.save`` file (zip or legacy format) or of a plain pickle, without running code."""
+    data = Path(path).read_bytes()
+    try:
+        if zipfile.is_zipfile(io.BytesIO(data)):  # torch.save's default format: the object is <archive>/data.pkl
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                if not names:
+                    raise DataFormatError(path, None, "zip file without data.pkl: not a torch.save file")
+                return _unpickle_plain(archive.read(names[0]))[0]
+        first = _unpickle_plain(data)[0]
+        if type(first) is int and first == _TORCH_LEGACY_MAGIC:  # legacy: magic, version, sys info, object
+            return _unpickle_plain(data, 4)[3]
+        return first
+    except DataFormatError:
+        raise
+    except _RefusedPickle as error:
+        raise DataFormatError(
+            path, None, f"refused to load the crop dictionary: {error}; it must hold only a dict of lists of "
+            "file names (loading other objects could run code)",
+        ) from None  # fmt: skip
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError,
+            zipfile.BadZipFile) as error:  # fmt: skip
+        problem = f"not a pickle or torch.save file ({type(error).__name__}: {error})"
+        raise DataFormatError(path, None, f"cannot unpickle crop dictionary: {problem}") from None
 
 
 def load_crop_dict(path: str | os.PathLike) -> dict[str, list[str]]:
     """Load a crop dictionary and normalise keys to strings and values to lists of file names.
 
-    The HVPNeT releases write these with ``torch.save`` (a pickled dict, not tensors); plain pickles are
-    accepted too. Raises ``DataFormatError`` when the file is not a dictionary of name lists.
+    The HVPNeT releases write these with ``torch.save`` (a pickled dict, not tensors); plain pickles are accepted
+    too. They are read with an unpickler that refuses every class or function reference, so a crafted file cannot
+    run code. Raises ``DataFormatError`` naming the file when it is not a dict {str or int: list of strings}.
     """
-    try:
-        import torch
-
-        value = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # not a torch zip/legacy file: try a plain pickle next
-        try:
-            with open(path, "rb") as handle:
-                value = pickle.load(handle)
-        except Exception as error:
-            raise DataFormatError(path, None, f"cannot unpickle crop dictionary ({error})") from None
+    value = _read_crop_pickle(path)
     if not isinstance(value, dict):
         raise DataFormatError(path, None, f"crop dictionary must be a dict, got {type(value).__name__}")
     result: dict[str, list[str]] = {}
     for key, names in value.items():
-        if isinstance(names, (str, os.PathLike)):
-            names = [names]
-        if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, os.PathLike)) for n in names):
-            raise DataFormatError(path, None, f"entry {key!r} must be a list of file names, got {names!r}")
-        result[str(key)] = [os.fspath(n) for n in names]
+        if type(key) not in (str, int):
+            raise DataFormatError(path, None, f"crop dictionary key {key!r} must be a string or an integer")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            got = _preview(repr(names))
+            raise DataFormatError(path, None, f"entry {key!r} must be a list of file names, got {got}")
+        result[str(key)] = list(names)
     return result
 
 
@@ -339,34 +478,64 @@ def first_existing(candidates: Iterable[Path]) -> Path | None:
 GAP_REPORT_FILENAME = "rap_gap_report.json"
 
 
+def file_inside(folder: Path, name: str) -> Path | None:
+    """``folder/name`` resolved (``..`` and symbolic links followed), or ``None`` when that leaves ``folder``.
+
+    Image ids and crop names come from corpus files: an absolute name or one with ``..`` must not reach files
+    elsewhere on the machine.
+    """
+    if not name or "\x00" in name:
+        return None
+    root = folder.resolve()
+    path = (root / name).resolve()
+    return path if path != root and path.is_relative_to(root) else None
+
+
+def _decodes(data: bytes) -> bool:
+    """Whether ``data`` is an image PIL can decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (64, 64))  # JPEG decodes at reduced scale: a full check at a fraction of the cost
+            image.load()
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError...) for broken files
+        return False
+    return True
+
+
 def check_image_file(path: Path) -> str:
     """Return ``"ok"``, ``"missing"`` or ``"unreadable"`` for an image file (decoded, not just opened)."""
     if not path.is_file():
         return "missing"
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (64, 64))  # JPEG decodes at reduced scale: a full check at a fraction of the cost
-            image.load()
-    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError...) for broken files
-        return "unreadable"
-    return "ok"
+    return "ok" if _decodes(path.read_bytes()) else "unreadable"
 
 
 def image_value(path: Path, kind: str, counts: Counter, embed: bool) -> dict[str, Any] | None:
-    """A ``datasets.Image`` value for ``path`` or ``None``; missing/unreadable files are counted under ``kind``."""
-    status = check_image_file(path)
-    if status != "ok":
-        counts[f"{status}_{kind}"] += 1
+    """A ``datasets.Image`` value for ``path`` or ``None``; missing/unreadable files are counted under ``kind``.
+
+    With ``embed`` the value holds the bytes that were checked and no path (``datasets`` keeps only the path of a
+    value that has both while the file exists, and that breaks once the corpus moves).
+    """
+    if not path.is_file():
+        counts[f"missing_{kind}"] += 1
         return None
-    return {"path": str(path), "bytes": path.read_bytes() if embed else None}
+    data = path.read_bytes()
+    if not _decodes(data):
+        counts[f"unreadable_{kind}"] += 1
+        return None
+    return {"path": None, "bytes": data} if embed else {"path": str(path), "bytes": None}
 
 
 def crop_values(
-    names: Sequence[str] | None, crops_dir: Path | None, max_crops: int, counts: Counter, embed: bool
+    names: Sequence[str] | None, crops_dir: Path, max_crops: int, counts: Counter, embed: bool
 ) -> list[dict[str, Any]]:
-    """Image values for the first ``max_crops`` crop files that can be read; gaps are counted."""
+    """Image values for the first ``max_crops`` crop files that can be read; gaps are counted.
+
+    A name is looked up in ``crops_dir`` (and by its last part there when it holds folders of another root); a name
+    leading outside ``crops_dir`` (absolute, ``..``, a symbolic link) is left out and counted as
+    ``crop_outside_folder``.
+    """
     if names is None:
         counts["no_crop_entry"] += 1
         return []
@@ -374,9 +543,12 @@ def crop_values(
         counts["crops_beyond_max_crops"] += len(names) - max_crops
     values = []
     for name in names[:max_crops]:
-        path = Path(name) if Path(name).is_absolute() else (crops_dir or Path(".")) / name
-        if not path.exists() and crops_dir is not None:
-            path = crops_dir / Path(name).name  # some releases store paths relative to another root
+        path = file_inside(crops_dir, name)
+        if path is None:
+            counts["crop_outside_folder"] += 1
+            continue
+        if not path.exists():
+            path = file_inside(crops_dir, Path(name).name) or path  # some releases store paths of another root
         value = image_value(path, "crop", counts, embed)
         if value is not None:
             values.append(value)

@@ -25,14 +25,17 @@ import datasets
 
 from .parsing import (
     NER_LABELS,
+    DataFormatError,
     GapReportMixin,
     ParseStats,
     RAPBuilderConfig,
     crop_values,
+    file_inside,
     first_existing,
     image_value,
     load_crop_dict,
     read_twitter_file,
+    require_examples,
     warn_if_missing_folder,
 )
 
@@ -137,9 +140,9 @@ class TwitterNER(GapReportMixin, datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, layout: TwitterLayout, split: str):
         stats = ParseStats()
-        sentences = read_twitter_file(
-            layout.split_file(split), repair_orphan_i=self.config.repair_orphan_i, stats=stats
-        )
+        split_file = layout.split_file(split)
+        sentences = read_twitter_file(split_file, repair_orphan_i=self.config.repair_orphan_i, stats=stats)
+        require_examples(split_file, len(sentences))
         counts: Counter = stats.counts
         if self.config.repair_orphan_i:
             counts["orphan_i_tags_repaired"] = counts.pop("orphan_i_tags", 0)
@@ -150,7 +153,11 @@ class TwitterNER(GapReportMixin, datasets.GeneratorBasedBuilder):
             image, crops = None, []
             if not self.config.text_only:
                 file_name = image_file_name(sentence.image_id)
-                image = image_value(layout.images_dir / file_name, "image", counts, self.config.embed_images)
+                path = file_inside(layout.images_dir, file_name)
+                if path is None:
+                    raise DataFormatError(split_file, sentence.line, f"image id {sentence.image_id!r} leads outside "
+                                          f"the image folder {layout.images_dir}")  # fmt: skip
+                image = image_value(path, "image", counts, self.config.embed_images)
                 if crop_dict is not None:
                     names = crop_dict.get(file_name, crop_dict.get(sentence.image_id))
                     crops = crop_values(names, crops_dir, self.config.max_crops, counts, self.config.embed_images)
