@@ -123,6 +123,10 @@ class RAPConfig(PreTrainedConfig):
             and projects its last layer; `"embeddings"` projects the encoder's input embeddings (one encoder pass).
         freeze_text_encoder (`bool`, *optional*, defaults to `False`):
             Freeze the text encoder (pure P-tuning v2) instead of fine-tuning it with the prompts.
+        text_encoder_lora (`dict`, *optional*):
+            `peft.LoraConfig` arguments (e.g. `{"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"]}`):
+            LoRA adapters on the text encoder, trained beside RAP's layers while the encoder's own weights stay
+            frozen (large encoders on small GPUs). Needs the `peft` package.
         freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
             Freeze the vision encoder; its features can then be computed once and cached.
         hidden_dropout_prob (`float`, *optional*, defaults to 0.1):
@@ -177,6 +181,7 @@ class RAPConfig(PreTrainedConfig):
     prompt_init_scale: float | int = 0.3
     text_feature_source: Literal["encoder", "embeddings"] = "encoder"
     freeze_text_encoder: bool = False
+    text_encoder_lora: dict | None = None
     freeze_vision_encoder: bool = True
     hidden_dropout_prob: float | int = 0.1
     initializer_range: float = 0.02

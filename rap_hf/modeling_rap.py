@@ -603,7 +603,7 @@ class RAPPreTrainedModel(PreTrainedModel):
             logger.warning("no vision encoder given: the RAP vision encoder is randomly initialised")
         model = cls(RAPConfig(**config_kwargs))
         backbone = model.base_model
-        backbone.text_encoder.load_state_dict(text_encoder.state_dict())
+        load_encoder_weights(backbone.text_encoder, text_encoder.state_dict())
         if model.config.multimodal:
             if vision_encoder is not None:
                 backbone.vision_encoder.load_state_dict(vision_encoder.state_dict())
@@ -619,6 +619,34 @@ def resolve_encoder_aliases(text: str, vision: str | None) -> tuple[str, str | N
     except ImportError:  # this file runs as remote code without the package: only real names and paths
         return text, vision
     return resolve_text_model(text), resolve_vision_model(vision)
+
+
+def add_text_encoder_lora(encoder: nn.Module, lora: dict) -> nn.Module:
+    """LoRA adapters (peft) injected into the text encoder in place, so its forward (and the prefix cache) is unchanged."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as error:
+        raise ImportError("config.text_encoder_lora needs the pip package `peft` (pip install peft)") from error
+    encoder = inject_adapter_in_model(LoraConfig(**lora), encoder)
+    for name, module in encoder.named_modules():  # the head's post_init must not re-initialise the adapters
+        if "lora_" in name:
+            module._is_hf_initialized = True
+    return encoder
+
+
+def load_encoder_weights(target: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Pretrained weights into an encoder that may carry LoRA adapters (peft keeps a wrapped layer's own weights
+    under `base_layer`); anything missing other than the adapters is an error."""
+    own = target.state_dict()
+    mapped = {}
+    for key, value in state_dict.items():
+        if key not in own:
+            module, _, leaf = key.rpartition(".")
+            key = f"{module}.base_layer.{leaf}"
+        mapped[key] = value
+    missing, unexpected = target.load_state_dict(mapped, strict=False)
+    if unexpected or any("lora_" not in key for key in missing):
+        raise RuntimeError(f"pretrained text encoder does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def public_name(name_or_path: str) -> str:
@@ -657,11 +685,16 @@ class RAPModel(RAPPreTrainedModel):
             self.dynamic_fusion = DynamicFusionModule(config)
             self.prompt_projection = PromptProjection(config)
         self.post_init()
+        if config.text_encoder_lora:  # after post_init: LoRA keeps its own initialisation (B = 0)
+            self.text_encoder = add_text_encoder_lora(self.text_encoder, config.text_encoder_lora)
         self.apply_freezing()
 
     def apply_freezing(self) -> None:
-        """Sets `requires_grad` of the encoders from `freeze_text_encoder` / `freeze_vision_encoder`."""
-        self.text_encoder.requires_grad_(not self.config.freeze_text_encoder)
+        """Sets `requires_grad` of the encoders from `freeze_text_encoder` / `freeze_vision_encoder`; with LoRA on the
+        text encoder only its adapters train."""
+        for name, parameter in self.text_encoder.named_parameters():
+            lora_only = self.config.text_encoder_lora is not None
+            parameter.requires_grad = not self.config.freeze_text_encoder and (not lora_only or "lora_" in name)
         if self.config.multimodal:
             self.vision_encoder.requires_grad_(not self.config.freeze_vision_encoder)
 

@@ -49,7 +49,8 @@ TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 PAPER_DEFAULTS = {"ner": (8, 30, 3e-5), "re": (16, 15, 2e-5)}
 BEST_WEIGHTS = "rap_best_model.safetensors"  # in a checkpoint: the best weights so far, for an exact resume
 BEST_STATE = "rap_best.json"
-COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
+COMPLETE_MARKER = "rap_checkpoint_complete"
+TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder  # written last: a checkpoint without it was cut off while saving
 
 
 @dataclass
@@ -99,6 +100,12 @@ class ModelArguments:
     prompt_length: int | None = field(default=None, metadata={"help": "m_p prompt positions per encoder layer"})
     freeze_text_encoder: bool | None = field(default=None, metadata={"help": "Pure P-tuning v2: freeze the encoder"})
     text_feature_source: str | None = field(default=None, metadata={"help": "E_t source: encoder | embeddings"})
+    lora_r: int | None = field(
+        default=None, metadata={"help": "LoRA rank for adapters on the text encoder (peft); its weights then stay frozen"}
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="query,value", metadata={"help": "Comma list of encoder modules to adapt"})
     config_overrides: str | None = field(
         default=None, metadata={"help": "JSON dict of further RAPConfig fields, e.g. '{\"relevance_dim\": 128}'"}
     )
@@ -163,6 +170,10 @@ def rap_config_kwargs(task: str, dataset_dict: datasets.DatasetDict, model_args:
     kwargs: dict[str, Any] = {name: getattr(model_args, name) for name in switches if getattr(model_args, name) is not None}
     if model_args.fusion_units:
         kwargs["fusion_units"] = [unit.strip() for unit in model_args.fusion_units.split(",") if unit.strip()]
+    if model_args.lora_r:
+        kwargs["text_encoder_lora"] = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
+                                       "lora_dropout": model_args.lora_dropout,
+                                       "target_modules": [m.strip() for m in model_args.lora_target_modules.split(",")]}
     kwargs.update(task=task, multimodal=not model_args.text_only_baseline, id2label=dict(enumerate(labels)),
                   label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
     kwargs.update(json.loads(model_args.config_overrides) if model_args.config_overrides else {})
@@ -196,7 +207,8 @@ def parameter_groups(model: RAPPreTrainedModel, args: RAPTrainingArguments) -> l
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        pretrained = ".text_encoder." in name or ".vision_encoder." in name
+        # LoRA adapters are new weights too, even inside the encoder
+        pretrained = (".text_encoder." in name or ".vision_encoder." in name) and "lora_" not in name
         decay = parameter.dim() > 1 and "norm" not in name.lower()
         groups.setdefault((pretrained, decay), []).append(parameter)
     return [
@@ -240,6 +252,19 @@ class TrainingCollator(RAPDataCollator):
         batch = super().__call__(features)
         batch["example_index"] = torch.tensor([f["example_index"] for f in features], dtype=torch.long)
         return batch
+
+
+def save_text_encoder_adapter(model: RAPPreTrainedModel, folder: Path) -> None:
+    """The text encoder's LoRA adapters in peft's own format (adapter_config.json + adapter_model.safetensors), so
+    `peft.PeftModel.from_pretrained(text_encoder, folder)` puts them on the pretrained encoder."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    encoder = model.base_model.text_encoder
+    config = LoraConfig(**model.config.text_encoder_lora, base_model_name_or_path=encoder.config._name_or_path)
+    config.save_pretrained(str(folder))
+    # keys as a PeftModel around the encoder names them (the adapters were injected into the encoder in place)
+    state = {f"base_model.model.{k}": v.contiguous() for k, v in get_peft_model_state_dict(encoder).items()}
+    save_file(state, str(folder / "adapter_model.safetensors"))
 
 
 def make_loader(dataset, collator, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
@@ -403,6 +428,8 @@ class RAPTrainer(Trainer):
             (folder / "training_args.bin").unlink(missing_ok=True)
             model = self.accelerator.unwrap_model(self.model)  # + what transformers.pipeline(model=folder) needs
             save_pipeline_code(RAPPipeline(model, self.processing_class, device=model.device), folder)
+            if model.config.text_encoder_lora:
+                save_text_encoder_adapter(model, folder / TEXT_ENCODER_ADAPTER)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Upload RAP model", blocking=True)
 

@@ -209,3 +209,27 @@ def test_latest_checkpoint_skips_one_cut_off_while_saving(tmp_path):
     args.output_dir = str(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         resolve_resume(args)
+
+
+@pytest.mark.slow
+def test_lora_adapters_on_the_text_encoder_train_save_and_load_the_peft_way(tmp_path, tiny_text_model):
+    """--lora_r: only the adapters of the encoder train (the RAP layers too); the saved model reloads with them, and
+    the adapters alone load onto the pretrained encoder with peft."""
+    from peft import PeftModel
+
+    results = run_script(tmp_path / "run", tiny_text_model, "--dataset", "twitter2017", "--num_train_epochs", "1",
+                         "--lora_r", "4", "--lora_target_modules", "query,value")  # fmt: skip
+    assert results["config"]["text_encoder_lora"]["r"] == 4
+    model = AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True).eval()
+    encoder = model.rap.text_encoder
+    trained = [n for n, p in encoder.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert trained, "the adapters did not train"
+    base = AutoModel.from_pretrained(tiny_text_model, add_pooling_layer=False)
+    frozen = {n.replace(".base_layer", ""): p for n, p in encoder.named_parameters() if "lora_" not in n}
+    for name, parameter in base.named_parameters():  # the encoder's own weights did not move (the entity markers
+        torch.testing.assert_close(frozen[name][: len(parameter)], parameter)  # only appended embedding rows)
+    adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "text_encoder_lora").eval()
+    ids = torch.randint(5, 99, (2, 7))
+    with torch.no_grad():
+        expected = encoder(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(adapted(input_ids=ids).last_hidden_state, expected)
