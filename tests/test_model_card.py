@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_model_index_equals_results_json_in_percent():
     assert metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "token-classification"
     assert {"rap", "multimodal", "ner"} <= set(metadata["tags"])
-    assert metadata["datasets"] == ["twitter2017"]
+    assert "datasets" not in metadata  # the corpora have no canonical Hub ids; the model-index describes them
 
 
 def test_body_has_usage_command_tables_and_separate_authors_row():
@@ -201,6 +202,38 @@ def test_committed_cards_match_the_renderer(dataset):
     results = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else None
     assert (NO_CHECKPOINT_NOTE in text) == (results is None)
     assert text == render_model_card(results, repo_id, dataset=dataset)
+
+
+def test_first_lines_and_metadata_say_what_the_run_was():
+    results = ner_results()
+    results.update(num_train_examples=40, data_dir="bundled sample",
+                   model_args={"text_model": "minilm", "vision_model": "efficientnet-lite0"})  # fmt: skip
+    text = render_model_card(results, "org/rap-twitter2017")
+    status = next(line for line in text.splitlines() if line.startswith("> **Status:**"))
+    for fact in ("bundled **synthetic** sample", "40 training examples", "with images", "30 epochs",
+                 "MiniLM-L6", "ImageNet-pretrained EfficientNet-Lite0"):  # fmt: skip
+        assert fact in status, fact
+    metadata = yaml_front_matter(text)
+    assert metadata["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "synthetic" in metadata["model-index"][0]["results"][0]["dataset"]["name"]
+    random_vision = render_model_card({**results, "model_args": {"text_model": "bert-base-uncased",
+                                                                 "vision_model": ""}}, "org/x")  # fmt: skip
+    assert "**randomly initialised** ResNet-101" in random_vision.split("## Model description")[0]
+    assert yaml_front_matter(random_vision)["base_model"] == "bert-base-uncased"
+    # "How to use": the pipeline and the AutoModel + processor forward of the task
+    assert 'pipeline(model="org/rap-twitter2017", trust_remote_code=True)' in text
+    assert "processor.post_process_ner(outputs.predictions, word_ids" in text
+    assert "subject_spans=[(0, 2)]" in render_model_card(re_results(), "org/rap-mnre")
+
+
+def test_no_machine_path_in_committed_cards_docs_and_results():
+    pattern = re.compile(r"(^|[^\w.])/(work|tmp|root|home)/")
+    files = [*(REPO_ROOT / "model_cards").rglob("*.md"), *(REPO_ROOT / "model_cards").rglob("*.json"),
+             *(REPO_ROOT / "docs").rglob("*.md"), REPO_ROOT / "README.md"]  # fmt: skip
+    offenders = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in files
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if pattern.search(line)]  # fmt: skip
+    assert not offenders, offenders
 
 
 def test_card_states_how_the_run_differs_from_the_paper():
