@@ -1,6 +1,9 @@
 """rap-hf: Relevance-Aware Prompt-tuning (RAP) for multimodal entity and relation extraction."""
 
+from .auto import register_auto_classes
 from .configuration_rap import RAPConfig
+from .data import load_dataset
+from .metrics import compute_ner_metrics, compute_re_metrics
 from .modeling_rap import (
     RAPForMultimodalExtraction,
     RAPForMultimodalNER,
@@ -11,10 +14,6 @@ from .modeling_rap import (
     RAPPreTrainedModel,
     RAPREOutput,
 )
-
-from .auto import register_auto_classes
-from .data import load_dataset
-from .metrics import compute_ner_metrics, compute_re_metrics
 from .pipelines import RAPPipeline, pipeline
 from .processing_rap import RAPDataCollator, RAPProcessor
 

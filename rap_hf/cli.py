@@ -199,7 +199,7 @@ def read_jsonl(path: str, on_error: str = "stop") -> Iterator[tuple[int, dict[st
     `on_error="record"` comes as a `LineError` (an encoding declared for the whole file always raises)."""
     base_dir = Path(path).resolve().parent
     try:
-        handle = open(path, "rb")  # bytes: a line that is not UTF-8 is reported with its number
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors get their own message)
     except OSError as error:
         raise CLIError(f"cannot read --input {path!r}: {error}") from error
     with handle:

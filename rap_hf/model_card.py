@@ -19,6 +19,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .reporting import markdown_table
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -126,12 +128,6 @@ def _fmt(value: float) -> str:
     return f"{_percent(value):.2f}"
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _validate_results(results: Mapping[str, Any]) -> None:
     missing = [key for key in ("task", "dataset", "command", "test") if key not in results]
     if missing:
@@ -228,11 +224,11 @@ def _training_section(results: Mapping[str, Any] | None) -> str:
     }
     if training_args:
         rows = [[f"`{key}`", f"`{value}`"] for key, value in sorted(training_args.items())]
-        parts += ["", "### Training arguments", "", _markdown_table(["argument", "value"], rows)]
+        parts += ["", "### Training arguments", "", markdown_table(["argument", "value"], rows)]
     versions = results.get("versions") or {}
     if versions:
         rows = [[f"`{name}`", f"`{version}`"] for name, version in versions.items()]
-        parts += ["", "### Software versions", "", _markdown_table(["package", "version"], rows)]
+        parts += ["", "### Software versions", "", markdown_table(["package", "version"], rows)]
     if results.get("config"):
         config_json = json.dumps(results["config"], indent=2, sort_keys=True, default=str)
         parts += ["", "<details><summary>Model configuration</summary>", "", "```json", config_json, "```"]
@@ -344,7 +340,7 @@ def _per_type_table(per_type: Mapping[str, Mapping[str, float]], type_header: st
         [name, *(_fmt(scores[key]) for key in _SCORE_KEYS), str(int(scores.get("support", 0)))]
         for name, scores in sorted(per_type.items())
     ]
-    return _markdown_table([type_header, "Precision", "Recall", "F1", "Support"], rows)
+    return markdown_table([type_header, "Precision", "Recall", "F1", "Support"], rows)
 
 
 def _results_section(results: Mapping[str, Any] | None, dataset_key: str, task: TaskInfo) -> str:
@@ -357,7 +353,7 @@ def _results_section(results: Mapping[str, Any] | None, dataset_key: str, task: 
     if results is None:
         if authors_row is None:
             return NO_CHECKPOINT_NOTE
-        return "\n".join([NO_CHECKPOINT_NOTE, "", _markdown_table(header, [authors_row]), "", authors_note])
+        return "\n".join([NO_CHECKPOINT_NOTE, "", markdown_table(header, [authors_row]), "", authors_note])
 
     rows = [_score_row(OURS_LABEL, "test", results["test"])]
     if results.get("validation"):
@@ -367,7 +363,7 @@ def _results_section(results: Mapping[str, Any] | None, dataset_key: str, task: 
         rows.append(_score_row(f"{OURS_LABEL}, strict IOB2", "test", results["test"]["strict"]))
     if authors_row is not None:
         rows.append(authors_row)
-    parts = [f"Scores in percent; {task.metric_note}.", "", _markdown_table(header, rows)]
+    parts = [f"Scores in percent; {task.metric_note}.", "", markdown_table(header, rows)]
     if authors_row is not None:
         parts += ["", authors_note]
     if results["test"].get("per_type"):

@@ -126,7 +126,9 @@ class AttentionPooling(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()
         # No bias on the score: softmax is shift-invariant, a bias would never learn.
-        self.query = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1, bias=False))
+        self.query = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1, bias=False)
+        )
         mark_relevance_layers(self)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -435,7 +437,8 @@ class PromptProjection(nn.Module):
         weight = self.length_mapping.weight[:, :length]  # (m_p, n): padded positions contribute nothing
         mapped = torch.einsum("pn,bnd->bpd", weight, fused) + self.length_mapping.bias[None, :, None]
         prompt = self.output_projection(torch.relu(self.input_projection(self.input_norm(mapped))))  # Eq. 23
-        prompt = self.dropout(prompt).view(batch, self.prompt_length, 2 * self.num_layers, self.num_heads, self.head_dim)
+        prompt = self.dropout(prompt)
+        prompt = prompt.view(batch, self.prompt_length, 2 * self.num_layers, self.num_heads, self.head_dim)
         prompt = prompt.permute(2, 0, 3, 1, 4)  # (2 L_bert, batch, heads, m_p, head_dim)
         return tuple((prompt[2 * i], prompt[2 * i + 1]) for i in range(self.num_layers))
 
@@ -622,7 +625,7 @@ def resolve_encoder_aliases(text: str, vision: str | None) -> tuple[str, str | N
 
 
 def add_text_encoder_lora(encoder: nn.Module, lora: dict) -> nn.Module:
-    """LoRA adapters (peft) injected into the text encoder in place, so its forward (and the prefix cache) is unchanged."""
+    """LoRA adapters (peft) injected into the text encoder in place: its forward (and the prefix cache) is unchanged."""
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as error:
@@ -650,7 +653,7 @@ def load_encoder_weights(target: nn.Module, state_dict: dict[str, torch.Tensor])
 
 
 def public_name(name_or_path: str) -> str:
-    """What a saved config records of an encoder: the Hub id or alias, never a path of this machine (a folder's name)."""
+    """What a saved config records of an encoder: the Hub id or alias, never a path of this machine (folder name)."""
     return os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
 
 
@@ -713,7 +716,7 @@ class RAPModel(RAPPreTrainedModel):
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """Pooled vision-encoder feature of each image: (N, 3, H, W) -> (N, C_v). This is what the cache stores."""
         if not self.config.multimodal:
-            raise ValueError("this RAP model is a text-only baseline (config.multimodal=False) and has no vision encoder")
+            raise ValueError("this RAP model is a text-only baseline (config.multimodal=False): no vision encoder")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
             pooled = self.vision_encoder(pixel_values=pixel_values).pooler_output
         return pooled.flatten(1)
@@ -764,6 +767,15 @@ class RAPModel(RAPPreTrainedModel):
         self.text_encoder.train(was_training)
         return states, states[:, 0]
 
+    def _gate(self, relevance: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """R-Gate (Eq. 14): tanh(beta) as the paper; `rectified` opens only where the relevance score says the image
+        is more likely relevant than not (score > 0, i.e. beta > 0.5) and is 0 elsewhere."""
+        if self.config.relevance_gate == "tanh":
+            return torch.tanh(relevance)  # Eq. 14
+        if self.config.relevance_gate == "rectified":
+            return torch.tanh(torch.relu(scores))
+        return relevance
+
     def _relevance(self, text, visual, text_mask, visual_mask) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
         """beta (Algorithm 1), the R-Gate (Eq. 14) and, in training, the image-text matching loss."""
         if self.relevance_reasoning is None:  # Table 5 "MRR": no relevance reasoning, gate = 1
@@ -771,8 +783,9 @@ class RAPModel(RAPPreTrainedModel):
         scores = self.relevance_reasoning(text, text_mask, visual, visual_mask)
         # Choice: squash beta into (0, 1) so it reads as a weight (Fig. 8 reports 0.09-0.71).
         relevance = torch.sigmoid(scores) if self.config.relevance_activation == "sigmoid" else scores
-        relevance = relevance * visual_mask.any(-1).to(text.dtype)  # no image: beta = 0
-        gate = torch.tanh(relevance) if self.config.relevance_gate == "tanh" else relevance  # Eq. 14
+        has_image = visual_mask.any(-1).to(text.dtype)
+        relevance = relevance * has_image  # no image: beta = 0
+        gate = self._gate(relevance, scores) * has_image
         matching = None
         if self.training and self.config.relevance_matching_weight > 0:
             matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores)
@@ -908,7 +921,7 @@ class RAPForMultimodalNER(RAPPreTrainedModel):
 
 
 class RAPForMultimodalRE(RAPPreTrainedModel):
-    """RAP relation classifier on the prompted states at the subject and object markers, softmax([C_s; C_o]) (Eq. 26)."""
+    """RAP relation classifier on the prompted states at the subject and object markers: softmax([C_s; C_o]), Eq. 26."""
 
     def __init__(self, config: RAPConfig):
         super().__init__(config)
@@ -991,7 +1004,8 @@ class RAPForMultimodalExtraction(RAPPreTrainedModel):
             config = RAPConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if config.task not in TASK_HEADS:
             raise ValueError(f"RAP config has unknown task {config.task!r}")
-        return TASK_HEADS[config.task].from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        head = TASK_HEADS[config.task]
+        return head.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     @classmethod
     def _from_config(cls, config, **kwargs):

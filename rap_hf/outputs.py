@@ -32,17 +32,20 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
     labels = [sample_label(label) for label in test.labels]
     routing = np.asarray(test.routing_weights)
     example = int(np.argmax(test.relevance))  # the sample that leans most on its image
+    with_image = [i for i, used in enumerate(test.image_used) if used]  # beta means nothing without an image
     units = [UNIT_LABELS[u] for u in config.fusion_units]
     figures = {
         "routing_paths": plot_routing_paths(
             routing[example], units, config.routing_layers, test.relevance[example],
             figures_dir / "routing_paths.png", title=f"Routing of test sample {example} ({labels[example]})",
         ).path,
-        "relevance_by_class": plot_relevance_by_class(
-            test.relevance, labels, figures_dir / "relevance_by_class.png"
-        ),
         "routing_map": plot_routing_map(routing, labels, figures_dir / "routing_map.png"),
     }
+    if with_image:
+        figures["relevance_by_class"] = plot_relevance_by_class(
+            [test.relevance[i] for i in with_image], [labels[i] for i in with_image],
+            figures_dir / "relevance_by_class.png",
+        )  # fmt: skip
     return {name: str(path) for name, path in figures.items()}
 
 

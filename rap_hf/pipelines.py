@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
 
 from .configuration_rap import RAPConfig
 from .modeling_rap import RAPForMultimodalExtraction
-from .processing_rap import RAPProcessor, load_image, pad_batch
+from .processing_rap import RAPProcessor, load_image
 
 logger = logging.get_logger(__name__)
 
@@ -351,7 +351,7 @@ _INPUT_KEYS = {"text", "tokens", "image", "crops", "subject", "object", "pairs",
 _PICTURE_TYPES = (str, os.PathLike, Image.Image, Mapping)
 
 
-def save_pipeline_code(pipe: "RAPPipeline", save_directory: str | os.PathLike) -> None:
+def save_pipeline_code(pipe: RAPPipeline, save_directory: str | os.PathLike) -> None:
     """Writes what `transformers.pipeline(model=save_directory, trust_remote_code=True)` needs next to a saved model:
     this file (and the remote-code files it imports) and the config's `custom_pipelines` entry naming `AutoModel`,
     which resolves to the task head through the checkpoint's auto_map."""
@@ -490,12 +490,13 @@ class RAPPipeline(ChunkPipeline):
                   if key in model_inputs}  # fmt: skip
         outputs = self.model(**model_inputs)
         batch = model_inputs["input_ids"].shape[0]
-        result = {
+        mask = model_inputs.get("image_mask")
+        result = {  # placeholders where the model has no such output: postprocess turns them into None
             "relevance": outputs.relevance if outputs.relevance is not None else torch.zeros(batch),
-            "routing_weights": outputs.routing_weights if outputs.routing_weights is not None else torch.zeros(batch, 0),
-            "image_used": model_inputs["image_mask"].any(-1) if "image_mask" in model_inputs else torch.zeros(batch).bool(),
+            "routing_weights": torch.zeros(batch, 0) if outputs.routing_weights is None else outputs.routing_weights,
+            "image_used": mask.any(-1) if mask is not None else torch.zeros(batch, dtype=torch.bool),
             **passed,
-        }  # fmt: skip
+        }
         if self.rap_task == "ner":
             result["predictions"] = outputs.predictions
             result["marginals"] = crf_marginals(self.model.crf, outputs.logits, outputs.word_mask)

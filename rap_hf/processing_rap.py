@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from PIL import Image
 from transformers import AddedToken, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
-
 
 logger = logging.get_logger(__name__)
 
@@ -86,7 +86,7 @@ def _array_image(array: np.ndarray) -> Image.Image:
         array = array[..., 0]
     if np.issubdtype(array.dtype, np.floating):
         low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
-        if not (0 <= low and high <= 1):  # NaN fails both comparisons
+        if not (low >= 0 and high <= 1):  # NaN fails both comparisons
             raise ValueError(f"a float image array must hold values in [0, 1], got {array.dtype} in [{low}, {high}]")
         array = np.round(array * 255).astype(np.uint8)
     try:
@@ -182,7 +182,7 @@ class RAPProcessor(ProcessorMixin):
     @classmethod
     def from_text_model(
         cls, text_model_name_or_path: str | os.PathLike, image_size: int = 224, image_processor=None, **kwargs
-    ) -> "RAPProcessor":
+    ) -> RAPProcessor:
         """Processor with the tokenizer of a text backbone and `image_processor` (the vision encoder's own; default:
         the ResNet-style one at `image_size`)."""
         from transformers import AutoTokenizer

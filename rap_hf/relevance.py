@@ -12,7 +12,6 @@ import statistics
 from collections.abc import Sequence
 
 import datasets
-import torch
 from torch import nn
 
 VISUAL_COLUMNS = ["visual_features", "image_mask"]

@@ -49,8 +49,8 @@ TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 PAPER_DEFAULTS = {"ner": (8, 30, 3e-5), "re": (16, 15, 2e-5)}
 BEST_WEIGHTS = "rap_best_model.safetensors"  # in a checkpoint: the best weights so far, for an exact resume
 BEST_STATE = "rap_best.json"
-COMPLETE_MARKER = "rap_checkpoint_complete"
-TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder  # written last: a checkpoint without it was cut off while saving
+COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
+TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder
 
 
 @dataclass
@@ -101,7 +101,7 @@ class ModelArguments:
     freeze_text_encoder: bool | None = field(default=None, metadata={"help": "Pure P-tuning v2: freeze the encoder"})
     text_feature_source: str | None = field(default=None, metadata={"help": "E_t source: encoder | embeddings"})
     lora_r: int | None = field(
-        default=None, metadata={"help": "LoRA rank for adapters on the text encoder (peft); its weights then stay frozen"}
+        default=None, metadata={"help": "LoRA rank of adapters on the text encoder (peft); its own weights stay frozen"}
     )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
@@ -155,7 +155,7 @@ def resolve_training_defaults(task: str, args: RAPTrainingArguments) -> RAPTrain
     args.per_device_train_batch_size = args.per_device_train_batch_size or batch
     args.num_train_epochs = args.num_train_epochs or epochs
     args.learning_rate = args.learning_rate or lr
-    # The paper trains with one learning rate; Adam at 1e-3 on the prompt projection grew prefixes that swamped the encoder.
+    # The paper trains with one lr; Adam at 1e-3 on the prompt projection grew prefixes that swamped the encoder.
     args.new_params_learning_rate = args.new_params_learning_rate or args.learning_rate
     return args
 
@@ -167,7 +167,8 @@ def rap_config_kwargs(task: str, dataset_dict: datasets.DatasetDict, model_args:
     labels = list(label_feature.names)
     switches = ("use_relevance_reasoning", "routing_layers", "path_regularization_weight", "relevance_matching_weight",
                 "prompt_length", "freeze_text_encoder", "text_feature_source")  # fmt: skip
-    kwargs: dict[str, Any] = {name: getattr(model_args, name) for name in switches if getattr(model_args, name) is not None}
+    kwargs: dict[str, Any] = {name: getattr(model_args, name) for name in switches
+                              if getattr(model_args, name) is not None}  # fmt: skip
     if model_args.fusion_units:
         kwargs["fusion_units"] = [unit.strip() for unit in model_args.fusion_units.split(",") if unit.strip()]
     if model_args.lora_r:
@@ -298,12 +299,13 @@ class Predictions:
     predictions: list[Any]
     relevance: list[float]
     routing_weights: list[list[float]]
+    image_used: list[bool]
 
 
 def score_predictions(predictions, indices, dataset, task: str, processor: RAPProcessor, id2label) -> Predictions:
     """Word-level (NER, through the processor's one mapping from sub-tokens to words) or relation predictions of
     every example, in dataset order, and their metrics."""
-    values, relevance, routing = predictions
+    values, relevance, routing, image_used = predictions
     order = np.argsort(indices, kind="stable")
     indices = np.asarray(indices)[order]
     labels = [id2label[i] for i in range(len(id2label))]
@@ -319,7 +321,8 @@ def score_predictions(predictions, indices, dataset, task: str, processor: RAPPr
         metrics = compute_re_metrics(pred, gold, labels)
     routing = np.asarray(routing)[order]
     return Predictions(metrics, gold, pred, [float(b) for b in np.asarray(relevance)[order]],
-                       routing.tolist() if routing.size else [[] for _ in order])  # fmt: skip
+                       routing.tolist() if routing.size else [[] for _ in order],
+                       [bool(u) for u in np.asarray(image_used)[order]])  # fmt: skip
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, float]:
@@ -362,7 +365,8 @@ class RAPTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """(no loss, (predictions, beta, routing vector), example indices): gathered and padded by the Trainer."""
+        """(no loss, (predictions, beta, routing vector, image used), example indices): gathered and padded by the
+        Trainer."""
         inputs = self._prepare_inputs(inputs)
         indices = inputs.pop("example_index")
         inputs.pop("labels", None)
@@ -371,7 +375,9 @@ class RAPTrainer(Trainer):
         values = out.predictions if self.task == "ner" else out.logits.argmax(-1)
         relevance = out.relevance if out.relevance is not None else torch.zeros(len(indices), device=values.device)
         routing = out.routing_weights if out.routing_weights is not None else values.new_zeros(len(indices), 0).float()
-        return None, (values, relevance, routing), indices
+        mask = inputs.get("image_mask")
+        image_used = mask.bool().any(-1) if mask is not None else torch.zeros(len(indices), dtype=torch.bool)
+        return None, (values, relevance, routing, image_used.to(values.device)), indices
 
     def _compute_metrics(self, evaluation) -> dict[str, float]:
         model = self.accelerator.unwrap_model(self.model)
@@ -534,8 +540,8 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: RA
                          processing_class=processor, task=task)  # fmt: skip
     trainer.prepared, trainer.model_args, trainer.data_args = prepared, model_args, data_args
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes", task,
-                data_args.dataset, len(prepared["train"]), model.num_parameters(), trainable, args.world_size)  # fmt: skip
+    logger.info("RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes", task, data_args.dataset,
+                len(prepared["train"]), model.num_parameters(), trainable, args.world_size)  # fmt: skip
     return trainer
 
 

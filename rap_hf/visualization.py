@@ -170,7 +170,7 @@ def plot_routing_paths(
         num_edges += 1
 
     node_colors = plt.get_cmap("Set2")
-    for (layer, unit), (x, y) in positions.items():
+    for (_, unit), (x, y) in positions.items():
         ax.scatter([x], [y], s=900, color=node_colors(unit % 8), edgecolors="black", zorder=2)
         ax.annotate(unit_names[unit], (x, y), ha="center", va="center", fontsize=7, zorder=3)
     ax.scatter([output_position[0]], [output_position[1]], s=1100, color="lightgray", edgecolors="black", zorder=2)

@@ -6,7 +6,8 @@ Three small corpora in the real on-disk layouts (see docs/data.md):
 * ``NER_data/twitter2017``: Twitter-2017-format MNER,
 * ``NER_data/twitter2015``: Twitter-2015-format MNER (``OTHER`` instead of ``MISC``, a few orphan ``I-`` tags,
   no trailing blank line in ``test.txt``),
-* ``RE_data``: MNRE-format MRE (``mnre_*.txt`` Python-literal lines, release v1 names with ``mnre_val .txt``, ``ours_rel2id.json``, crops per line).
+* ``RE_data``: MNRE-format MRE (``mnre_*.txt`` Python-literal lines, release v1 names with ``mnre_val .txt``,
+  ``ours_rel2id.json``, crops per line).
 
 Text is written from templates and invented names. Images carry signal for part of the samples: for *hard*
 samples the text is ambiguous and the image's coloured shape decides the entity type (NER) or the relation (RE);
@@ -28,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "rap_hf" / "data" / "sample"

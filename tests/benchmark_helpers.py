@@ -9,21 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rap_hf.reporting import table_rows  # noqa: F401  (re-exported for the benchmark tests)
+
 from conftest import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
-
-
-def table_rows(markdown: str, heading: str) -> list[list[str]]:
-    """Body rows of the first Markdown table after `heading` (cells stripped)."""
-    assert heading in markdown, f"missing section {heading!r}"
-    table: list[str] = []
-    for line in markdown.split(heading, 1)[1].splitlines():
-        if line.startswith("|"):
-            table.append(line)
-        elif table:
-            break
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table[2:]]
 
 
 def number(cell: str) -> float:

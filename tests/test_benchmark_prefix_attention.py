@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from benchmark_helpers import load_benchmark, number, run_benchmark, table_rows
-from conftest import tiny_batch, tiny_config
 
 from rap_hf import RAPForMultimodalNER
+
+from benchmark_helpers import load_benchmark, number, run_benchmark, table_rows
+from conftest import tiny_batch, tiny_config
 
 
 def test_recorder_equals_uniform_share_when_queries_are_zero():

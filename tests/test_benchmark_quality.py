@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from benchmark_helpers import BENCHMARKS, number, run_benchmark, run_smoke, table_rows
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,8 @@ def test_report_reprints_and_refuses_to_merge_different_settings(smoke, tmp_path
     stdout, runs = smoke
     saved = tmp_path / "runs.json"
     saved.write_text(json.dumps(runs))
-    assert table_rows(run_benchmark("quality.py", "--report", str(saved)), "### Quality") == table_rows(stdout, "### Quality")
+    reported = run_benchmark("quality.py", "--report", str(saved))
+    assert table_rows(reported, "### Quality") == table_rows(stdout, "### Quality")
     other = tmp_path / "other.json"
     other.write_text(json.dumps([dict(run, train_examples=123) for run in runs]))
     process = subprocess.run([sys.executable, str(BENCHMARKS / "quality.py"), "--report", str(saved), str(other)],

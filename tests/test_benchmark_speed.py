@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from benchmark_helpers import number, run_smoke, table_rows
 
 EXPECTED_VARIANTS = [

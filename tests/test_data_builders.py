@@ -14,7 +14,6 @@ from PIL import Image
 from rap_hf.data import MNRE, NER_LABELS, SAMPLE_DIR, DataFormatError, TwitterNER, get_builder, load_dataset
 from rap_hf.data.parsing import MNRE_RELATIONS
 
-
 SPLITS = ("train", "validation", "test")
 
 

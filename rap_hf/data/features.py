@@ -22,15 +22,15 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import datasets
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ class VisualFeatureCache:
 
         def add_columns(batch: dict[str, list]) -> dict[str, list]:
             images = batch["image"] if "image" in batch else [None] * len(next(iter(batch.values())))
-            crops = batch["crops"] if "crops" in batch else None
+            crops = batch.get("crops")
             if self.feature_size:
                 looked_up = self.lookup(images, crops)
             else:  # no picture anywhere: every slot is empty

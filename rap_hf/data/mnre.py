@@ -40,7 +40,6 @@ from .parsing import (
     warn_if_missing_folder,
 )
 
-
 # Split -> (accepted text file names, image folder name, crop dictionary names).
 _SPLITS = {
     "train": (("ours_train.txt", "mnre_train.txt"), "train", ("mre_train_dict.pth",)),

@@ -17,12 +17,12 @@ import os
 import pickle
 import zipfile
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import datasets
-
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,6 @@ from .parsing import (
     warn_if_missing_folder,
 )
 
-
 TWITTER_CORPORA = ("twitter2015", "twitter2017")
 # Split -> accepted text file names, and the short name used by image folders and crop dictionaries.
 _SPLIT_FILES = {

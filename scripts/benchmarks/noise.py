@@ -50,6 +50,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without relying on the editable install
     sys.path.insert(0, str(REPO_ROOT))
 
+from rap_hf.reporting import markdown_table  # noqa: E402
+
 DATASET = "twitter2017"
 CONDITIONS = ("matched", "shuffled", "none")
 # name -> (label, ModelArguments fields, RAPConfig overrides)
@@ -199,12 +201,6 @@ def cell(values: Sequence[float | None], digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def runs_of(results: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
     return [r for r in results if r["variant"] == variant]
 
@@ -242,7 +238,7 @@ def f1_table(results: list[dict[str, Any]], subset: str | None = None) -> str:
         f1s = [cell([f1_of(r, c, subset) for r in runs]) for c in CONDITIONS]
         drops = [cell([f1_of(r, "matched", subset) - f1_of(r, c, subset) for r in runs]) for c in ("shuffled", "none")]
         rows.append([VARIANTS[variant][0], *f1s, *drops])
-    return table(["model", *CONDITIONS, "loss matched-shuffled", "loss matched-none"], rows)
+    return markdown_table(["model", *CONDITIONS, "loss matched-shuffled", "loss matched-none"], rows)
 
 
 def beta_table(results: list[dict[str, Any]]) -> str:
@@ -256,7 +252,7 @@ def beta_table(results: list[dict[str, Any]]) -> str:
         rows.append([VARIANTS[variant][0], *cells, cell([beta_auc(r) for r in runs], 3),
                      cell([beta_auc(r, relevant_only=False) for r in runs], 3)])  # fmt: skip
     header = [f"{kind} {condition}" for kind in all_kinds for condition in ("matched", "shuffled")]
-    return table(["model", *header, "AUC (relevant own image)", "AUC (all with image)"], rows)
+    return markdown_table(["model", *header, "AUC (relevant own image)", "AUC (all with image)"], rows)
 
 
 def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -296,7 +292,7 @@ def target_table(checks: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "MISS", None: "n/a"}
     rows = [[c["target"], "-" if c["value"] is None else f"{c['value']:.3f}", c["limit"], verdict[c["passed"]],
              c["note"]] for c in checks]  # fmt: skip
-    return table(["target", "measured", "limit", "result", "note"], rows)
+    return markdown_table(["target", "measured", "limit", "result", "note"], rows)
 
 
 def report(results: list[dict[str, Any]], settings: Settings, environment: dict[str, Any]) -> str:
@@ -308,14 +304,15 @@ def report(results: list[dict[str, Any]], settings: Settings, environment: dict[
         "### F1 on the test split (entity-level, %, mean ± sd over seeds)", f1_table(results),
         f"### F1 on the {image_only} subset ({counts[image_only]} tweets in the test split)",
         f1_table(results, image_only),
-        f"### F1 on the {text_sufficient} subset ({counts[text_sufficient]} tweets)", f1_table(results, text_sufficient),
+        f"### F1 on the {text_sufficient} subset ({counts[text_sufficient]} tweets)",
+        f1_table(results, text_sufficient),
         "### Relevance beta (mean per sample kind) and its ROC AUC for matched above shuffled images",
         beta_table(results),
         "### Targets", target_table(target_checks(results)),
     ]  # fmt: skip
     runs = [[VARIANTS[r["variant"]][0], str(r["seed"]), str(r["best_epoch"]), f"{r['validation_f1']:.1f}",
              f"{r['train_seconds']:.0f}"] for r in results]  # fmt: skip
-    sections += ["### Runs", table(["model", "seed", "best epoch", "validation F1", "train s"], runs)]
+    sections += ["### Runs", markdown_table(["model", "seed", "best epoch", "validation F1", "train s"], runs)]
     sections.append(
         f"Test split: {len(first['kinds'])} tweets. Seeds {settings.seeds}, {settings.epochs} epoch(s), batch "
         f"{settings.batch_size}, text {settings.text_model}, vision {settings.vision_model}. Machine: "

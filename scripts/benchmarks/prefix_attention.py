@@ -40,7 +40,7 @@ TASK_OF_DATASET = {"twitter2017": "ner", "twitter2015": "ner", "mnre": "re"}
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm",
-                        help="a folder written by save_pretrained (trained RAP), or a text encoder for a fresh RAP")  # fmt: skip
+                        help="a saved RAP folder (trained), or a text encoder for a fresh RAP")  # fmt: skip
     parser.add_argument("--dataset", default="twitter2017", choices=sorted(TASK_OF_DATASET))
     parser.add_argument("--data_dir", default=None, help="corpus folder (default: the bundled sample)")
     parser.add_argument("--split", default="test")
@@ -60,7 +60,8 @@ def build(args: argparse.Namespace, dataset_dict):
         return model, processor, f"trained checkpoint {args.model}"
     torch.manual_seed(args.seed)
     model_args = ModelArguments(text_model=args.model)
-    model, processor = build_model_and_processor(TASK_OF_DATASET[args.dataset], dataset_dict, model_args, args.max_length)
+    task = TASK_OF_DATASET[args.dataset]
+    model, processor = build_model_and_processor(task, dataset_dict, model_args, args.max_length)
     return model, processor, f"fresh RAP layers (seed {args.seed}) on text encoder {args.model}"
 
 

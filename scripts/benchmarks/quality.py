@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DATASET_OF_TASK = {"ner": "twitter2017", "re": "mnre"}
 VARIANTS = {"baseline": "text-only baseline", "rap": "RAP (text only)"}
-SETTING_KEYS = ("train_examples", "epochs", "new_params_learning_rate", "config_overrides")  # runs merged by --report must agree on these
+# runs merged by --report must agree on these
+SETTING_KEYS = ("train_examples", "epochs", "new_params_learning_rate", "config_overrides")
 SMOKE_OVERRIDES = {
     "vision_config": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
                       "layer_type": "basic"},  # fmt: skip
@@ -70,7 +71,8 @@ def smoke_text_model(folder: Path) -> str:
     from rap_hf.encoders import resolve_text_model
 
     torch.manual_seed(0)
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)).save_pretrained(folder)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_text_model("minilm")).save_pretrained(folder)
     return str(folder)
 
@@ -189,8 +191,8 @@ def report(args: argparse.Namespace) -> None:
         if len(values) > 1:
             sys.exit(f"{', '.join(args.report)}: runs differ in {key!r} ({', '.join(sorted(values))}); not one table")
     args.epochs = next((run["epochs"] for run in runs if "epochs" in run), args.epochs)
-    args.new_params_learning_rate = next((run["new_params_learning_rate"] for run in runs
-                                          if run.get("new_params_learning_rate")), args.new_params_learning_rate)  # fmt: skip
+    saved_lr = (run["new_params_learning_rate"] for run in runs if run.get("new_params_learning_rate"))
+    args.new_params_learning_rate = next(saved_lr, args.new_params_learning_rate)
     args.seeds = sorted({run["seed"] for run in runs})
     args.tasks = [task for task in DATASET_OF_TASK if any(run["task"] == task for run in runs)]
     args.variants = [key for key, name in VARIANTS.items() if any(run["variant"] == name for run in runs)]

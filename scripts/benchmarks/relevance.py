@@ -8,8 +8,9 @@
 
 Tables (Markdown):
   * beta with the samples' own images (matched), with another sample's images (shuffled, a seeded derangement; across
-    topics where the corpus manifest has them), and one text with every image (how much beta depends on the image alone); ROC AUC of matched above shuffled, overall
-    and per sample kind where the corpus has a manifest.json (the generated corpora of make_sample_data.py do);
+    topics where the corpus manifest has them), and one text with every image (how much beta depends on the image
+    alone); ROC AUC of matched above shuffled, overall and per sample kind where the corpus has a manifest.json (the
+    generated corpora of make_sample_data.py do);
   * after one backward on a training batch: gradient norm (and per-element RMS) of every module group, and for each
     relevance-path group how many times smaller it is than the fusion units' (FSRU, CFU);
   * with --train_steps: loss, beta (matched / shuffled) and the AUC every --eval_every steps of AdamW at the paper's

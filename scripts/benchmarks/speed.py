@@ -625,7 +625,7 @@ def whatif_configs(hidden: int) -> list[tuple[str, dict[str, Any]]]:
     half, quarter = hidden // 2, max(8, hidden // 4 // 8 * 8)
     embeddings = {"text_feature_source": "embeddings"}
     return [
-        ("defaults (E_t=encoder, d=%d, L=paper)" % hidden, {}),
+        (f"defaults (E_t=encoder, d={hidden}, L=paper)", {}),
         ("E_t=embeddings", embeddings),
         ("E_t=embeddings, routing_layers=2", {**embeddings, "routing_layers": 2}),
         (f"E_t=embeddings, fusion_hidden_size={half}", {**embeddings, "fusion_hidden_size": half}),
