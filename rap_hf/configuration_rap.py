@@ -17,7 +17,9 @@ FUSION_UNITS = ("rau", "fsru", "cfu")
 # ResNet-101 stage depths: the paper's image encoder (Sec. 4.2).
 RESNET101_DEPTHS = [3, 4, 23, 3]
 # The paper's routing depth per task (Table 4: best L is 4 for Twitter, 3 for MNRE).
-DEFAULT_ROUTING_LAYERS = {"ner": 4, "re": 3}
+PAPER_ROUTING_LAYERS = {"ner": 4, "re": 3}
+# Default depth: 2 keeps RAP within 1.3x (training) / 1.2x (inference) of its text encoder (docs/benchmarks.md).
+DEFAULT_ROUTING_LAYERS = {"ner": 2, "re": 2}
 
 
 def pooled_vision_width(vision_config: PreTrainedConfig) -> int:
@@ -58,11 +60,13 @@ class RAPConfig(PreTrainedConfig):
             `False` gives the text-only baseline: the same encoder and head without relevance reasoning, fusion and
             prompts (BERT-CRF / BERT-[C_s; C_o]).
         fusion_hidden_size (`int`, *optional*):
-            Dimension `d` of the multimodal space (Sec. 3.2). Defaults to the text encoder's hidden size.
+            Dimension `d` of the multimodal space (Sec. 3.2). Defaults to a quarter of the text encoder's hidden size
+            (the paper uses the full size; a quarter keeps the fusion cheap next to the encoder).
         num_crops (`int`, *optional*, defaults to 3):
             Number of object crops per image (Sec. 4.2, m = 3); the whole image is one more visual object.
-        relevance_dim (`int`, *optional*, defaults to 256):
+        relevance_dim (`int`, *optional*):
             Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
+            Defaults to `fusion_hidden_size`.
         relevance_temperature (`float`, *optional*, defaults to 9.0):
             Temperature `lambda` of the text-to-visual attention (Eq. 3).
         graph_iterations (`int`, *optional*, defaults to 2):
@@ -72,7 +76,7 @@ class RAPConfig(PreTrainedConfig):
         relevance_activation (`str`, *optional*, defaults to `"sigmoid"`):
             Squashing of `beta = W_s r_g^N + b_s` (Algorithm 1) so that beta is a weight in (0, 1) as in Fig. 8;
             `"none"` keeps the raw linear output.
-        relevance_gate (`str`, *optional*, defaults to `"tanh"`):
+        relevance_gate (`str`, *optional*, defaults to `"rectified"`):
             R-Gate of Eq. 14: `"tanh"` (tanh(beta), the paper), `"identity"` (beta), or `"rectified"`
             (tanh(max(0, score)) of beta's logit: the image is used only where the relevance reasoning finds it more
             likely relevant than not, and not at all elsewhere).
@@ -87,12 +91,15 @@ class RAPConfig(PreTrainedConfig):
             Initialisation of the semantic projections, the pooling and every layer of Eq. 1-8: `"xavier"` (uniform,
             zero bias, as SGRAF) keeps a unit gain through the graph so beta depends on the input from the start;
             `"normal"` is the `initializer_range` normal init of the other new layers.
-        relevance_matching_weight (`float`, *optional*, defaults to 0.1):
+        relevance_matching_weight (`float`, *optional*, defaults to 5.0):
             Weight of an auxiliary image-text matching loss on beta's logit (not in the paper): each training sample's
             own image is a positive, another sample's image in the batch a negative, so beta learns to tell a matching
             image from a foreign one without extra labels. 0 trains beta through the task loss only, as the paper.
+        relevance_matching_negatives (`int`, *optional*, defaults to 3):
+            Foreign images each sample is matched against per training step (the next ones of the batch).
         routing_layers (`int`, *optional*):
-            Number `L` of routing layers (Sec. 3.4); defaults to 4 for NER and 3 for RE (Table 4).
+            Number `L` of routing layers (Sec. 3.4); defaults to 2 (the paper's Table 4 prefers 4 for NER and 3 for
+            RE, which `RAPConfig.paper_architecture()` sets).
         fusion_units (`list[str]`, *optional*, defaults to `["rau", "fsru", "cfu"]`):
             Units present in every routing layer (Table 5 removes one at a time).
         fusion_num_heads (`int`, *optional*, defaults to 8):
@@ -120,9 +127,10 @@ class RAPConfig(PreTrainedConfig):
             Initial RMS of the prefix keys and values relative to the text encoder's own keys and values (measured per
             layer by `from_text_vision_pretrained`; 1.0 assumed for a randomly initialised encoder). With the old
             std-0.02 init the prefixes started ~200x below the encoder's scale and passed almost no gradient upstream.
-        text_feature_source (`str`, *optional*, defaults to `"encoder"`):
-            Where `E_t` (Sec. 3.2) comes from: `"encoder"` runs the text encoder once without prompts (no gradient)
-            and projects its last layer; `"embeddings"` projects the encoder's input embeddings (one encoder pass).
+        text_feature_source (`str`, *optional*, defaults to `"embeddings"`):
+            Where `E_t` (Sec. 3.2) comes from: `"embeddings"` projects the encoder's input embeddings (one encoder
+            pass); `"encoder"` runs the text encoder once more, without prompts and gradient, and projects its last
+            layer (the BERT features the paper describes, at the cost of a second pass).
         freeze_text_encoder (`bool`, *optional*, defaults to `False`):
             Freeze the text encoder (pure P-tuning v2) instead of fine-tuning it with the prompts.
         text_encoder_lora (`dict`, *optional*):
@@ -159,16 +167,17 @@ class RAPConfig(PreTrainedConfig):
     multimodal: bool = True
     fusion_hidden_size: int | None = None
     num_crops: int = 3
-    relevance_dim: int = 256
+    relevance_dim: int | None = None
     relevance_temperature: float | int = 9.0
     graph_iterations: int = 2
     use_relevance_reasoning: bool = True
     relevance_activation: Literal["sigmoid", "none"] = "sigmoid"
-    relevance_gate: Literal["tanh", "identity", "rectified"] = "tanh"
+    relevance_gate: Literal["tanh", "identity", "rectified"] = "rectified"
     relevance_feature_norm: bool = True
     relevance_own_projections: bool = True
     relevance_init: Literal["xavier", "normal"] = "xavier"
-    relevance_matching_weight: float | int = 0.1
+    relevance_matching_weight: float | int = 5.0
+    relevance_matching_negatives: int = 3
     routing_layers: int | None = None
     fusion_units: list[str] | tuple[str, ...] | None = None
     fusion_num_heads: int = 8
@@ -181,7 +190,7 @@ class RAPConfig(PreTrainedConfig):
     prompt_hidden_size: int | None = None
     prompt_layer_norm: bool = True
     prompt_init_scale: float | int = 0.3
-    text_feature_source: Literal["encoder", "embeddings"] = "encoder"
+    text_feature_source: Literal["encoder", "embeddings"] = "embeddings"
     freeze_text_encoder: bool = False
     text_encoder_lora: dict | None = None
     freeze_vision_encoder: bool = True
@@ -193,8 +202,11 @@ class RAPConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.fusion_hidden_size is None:
-            self.fusion_hidden_size = self.text_config.hidden_size
+        if self.fusion_hidden_size is None:  # a quarter of the encoder width, whole heads
+            heads = self.fusion_num_heads
+            self.fusion_hidden_size = max(heads, self.text_config.hidden_size // 4 // heads * heads)
+        if self.relevance_dim is None:
+            self.relevance_dim = self.fusion_hidden_size
         if self.routing_layers is None:
             self.routing_layers = DEFAULT_ROUTING_LAYERS.get(self.task, 3)
         self.fusion_units = list(FUSION_UNITS if self.fusion_units is None else self.fusion_units)
@@ -233,6 +245,21 @@ class RAPConfig(PreTrainedConfig):
         for name in ("relevance_matching_weight", "path_regularization_weight", "prompt_init_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RAPConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+    @staticmethod
+    def paper_fields(task: str, text_hidden_size: int) -> dict:
+        """The fields where the defaults depart from the architecture the paper describes: E_t from a second BERT
+        pass, d = the encoder's hidden size, m = 256, L = 4 (NER) / 3 (RE), the tanh R-Gate, beta trained by the task
+        loss alone."""
+        return {"text_feature_source": "encoder", "fusion_hidden_size": text_hidden_size, "relevance_dim": 256,
+                "routing_layers": PAPER_ROUTING_LAYERS[task], "relevance_gate": "tanh",
+                "relevance_matching_weight": 0.0}  # fmt: skip
+
+    @classmethod
+    def paper_architecture(cls, **kwargs) -> "RAPConfig":
+        """A config with the architecture as the paper describes it (`paper_fields`); fields in `kwargs` win."""
+        probe = cls(**kwargs)  # resolves the text encoder and the task
+        return cls(**{**cls.paper_fields(probe.task, probe.text_config.hidden_size), **kwargs})
 
     @property
     def num_visual_objects(self) -> int:

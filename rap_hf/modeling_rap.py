@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from transformers import AutoConfig, AutoModel, DynamicCache, PreTrainedModel
 from transformers import initialization as init
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -381,20 +382,21 @@ def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Ten
     return gap[off_diagonal].mean()
 
 
-def relevance_matching_loss(score_fn, text, text_mask, visual, visual_mask, matched_scores) -> torch.Tensor:
-    """Image-text matching on beta's logit (beyond the paper): own image = 1, every other image of the batch = 0.
+def relevance_matching_loss(score_fn, text, text_mask, visual, visual_mask, matched_scores, negatives: int = 3):
+    """Image-text matching on beta's logit (beyond the paper): own image = 1, other images of the batch = 0.
 
-    Each sample with an image is scored against the images of all other such samples (the in-batch negatives of
-    contrastive image-text training, no extra labels); positives and negatives weigh half each. Samples without an
-    image take no part; fewer than two such samples give 0.
+    Each sample with an image is scored against the images of `negatives` other such samples (the next ones, in
+    batch order: in-batch negatives as in contrastive training, no extra labels); positives and negatives weigh half
+    each. Samples without an image take no part; fewer than two such samples give 0.
     """
     holders = visual_mask.any(-1).nonzero().squeeze(-1)
     count = holders.numel()
     if count < 2:
         return matched_scores.sum() * 0.0
-    texts, images = torch.meshgrid(holders, holders, indexing="ij")
-    foreign = texts != images
-    texts, images = texts[foreign], images[foreign]  # count * (count - 1) mismatched pairs
+    shifts = torch.arange(1, min(negatives, count - 1) + 1, device=holders.device)
+    position = torch.arange(count, device=holders.device)
+    texts = holders.repeat(len(shifts))
+    images = holders[(position[None, :] + shifts[:, None]) % count].flatten()  # never the sample's own image
     scores = score_fn(text[texts], text_mask[texts], visual[images], visual_mask[images])
     positive = F.binary_cross_entropy_with_logits(matched_scores[holders], torch.ones(count, device=scores.device))
     negative = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores))
@@ -788,7 +790,8 @@ class RAPModel(RAPPreTrainedModel):
         gate = self._gate(relevance, scores) * has_image
         matching = None
         if self.training and self.config.relevance_matching_weight > 0:
-            matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores)
+            matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores,
+                                               self.config.relevance_matching_negatives)  # fmt: skip
         return relevance, gate, matching
 
     def forward(
@@ -813,17 +816,20 @@ class RAPModel(RAPPreTrainedModel):
         visual_features, visual_mask = self._visual_features(
             pixel_values, visual_features, image_mask, batch_size, input_ids.device
         )
-        text_states, semantics = self._text_features(input_ids, attention_mask, token_type_ids)
-        text, visual = self.semantic_features(text_states, visual_features)  # E_t, E_v
-        if self.relevance_features is not None:
-            relevance, gate, matching_loss = self._relevance(
-                *self.relevance_features(text_states, visual_features), text_mask, visual_mask
-            )
-        else:
-            relevance, gate, matching_loss = self._relevance(text, visual, text_mask, visual_mask)
-        fused, routing_weights = self.dynamic_fusion(text, text_mask, visual, visual_mask, gate)
-        prefixes = self.prompt_projection(fused, text_mask)
-        states = run_prefixed_encoder(self.text_encoder, prefixes, input_ids, attention_mask, token_type_ids)
+        # record_function labels: the stages of scripts/benchmarks/speed.py --profile (no cost outside a profiler)
+        with record_function("rap.text_features"):
+            text_states, semantics = self._text_features(input_ids, attention_mask, token_type_ids)
+            text, visual = self.semantic_features(text_states, visual_features)  # E_t, E_v
+        with record_function("rap.relevance"):
+            own = self.relevance_features
+            relevance_inputs = own(text_states, visual_features) if own is not None else (text, visual)
+            relevance, gate, matching_loss = self._relevance(*relevance_inputs, text_mask, visual_mask)
+        with record_function("rap.fusion"):
+            fused, routing_weights = self.dynamic_fusion(text, text_mask, visual, visual_mask, gate)
+        with record_function("rap.prompts"):
+            prefixes = self.prompt_projection(fused, text_mask)
+        with record_function("rap.prefixed_encoder"):
+            states = run_prefixed_encoder(self.text_encoder, prefixes, input_ids, attention_mask, token_type_ids)
         if semantics is None:
             semantics = states[:, 0]
         router_loss = path_regularization_loss(routing_weights, semantics, self.config.path_regularization_reduction)

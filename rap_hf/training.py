@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments
 
 from . import __version__
+from .configuration_rap import RAPConfig
 from .data import load_dataset
 from .encoders import (
     OFFLINE_TEXT_MODEL,
@@ -90,6 +91,11 @@ class ModelArguments:
                           "'' = randomly initialised ResNet-101"},  # fmt: skip
     )
     text_only_baseline: bool = field(default=False, metadata={"help": "Train the text-only baseline (no image)"})
+    paper_architecture: bool = field(
+        default=False,
+        metadata={"help": "The architecture as the paper describes it (E_t from a second encoder pass, d = hidden "
+                          "size, L = 4/3, m = 256, tanh gate, no matching loss; RAPConfig.paper_fields); slower"},
+    )
     use_relevance_reasoning: bool | None = field(default=None, metadata={"help": "False: gate = 1 (Table 5 'MRR')"})
     fusion_units: str | None = field(default=None, metadata={"help": "Comma list of routing units (Table 5)"})
     routing_layers: int | None = field(default=None, metadata={"help": "L (Table 4); RAPConfig: 4 NER / 3 RE"})
@@ -178,6 +184,9 @@ def rap_config_kwargs(task: str, dataset_dict: datasets.DatasetDict, model_args:
     kwargs.update(task=task, multimodal=not model_args.text_only_baseline, id2label=dict(enumerate(labels)),
                   label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
     kwargs.update(json.loads(model_args.config_overrides) if model_args.config_overrides else {})
+    if model_args.paper_architecture:  # explicit switches and overrides still win
+        hidden = AutoConfig.from_pretrained(resolve_text_model(model_args.text_model)).hidden_size
+        kwargs = {**RAPConfig.paper_fields(task, hidden), **kwargs}
     return kwargs
 
 

@@ -26,6 +26,7 @@ def tiny_config(task: str = "ner", **overrides) -> RAPConfig:
         task=task,
         fusion_num_heads=4,
         relevance_dim=16,
+        fusion_hidden_size=32,
         prompt_length=3,
         prompt_source_length=16,
         id2label=dict(enumerate(labels)),

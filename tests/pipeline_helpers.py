@@ -35,6 +35,7 @@ def tiny_rap_config(processor: RAPProcessor, task: str, labels: list[str], **ove
         task=task,
         fusion_num_heads=4,
         relevance_dim=16,
+        fusion_hidden_size=32,
         prompt_length=3,
         prompt_source_length=processor.max_length,
         hidden_dropout_prob=0.0,

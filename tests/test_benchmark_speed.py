@@ -1,4 +1,4 @@
-"""The speed benchmark's --smoke mode runs end to end and prints the expected, well-formed tables."""
+"""The speed benchmark's --smoke mode runs end to end and prints well-formed tables (times are not asserted)."""
 
 import math
 
@@ -6,59 +6,44 @@ import pytest
 
 from benchmark_helpers import number, run_smoke, table_rows
 
-EXPECTED_VARIANTS = [
-    "floor (text-only)",
-    "RAP cached features, E_t=encoder",
-    "RAP cached features, E_t=embeddings",
-    "RAP from pixels, E_t=encoder",
-]
+VARIANTS = ["floor (text-only)", "RAP (defaults)", "RAP, paper size (before)", "RAP (defaults), from pixels"]
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[str, dict]:
-    return run_smoke(tmp_path_factory.mktemp("speed"), "speed.py", "--device", "cpu", timeout=300)
+    return run_smoke(tmp_path_factory.mktemp("speed"), "speed.py", "--pixels", "--profile", timeout=300)
 
 
-def test_main_table_has_every_variant_with_positive_times(smoke):
-    stdout, _ = smoke
-    rows = table_rows(stdout, "### Time and memory per batch")
-    keys = [(row[0], row[1], row[2]) for row in rows]
-    expected = [(task, mode, variant) for task in ("NER", "RE") for mode in ("train", "infer")
-                for variant in EXPECTED_VARIANTS]
-    assert keys == expected
-    for row in rows:
-        median, repeats, ratio = number(row[3]), number(row[5]), number(row[6])
-        assert math.isfinite(median) and median > 0, row
-        assert repeats >= 1 and math.isfinite(ratio) and ratio > 0, row
-        if row[2] == "floor (text-only)":
-            assert ratio == pytest.approx(1.0)
-        if row[2].startswith("RAP cached"):
-            assert row[9].startswith(("PASS", "MISS")), row
+def test_main_table_has_every_variant_with_ratios_to_the_floor(smoke):
+    stdout, report = smoke
+    rows = table_rows(stdout, "### Time per batch")
+    expected = [(task, mode, variant) for task in ("NER", "RE") for variant in VARIANTS for mode in ("train", "infer")]
+    assert [(row[1], row[2], row[3]) for row in rows] == expected
+    for row, raw in zip(rows, report["rows"]):
+        milliseconds, ratio = number(row[4]), number(row[5])
+        assert math.isfinite(milliseconds) and milliseconds == pytest.approx(1000 * raw["median_s"], abs=0.06)
+        floor = next(r for r in report["rows"] if r["variant"] == "floor" and r["task"] == raw["task"]
+                     and r["mode"] == raw["mode"])  # fmt: skip
+        assert ratio == pytest.approx(raw["median_s"] / floor["median_s"], abs=0.006)
+        assert row[6].startswith(("PASS", "MISS")) == (row[3] == "RAP (defaults)")
 
 
-def test_targets_scaling_and_breakdown_tables(smoke):
-    stdout, _ = smoke
-    targets = table_rows(stdout, "### Targets")
-    assert len(targets) == 8 and all(row[5] in ("PASS", "MISS") for row in targets)
-    scaling = table_rows(stdout, "### Scaling")
-    assert [(row[0], row[1]) for row in scaling] == [("8", "1"), ("8", "2"), ("16", "1"), ("16", "2")]
-    for row in scaling:
-        assert all(number(cell) > 0 for cell in row)
-    breakdown = table_rows(stdout, "**NER**")
-    stages = {row[0]: row[1:] for row in breakdown}
-    for stage in ("un-prompted text pass (no grad)", "dynamic fusion", "prefixed text encoder",
-                  "bwd: dynamic fusion", "optimizer step (AdamW)", "total"):
-        assert stage in stages, sorted(stages)
-    assert all(number(cell) > 0 for cell in stages["total"])
-    assert "intra-op threads" in stdout and "Peak memory:" in stdout
+def test_profile_names_every_stage_of_rap(smoke):
+    stdout, report = smoke
+    rows = table_rows(stdout, "### RAP per stage")
+    assert [(row[1], row[2]) for row in rows] == [("NER", "train"), ("NER", "infer"), ("RE", "train"), ("RE", "infer")]
+    for profile in report["profiles"]:
+        assert set(profile["stages_ms"]) == {"rap.text_features", "rap.relevance", "rap.fusion", "rap.prompts",
+                                             "rap.prefixed_encoder"}  # fmt: skip
+        assert profile["stages_ms"]["rap.prefixed_encoder"] > 0 and profile["stages_ms"]["rap.fusion"] > 0
 
 
-def test_json_holds_raw_repeats(smoke):
-    _, report = smoke
-    assert report["environment"]["torch_threads"] >= 1
-    assert len(report["main"]) == 16
-    for row in report["main"]:
-        assert len(row["times_ms"]) == row["repeats"] >= 1
-        assert all(math.isfinite(t) and t > 0 for t in row["times_ms"])
-        assert row["memory"]["delta_mib"] >= 0
-    assert {row["label"] for row in report["whatif"]} >= {"floor (text-only)", "E_t=embeddings"}
+def test_report_mode_reprints_the_same_tables(smoke, tmp_path):
+    import json
+
+    from benchmark_helpers import run_benchmark
+
+    stdout, report = smoke
+    saved = tmp_path / "speed.json"
+    saved.write_text(json.dumps(report))
+    assert run_benchmark("speed.py", "--report", str(saved)) == stdout

@@ -195,7 +195,7 @@ def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
 
 
 def test_text_feature_pass_runs_without_dropout_in_training():
-    model = model_for("ner", hidden_dropout_prob=0.0).train()
+    model = model_for("ner", hidden_dropout_prob=0.0, text_feature_source="encoder").train()
     model.config.text_config.hidden_dropout_prob = 0.5
     for module in model.rap.text_encoder.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -299,7 +299,8 @@ def test_re_marker_fallback_finds_entity_positions():
 @pytest.mark.parametrize("task", ["ner", "re"])
 @pytest.mark.parametrize("freeze_text", [False, True])
 def test_gradients_reach_every_trainable_parameter(task, freeze_text):
-    model = model_for(task, freeze_text_encoder=freeze_text, freeze_vision_encoder=False).train()
+    # tanh gate: the rectified one is exactly 0 for images judged irrelevant, and then the CFU learns nothing from them
+    model = model_for(task, freeze_text_encoder=freeze_text, freeze_vision_encoder=False, relevance_gate="tanh").train()
     model(**tiny_batch(task, with_pixels=True)).loss.backward()
     for name, parameter in model.named_parameters():
         frozen = freeze_text and ".text_encoder." in name
@@ -363,13 +364,18 @@ def test_text_only_baseline_has_no_multimodal_parts():
     assert not hasattr(model.rap, "dynamic_fusion")
 
 
-def test_paper_defaults():
-    ner, re_ = RAPConfig(task="ner"), RAPConfig(task="re")
-    assert (ner.routing_layers, re_.routing_layers) == (4, 3)
+def test_paper_architecture_and_the_faster_defaults():
+    ner, re_ = RAPConfig.paper_architecture(task="ner"), RAPConfig.paper_architecture(task="re")
+    assert (ner.routing_layers, re_.routing_layers) == (4, 3)  # Table 4
+    assert ner.fusion_hidden_size == ner.text_config.hidden_size == 768 and ner.relevance_dim == 256
+    assert ner.text_feature_source == "encoder" and ner.relevance_gate == "tanh" and ner.relevance_matching_weight == 0
     assert ner.path_regularization_weight == 1.5 and ner.graph_iterations == 2 and ner.num_crops == 3
-    assert ner.relevance_gate == "tanh" and ner.fusion_units == ["rau", "fsru", "cfu"]
-    assert ner.text_config.hidden_size == 768 and ner.vision_config.depths == [3, 4, 23, 3]
-    assert ner.vision_feature_size == 2048
+    assert ner.fusion_units == ["rau", "fsru", "cfu"] and ner.vision_config.depths == [3, 4, 23, 3]
+    assert ner.vision_feature_size == 2048 and ner.fusion_intermediate_size == 2 * 768
+    assert RAPConfig.paper_architecture(task="ner", routing_layers=6).routing_layers == 6  # explicit fields win
+    default = RAPConfig(task="ner")  # docs/design.md: the speed levers of docs/benchmarks.md
+    assert (default.fusion_hidden_size, default.relevance_dim, default.routing_layers) == (192, 192, 2)
+    assert default.text_feature_source == "embeddings" and default.relevance_gate == "rectified"
     with pytest.raises(ValueError, match="fusion_units"):
         RAPConfig(fusion_units=["rau", "moe"])
 
@@ -443,3 +449,19 @@ def test_rap_works_with_roberta_and_sdpa():
 def test_gradient_checkpointing_is_refused():
     with pytest.raises(ValueError, match="gradient checkpointing"):
         model_for("ner").gradient_checkpointing_enable()
+
+
+def test_rectified_gate_shuts_images_judged_irrelevant():
+    model = model_for("re", relevance_gate="rectified")
+    batch = tiny_batch("re")
+    out = model(**batch)
+    scores = torch.logit(out.relevance[:3])  # beta = sigmoid(score) for the three samples with an image
+    torch.testing.assert_close(out.relevance_gate[:3], torch.tanh(scores.clamp(min=0)))
+    assert out.relevance_gate[3] == 0  # no image
+    without = {k: v for k, v in batch.items() if k not in ("visual_features", "image_mask")}
+    with torch.no_grad():
+        model.rap.relevance_reasoning.graph.score.bias.fill_(-50.0)  # every image judged irrelevant
+    torch.testing.assert_close(model(**batch).logits, model(**without).logits)  # exactly as without images
+    with torch.no_grad():
+        model.rap.relevance_reasoning.graph.score.bias.fill_(50.0)  # every image judged relevant: the gate opens
+    assert not torch.allclose(model(**batch).logits[:3], model(**without).logits[:3])

@@ -3,9 +3,11 @@
 
 Models, each trained with `rap_hf.training` on the corpus as it is (every tweet with its own image):
 
-  * RAP                  the default configuration (relevance reasoning, beta, R-Gate, image-text matching loss);
-  * RAP (paper loss)     `relevance_matching_weight=0`: beta learns through the task loss only (opt-in, --variants);
+  * RAP                  the default configuration (relevance reasoning, beta, rectified R-Gate, image-text matching);
+  * RAP as the paper     `relevance_matching_weight=0`, `relevance_gate="tanh"`: beta learns through the task loss only;
   * MRR ablation         `use_relevance_reasoning=False` (Table 5 "MRR"): the gate is always 1;
+  * RAP at the paper's size  the default relevance training, but E_t from a second encoder pass, d = hidden size,
+                         L = 4, m = 256: what the faster defaults give up (--variants rap-paper-size);
   * text-only baseline   the same encoder + CRF without image (`multimodal=False`).
 
 Test conditions of the same trained model: matched (own image), shuffled (another tweet's image: a seeded
@@ -20,8 +22,8 @@ on the text-sufficient subset (easy tweets); beta's ROC AUC for matched above sh
 image is relevant; and the targets of the relevance issue (PASS/MISS).
 
 Usage:
-    python scripts/benchmarks/noise.py                               # 3 seeds, 600/150/300, CPU: see docs
-    python scripts/benchmarks/noise.py --variants rap rap-paper mrr text --seeds 0
+    python scripts/benchmarks/noise.py --jobs 2                      # 4 models x 3 seeds, 600/150/300 (~1 h, 2 CPUs)
+    python scripts/benchmarks/noise.py --variants rap mrr --seeds 0
     python scripts/benchmarks/noise.py --smoke                       # bundled sample, 1 epoch, 1 seed
     python scripts/benchmarks/noise.py --report results.json         # tables of a saved run
 
@@ -57,11 +59,14 @@ CONDITIONS = ("matched", "shuffled", "none")
 # name -> (label, ModelArguments fields, RAPConfig overrides)
 VARIANTS = {
     "rap": ("RAP", {}, {}),
-    "rap-paper": ("RAP (paper loss, no matching)", {}, {"relevance_matching_weight": 0.0}),
+    "rap-paper": ("RAP as the paper (no matching loss, tanh gate)", {},
+                  {"relevance_matching_weight": 0.0, "relevance_gate": "tanh"}),
     "mrr": ("MRR ablation (gate = 1)", {"use_relevance_reasoning": False}, {}),
+    "rap-paper-size": ("RAP at the paper's size (E_t=encoder, d=h, L=4, m=256)", {"paper_architecture": True},
+                       {"relevance_gate": "rectified", "relevance_matching_weight": 5.0}),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
 }
-DEFAULT_VARIANTS = ["rap", "mrr", "text"]
+DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
 SUBSETS = {  # subset -> the sample kinds of make_sample_data.py it holds ("hard" tweets always have an image)
     "image-only (hard)": ("hard",),
     "text-sufficient (easy)": ("easy_relevant", "easy_unrelated", "easy_noimage"),
@@ -330,7 +335,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="bundled sample, small RAP layers, 1 epoch, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sizes", type=int, nargs=3, default=[600, 150, 300], metavar=("TRAIN", "VALID", "TEST"),
                         help="size of the generated corpus (scripts/make_sample_data.py --sizes)")
     parser.add_argument("--data_dir", default=None,
@@ -342,7 +347,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     parser.add_argument("--vision_model", default="efficientnet-lite0")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the training default")
-    parser.add_argument("--new_params_learning_rate", type=float, default=None, help="default: the training default")
+    parser.add_argument("--new_params_learning_rate", type=float, default=3e-4,
+                        help="lr of the RAP layers (3e-4: they learn within the CPU budget; the encoders keep 3e-5)")
     parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for every RAP variant")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one thread each)")
     parser.add_argument("--work_dir", type=Path, default=None, help="corpus, runs, caches (default: a temp folder)")
