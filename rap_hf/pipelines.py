@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import regex
 import torch
 from PIL import Image
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -42,19 +43,22 @@ UNIT_DISPLAY_NAMES = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
 # Word splitting (the corpora are pre-tokenised; raw text must be split the same way)
 # ----------------------------------------------------------------------------------------------------------------------
 _URL = r"(?:https?://|www\.)\S+"
+# Grapheme clusters (regex's \X), so "e" + combining accent or a ZWJ emoji sequence never splits into several words.
+_WORD = r"(?:(?=\w)\X)+"
+_SYMBOL = r"(?:(?![\w\s])\X)"
 # Twitter-2015/2017 convention: every non-space, non-word character is its own token ("#", "NBA"; "Cosby", "'", "s").
-_PUNCT_PATTERN = re.compile(rf"{_URL}|\w+|[^\w\s]")
+_PUNCT_PATTERN = regex.compile(rf"{_URL}|{_WORD}|{_SYMBOL}")
 # MNRE convention (tweet tokenizer): mentions and hashtags stay whole, clitics and abbreviations as in the PTB.
-_TWEET_PATTERN = re.compile(
+_TWEET_PATTERN = regex.compile(
     rf"{_URL}"
-    r"|[@#]\w+"  # @mention, #hashtag
+    rf"|[@#]{_WORD}"  # @mention, #hashtag
     r"|(?:[a-z]\.){2,}"  # U.S., e.g.
     r"|\d+(?:[.,:/]\d+)+"  # 3.5, 1,000, 10:30, 1/31
-    r"|\w+(?=n['’]t\b)"  # "do" of "don't"
+    rf"|{_WORD}(?=n['’]t\b)"  # "do" of "don't"
     r"|n['’]t\b|['’](?:s|m|re|ve|ll|d)\b"  # n't 's 'm 're 've 'll 'd
-    r"|\w+"
-    r"|[^\w\s]",
-    re.IGNORECASE,
+    rf"|{_WORD}"
+    rf"|{_SYMBOL}",
+    regex.IGNORECASE,
 )
 WORD_SPLITTERS = {"punct": _PUNCT_PATTERN, "tweet": _TWEET_PATTERN}
 # Default per task: the convention of the corpus the models are trained on (Twitter-2015/2017 for NER, MNRE for RE).
@@ -76,7 +80,8 @@ def split_words(text: str, style: str = "punct") -> list[Word]:
     `style="punct"` (Twitter-2015/2017): URLs stay whole, runs of letters/digits/underscores are words, every other
     non-space character is a word of its own. `style="tweet"` (MNRE) additionally keeps @mentions, #hashtags,
     dotted abbreviations and numbers like 3.5 whole and splits clitics ("do n't", "Cosby 's"). Whitespace of any kind
-    and length only separates words.
+    and length only separates words. Splits fall on grapheme-cluster boundaries (NFD accents, ZWJ emoji and skin tones
+    stay inside their word); offsets index the text as given, without normalising it.
     """
     if style not in WORD_SPLITTERS:
         raise ValueError(f"word_splitting must be one of {sorted(WORD_SPLITTERS)}, got {style!r}")

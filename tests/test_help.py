@@ -86,6 +86,8 @@ def test_installed_console_script_help():
     [
         (["--dataset", "nope"], "error: --dataset must be one of ['mnre', 'twitter2015', 'twitter2017'], got 'nope'"),
         (["--data_dir", "/does/not/exist"], "error: data_dir /does/not/exist is not a directory"),
+        (["--dataset", "mnre", "--config_overrides", '{"task": "ner"}'],
+         "error: --config_overrides sets task 'ner' but --dataset mnre is a re corpus"),
     ],
 )
 def test_run_rap_reports_a_bad_argument_in_one_line(tmp_path, arguments, message):

@@ -458,3 +458,12 @@ def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
     assert rap_modules == []
     assert spans(result) == spans(ner(TEXTS[1]))
     assert result["routing_weights"] == pytest.approx(ner(TEXTS[1])["routing_weights"], abs=1e-5)
+
+
+@pytest.mark.parametrize("style", ["punct", "tweet"])
+def test_split_words_keeps_combining_marks_and_emoji_sequences_whole(style):
+    family, thumbs = "\U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001f44d\U0001f3fd"
+    text = f"Cafe\u0301 de\u0301ja\u0300 vu {family} ok {thumbs}! Jose\u0301"  # NFD accents, ZWJ family, skin tone
+    words = split_words(text, style)
+    assert [w.text for w in words] == ["Cafe\u0301", "de\u0301ja\u0300", "vu", family, "ok", thumbs, "!", "Jose\u0301"]
+    assert all(text[w.start : w.end] == w.text for w in words)  # offsets index the text as given (not normalised)

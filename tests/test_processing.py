@@ -399,3 +399,32 @@ def test_padding_is_the_tokenizers_on_either_side(processor):
             assert ner[key][row][real_right].tolist() == left_ner[key][row][real_left].tolist()
         marker_ids = [processor.marker_ids["<s>"], processor.marker_ids["<o>"]]
         assert left_re["input_ids"][row][left_re["entity_positions"][row]].tolist() == marker_ids
+
+
+def test_ner_truncation_that_drops_words_is_warned_with_counts(processor, caplog):
+    tokens = [["a", "b", "c", "d", "e"], ["a"], ["go", "to", "the"]]  # one sub-token per word
+    tags = [[0] * 5, [0], [0] * 3]
+    with caplog.at_level("WARNING", logger="rap_hf.processing_rap"):
+        out = processor.encode_ner(tokens, tags, max_length=4)  # [CLS] + 2 tokens + [SEP]
+    assert "NER: 2 of 3 texts longer than max_length=4 were truncated; 4 words lost" in caplog.text
+    assert [len(ids) for ids in out["input_ids"]] == [4, 3, 4]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rap_hf.processing_rap"):
+        processor.encode_ner(tokens, tags, max_length=32)
+    assert "truncated" not in caplog.text
+
+
+def test_re_max_length_without_room_for_markers_and_entities_is_refused(processor):
+    words, subject, obj = [["Bill", "Cosby", "met", "Obama"]], [(0, 2)], [(3, 4)]
+    with pytest.raises(ValueError, match=r"max_length=6 has no room .* \(needs at least 8\)"):
+        processor.encode_re(words, subject, obj, max_length=6)  # [CLS] + 4 markers + [SEP]: no entity token left
+    out = processor.encode_re(words, subject, obj, max_length=8)
+    assert len(out["input_ids"][0]) == 8
+
+
+def test_re_truncation_that_cuts_entity_text_is_warned_with_counts(processor, caplog):
+    long_subject = [f"w{i}" for i in range(30)] + ["met", "Obama"]
+    tokens = [long_subject, ["Bill", "met", "Obama"]]
+    with caplog.at_level("WARNING", logger="rap_hf.processing_rap"):
+        processor.encode_re(tokens, [(0, 30), (0, 1)], [(31, 32), (2, 3)], max_length=16)
+    assert "RE: in 1 of 2 texts the entities alone exceed max_length=16; their ends were cut" in caplog.text
