@@ -135,3 +135,20 @@ def load_image_processor(name_or_path: str | None, default_image_size: int = 224
     except (OSError, ValueError) as error:
         logger.warning("%s has no image processor (%s); using the ResNet-style default", name_or_path, error)
         return default_image_processor(default_image_size)
+
+
+# Smoke-test sizes (CI runs of the real training code): a ResNet of two tiny stages and a 2-layer random BERT.
+TINY_VISION_CONFIG = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
+                      "layer_type": "basic"}  # fmt: skip
+
+
+def save_tiny_text_model(folder: str | os.PathLike, tokenizer: str = OFFLINE_TEXT_MODEL) -> str:
+    """A 2-layer, 32-wide random BERT with a real tokenizer (MiniLM's by default) saved in `folder`: CI-sized runs
+    of the real code path. Returns the folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_text_model(tokenizer)).save_pretrained(folder)
+    return str(folder)

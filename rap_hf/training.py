@@ -10,6 +10,7 @@ frozen vision encoder's feature cache, `results.json`, figures and the model car
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -237,16 +238,30 @@ def prepare_splits(
     """Tokenise every split (`word_ids` kept for NER), keep images for the collator, add `example_index`."""
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
               "test": data_args.max_eval_samples}  # fmt: skip
-    prepared = {}
+    prepared, tokenizing = {}, tokenization_fingerprint(processor, task, data_args.max_length)
     for split, dataset in dataset_dict.items():
         if limits.get(split):
             dataset = dataset.select(range(min(limits[split], len(dataset))))
         dataset = dataset.map(lambda _, i: {"example_index": i}, with_indices=True)
         prepared[split] = dataset.map(
             processor.preprocess, batched=True, fn_kwargs={"task": task, "max_length": data_args.max_length},
-            desc=f"Tokenising {split}",
+            desc=f"Tokenising {split}", new_fingerprint=hash_text(dataset._fingerprint, tokenizing),
         )
     return datasets.DatasetDict(prepared)
+
+
+def hash_text(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def tokenization_fingerprint(processor: RAPProcessor, task: str, max_length: int) -> str:
+    """What tokenising depends on (tokenizer, markers, the processing code, arguments), hashed in milliseconds:
+    datasets' own fingerprint pickles the tokenizer with dill, ~0.7 s per split and run."""
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    code = Path(sys.modules[RAPProcessor.__module__].__file__).read_text()
+    return hash_text(vocabulary, json.dumps(processor.entity_markers), code, task, str(max_length), type(tokenizer).__name__)
 
 
 MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions", "labels",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rap_hf import RAPConfig
+from rap_hf.encoders import TINY_VISION_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -13,7 +14,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TINY_TEXT = dict(
     model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
 )
-TINY_VISION = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+TINY_VISION = dict(TINY_VISION_CONFIG)
 
 
 def tiny_config(task: str = "ner", **overrides) -> RAPConfig:

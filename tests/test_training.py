@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModel
 
 from rap_hf.data import load_dataset
+from rap_hf.encoders import save_tiny_text_model
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
@@ -27,12 +28,7 @@ TINY_OVERRIDES = json.dumps(
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory, minilm) -> Path:
     """A 2-layer random BERT with the real MiniLM (uncased WordPiece) tokenizer: fast, and a real tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)
-    return folder
+    return Path(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert"), minilm))
 
 
 def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, expect_failure=False) -> dict:

@@ -22,17 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from rap_hf.encoders import TINY_VISION_CONFIG, save_tiny_text_model
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DATASET_OF_TASK = {"ner": "twitter2017", "re": "mnre"}
 VARIANTS = {"baseline": "text-only baseline", "rap": "RAP (text only)"}
 # runs merged by --report must agree on these
 SETTING_KEYS = ("train_examples", "epochs", "new_params_learning_rate", "config_overrides")
-SMOKE_OVERRIDES = {
-    "vision_config": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
-                      "layer_type": "basic"},  # fmt: skip
-    "fusion_num_heads": 4, "relevance_dim": 16,
-}
+SMOKE_OVERRIDES = {"vision_config": TINY_VISION_CONFIG, "fusion_num_heads": 4, "relevance_dim": 16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,20 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="only print the table of runs saved with --json (several files are merged; no training)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: task:variant:seed of one run
     return parser.parse_args(argv)
-
-
-def smoke_text_model(folder: Path) -> str:
-    """A 2-layer random BERT with the MiniLM tokenizer: CI-sized, but a real tokenizer and the real code path."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from rap_hf.encoders import resolve_text_model
-
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_text_model("minilm")).save_pretrained(folder)
-    return str(folder)
 
 
 def train_once(task: str, variant: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
@@ -211,7 +195,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output_dir or tmp)
         if args.smoke and args.text_model == "minilm":
-            args.text_model = smoke_text_model(out / "tiny_text_model")
+            args.text_model = save_tiny_text_model(out / "tiny_text_model")
         combos = [(task, variant, seed) for task in args.tasks
                   for variant in (VARIANTS[v] for v in args.variants) for seed in args.seeds]  # fmt: skip
         if args.only:
