@@ -261,7 +261,8 @@ def tokenization_fingerprint(processor: RAPProcessor, task: str, max_length: int
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     code = Path(sys.modules[RAPProcessor.__module__].__file__).read_text()
-    return hash_text(vocabulary, json.dumps(processor.entity_markers), code, task, str(max_length), type(tokenizer).__name__)
+    markers = json.dumps(processor.entity_markers)
+    return hash_text(vocabulary, markers, code, task, str(max_length), type(tokenizer).__name__)
 
 
 MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions", "labels",

@@ -56,7 +56,8 @@ PAPER_EPOCHS = {"ner": 30, "re": 15}
 EVAL_OVERHEAD = 1.15  # validation after every epoch plus the test pass, relative to training steps alone
 SMOKE_OPTIONS = ["--num_train_epochs", "1", "--max_train_samples", "8", "--max_eval_samples", "8",
                  "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--make_figures", "False",
-                 "--learning_rate", "1e-3", "--new_params_learning_rate", "1e-3", "--save_strategy", "no", "--max_length", "64"]  # fmt: skip
+                 "--learning_rate", "1e-3", "--new_params_learning_rate", "1e-3", "--save_strategy", "no",
+                 "--max_length", "64"]  # fmt: skip
 SMOKE_OVERRIDES = {"vision_config": TINY_VISION_CONFIG, "fusion_num_heads": 4, "relevance_dim": 16,
                    "prompt_source_length": 64}  # fmt: skip
 
@@ -196,8 +197,8 @@ class Plan:
     def arguments(self, spec: RunSpec) -> list[str]:
         """run_rap.py's arguments for `spec` (resuming a cut-off run, replacing one that left nothing usable)."""
         folder = spec.folder(self.root)
-        argv = ["--dataset", spec.dataset, "--output_dir", str(folder), "--seed", str(spec.seed),
-                "--text_model", self.text_model, "--vision_model", self.vision_model, "--report_to", "none"]  # fmt: skip
+        argv = ["--dataset", spec.dataset, "--output_dir", str(folder), "--seed", str(spec.seed), "--text_model",
+                self.text_model, "--vision_model", self.vision_model, "--report_to", "none"]  # fmt: skip
         argv += ["--data_dir", self.data_dir] if self.data_dir else []
         argv += ["--paper_architecture", "True"] if self.paper_architecture else []
         for key, value in spec.switches:
@@ -373,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         run_in_subprocesses(plan, pending, args.jobs or max(1, len(gpus)), gpus)
     setting = (f"Text encoder `{plan.text_model if not args.smoke else 'tiny random BERT'}`, vision encoder "
                f"`{plan.vision_model or 'tiny random ResNet'}`, {args.architecture} architecture, seeds {seeds}"
-               f"{', options ' + ' '.join(extra) if extra else ''}{'; SMOKE run on the bundled sample' if args.smoke else ''}.")  # fmt: skip
+               f"{', options ' + ' '.join(extra) if extra else ''}"
+               f"{'; SMOKE run on the bundled sample' if args.smoke else ''}.")  # fmt: skip
     report = write_report(plan, tables, specs, setting)
     print(report)
     return report
