@@ -32,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without relying on the editable install
     sys.path.insert(0, str(REPO_ROOT))
 
+from rap_hf.encoders import TINY_VISION_CONFIG  # noqa: E402
 from rap_hf.reporting import markdown_table  # noqa: E402
 
 TARGETS = {"train": 1.3, "infer": 1.2}  # RAP (defaults, cached features) as a ratio to the floor
@@ -46,8 +47,7 @@ STAGES = ("rap.text_features", "rap.relevance", "rap.fusion", "rap.prompts", "ra
 EFFICIENTNET = {"model_type": "timm_wrapper", "architecture": "tf_efficientnet_lite0", "num_features": 1280}
 SMOKE_TEXT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
               "intermediate_size": 37, "vocab_size": 1000}  # fmt: skip
-SMOKE_VISION = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
-                "layer_type": "basic"}  # fmt: skip
+SMOKE_VISION = TINY_VISION_CONFIG
 
 
 def text_config(name: str) -> dict[str, Any]:
