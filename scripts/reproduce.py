@@ -372,8 +372,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         run_in_process(plan, pending)
     else:
         run_in_subprocesses(plan, pending, args.jobs or max(1, len(gpus)), gpus)
+    vision = "tiny random ResNet" if args.smoke else plan.vision_model or "random init (RAPConfig's vision_config)"
     setting = (f"Text encoder `{plan.text_model if not args.smoke else 'tiny random BERT'}`, vision encoder "
-               f"`{plan.vision_model or 'tiny random ResNet'}`, {args.architecture} architecture, seeds {seeds}"
+               f"`{vision}`, {args.architecture} architecture, seeds {seeds}"
                f"{', options ' + ' '.join(extra) if extra else ''}"
                f"{'; SMOKE run on the bundled sample' if args.smoke else ''}.")  # fmt: skip
     report = write_report(plan, tables, specs, setting)
