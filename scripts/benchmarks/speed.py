@@ -8,10 +8,11 @@ Variants, for NER and RE, for a training step (forward + backward + AdamW) and f
                    256 (the defaults before the speed levers: the "before" of docs/benchmarks.md);
   * RAP, from pixels  the default configuration running the vision encoder at every step (--pixels).
 
-Times are `torch.utils.benchmark` medians (blocked autorange). Weights are random (sizes matter, not values): MiniLM-L6
-(the offline default) and bert-base (the paper's) text encoders, EfficientNet-Lite0-sized features. On a GPU the
-table also gives tokens/s and peak memory. `--profile` adds the time per stage of RAP (the `record_function` labels
-of modeling_rap.py) from `torch.profiler`.
+Times are `torch.utils.benchmark` medians (blocked autorange), the variants taking turns (--rounds) so that a load
+that changes during the run hits the floor and RAP alike; ratios are medians of the per-turn ratios. Weights are
+random (sizes matter, not values): MiniLM-L6 (the offline default) and bert-base (the paper's) text encoders,
+EfficientNet-Lite0-sized features. On a GPU the table also gives tokens/s and peak memory. `--profile` adds the time
+per stage of RAP (the `record_function` labels of modeling_rap.py) from `torch.profiler`.
 
     python scripts/benchmarks/speed.py                          # MiniLM and bert-base sizes, CPU, 1 thread
     python scripts/benchmarks/speed.py --device cuda --json speed.json
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,18 +129,29 @@ def steps(model, optimizer, batch: dict[str, Any], device: str) -> dict[str, Any
     return {"train": train, "infer": infer}
 
 
-def measure(step, device: str, min_run_time: float) -> dict[str, Any]:
-    """Median seconds of `step` (torch.utils.benchmark), and peak GPU memory."""
+def measure(runners: dict[str, Any], device: str, min_run_time: float, rounds: int) -> dict[str, dict[str, Any]]:
+    """Per variant: the median seconds of its step (torch.utils.benchmark), its per-round medians, and peak GPU
+    memory. Variants take turns, `rounds` times, so a load that changes during the run hits floor and RAP alike."""
     import torch
     from torch.utils import benchmark
 
-    step()  # warm-up (lazy allocations, kernel selection)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    timing = benchmark.Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    return {"median_s": timing.median, "runs": len(timing.times), "peak_mib": peak}
+    for step in runners.values():
+        step()  # warm-up (lazy allocations, kernel selection)
+    results: dict[str, dict[str, Any]] = {name: {"round_s": [], "runs": 0, "peak_mib": None} for name in runners}
+    for _ in range(rounds):
+        for name, step in runners.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            timer = benchmark.Timer(stmt="step()", globals={"step": step})
+            timing = timer.blocked_autorange(min_run_time=min_run_time / rounds)
+            results[name]["round_s"].append(timing.median)
+            results[name]["runs"] += len(timing.times)
+            if device.startswith("cuda"):
+                results[name]["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    for result in results.values():
+        result["median_s"] = statistics.median(result["round_s"])
+    return results
 
 
 def profile_stages(step) -> dict[str, float]:
@@ -158,18 +171,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for text_name in args.text_models:
         text = text_config(text_name)
         for task in args.tasks:
+            runners = {}
             for variant in args.variants:
                 model, optimizer = build(task, variant, text, args.smoke)
-                runners = steps(model, optimizer, make_batch(model, variant, args.batch_size, args.length),
-                                args.device)  # fmt: skip
-                for mode in ("train", "infer"):
-                    result = measure(runners[mode], args.device, args.min_run_time)
+                runners[variant] = steps(model, optimizer, make_batch(model, variant, args.batch_size, args.length),
+                                         args.device)  # fmt: skip
+            for mode in ("train", "infer"):
+                results = measure({v: r[mode] for v, r in runners.items()}, args.device, args.min_run_time, args.rounds)
+                for variant, result in results.items():
                     rows.append({"text": text_name, "task": task, "variant": variant, "mode": mode, **result})
                     print(f"{text_name} {task} {mode} {variant}: {1000 * result['median_s']:.1f} ms", file=sys.stderr)
-                    if args.profile and variant == "rap":
-                        profiles.append({"text": text_name, "task": task, "mode": mode,
-                                         "stages_ms": profile_stages(runners[mode])})  # fmt: skip
-                del model, optimizer
+                if args.profile and "rap" in runners:
+                    profiles.append({"text": text_name, "task": task, "mode": mode,
+                                     "stages_ms": profile_stages(runners["rap"][mode])})  # fmt: skip
+            del runners
     environment = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "device": args.device,
                    "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -181,9 +196,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # Tables
 # ======================================================================================================================
 def ratio_to_floor(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
+    """Median over rounds of (variant / floor) in the same round, so load drift between rounds cancels."""
     floor = next((r for r in rows if r["variant"] == "floor" and all(r[k] == row[k] for k in ("text", "task", "mode"))),
                  None)  # fmt: skip
-    return row["median_s"] / floor["median_s"] if floor else None
+    if floor is None:
+        return None
+    return statistics.median(mine / theirs for mine, theirs in zip(row["round_s"], floor["round_s"]))
 
 
 def main_table(report: dict[str, Any]) -> str:
@@ -219,7 +237,8 @@ def render(report: dict[str, Any]) -> str:
         sections += ["### RAP per stage (ms, one profiled step; backward counted in the train total only)",
                      profile_table(report)]  # fmt: skip
     where = environment["gpu"] or f"CPU ({environment['machine']}, {environment['torch_threads']} intra-op threads)"
-    sections.append(f"Measured on {where}, torch {environment['torch']}; medians of torch.utils.benchmark.")
+    sections.append(f"Measured on {where}, torch {environment['torch']}; medians of torch.utils.benchmark, the "
+                    "variants taking turns; ratios are medians over the turns of (variant / floor).")
     return "\n\n".join(sections)
 
 
@@ -235,6 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
     parser.add_argument("--min_run_time", type=float, default=5.0, help="seconds of timing per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="turns the variants take (load drift cancels)")
     parser.add_argument("--profile", action="store_true", help="time per stage of RAP with torch.profiler")
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json")
@@ -243,7 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.pixels and "rap-pixels" not in args.variants:
         args.variants.append("rap-pixels")
     if args.smoke:
-        args.text_models, args.batch_size, args.length, args.min_run_time = ["smoke"], 4, 16, 0.05
+        args.text_models, args.batch_size, args.length, args.min_run_time, args.rounds = ["smoke"], 4, 16, 0.05, 2
     return args
 
 
