@@ -20,7 +20,9 @@ Tables (Markdown):
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from rap_hf.data import SAMPLE_DIR, load_dataset  # noqa: E402
 from rap_hf.data.features import VisualFeatureCache  # noqa: E402
+from rap_hf.encoders import TINY_VISION_CONFIG, save_tiny_text_model  # noqa: E402
 from rap_hf.pipelines import load_model_and_processor  # noqa: E402
 from rap_hf.relevance import (  # noqa: E402
     distribution,
@@ -79,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--feature_cache_dir", default=None, help="visual feature cache (default: a temp folder)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
-    parser.add_argument("--smoke", action="store_true", help="bundled sample, tiny encoders (< 1 min)")
+    parser.add_argument("--smoke", action="store_true", help="bundled sample, tiny random encoders (seconds)")
     return parser.parse_args(argv)
 
 
@@ -96,12 +99,16 @@ def build(args: argparse.Namespace, raw: datasets.DatasetDict):
         return model, processor, f"saved model {Path(args.model).name}"
     torch.manual_seed(args.seed)
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
-    if args.smoke:
-        overrides = {**SMOKE_OVERRIDES, **overrides}
+    if args.smoke:  # tiny random encoders: the code path in seconds
+        overrides = {**SMOKE_OVERRIDES, "vision_config": TINY_VISION_CONFIG, **overrides}
+        folder = tempfile.mkdtemp(prefix="rap-relevance-smoke-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        args.text_model, args.vision_model = save_tiny_text_model(folder), None
     model_args = ModelArguments(text_model=args.text_model, vision_model=args.vision_model or None,
                                 config_overrides=json.dumps(overrides) if overrides else None)  # fmt: skip
     model, processor = build_model_and_processor(TASK_OF_DATASET[args.dataset], raw, model_args, 128)
-    return model, processor, f"fresh RAP (seed {args.seed}) on {args.text_model} + {args.vision_model}"
+    encoders = "tiny random encoders" if args.smoke else f"{args.text_model} + {args.vision_model}"
+    return model, processor, f"fresh RAP (seed {args.seed}) on {encoders}"
 
 
 def prepared_splits(args, raw, model, processor, cache_dir: Path) -> datasets.DatasetDict:
