@@ -97,6 +97,7 @@ class Settings:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     shuffle_seed: int = 1234
     smoke: bool = False
+    verbose: bool = False
 
 
 # ======================================================================================================================
@@ -123,6 +124,8 @@ def test_manifest(data_dir: Path | None, num_test: int) -> tuple[list[str], list
 def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
     """Trains one variant on matched images with the project's Trainer (no checkpoints); returns the trainer with
     its best validation weights loaded."""
+    from transformers.trainer_callback import PrinterCallback
+
     from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, build_trainer, train_and_test
 
     _, model_fields, overrides = VARIANTS[variant]
@@ -139,6 +142,8 @@ def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | 
         disable_tqdm=True,
     )  # fmt: skip
     trainer = build_trainer(model_args, data_args, args)
+    if not settings.verbose:  # with tqdm off the Trainer prints every log dict to stdout, into the report
+        trainer.remove_callback(PrinterCallback)
     train_and_test(trainer)
     return trainer
 
@@ -368,6 +373,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     settings.shuffle_seed, settings.batch_size = args.shuffle_seed, args.batch_size
     settings.text_model, settings.vision_model = args.text_model, args.vision_model
     settings.learning_rate, settings.new_params_learning_rate = args.learning_rate, args.new_params_learning_rate
+    settings.verbose = args.verbose
     return settings, args
 
 
@@ -436,7 +442,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings, args = parse_arguments(argv)
     if args.report:
         saved = json.loads(args.report.read_text())
-        print(report(saved["runs"], Settings(**saved["settings"]), saved["environment"]))
+        partial = {"machine": "?", "device": "?", "torch": "?", "torch_threads": "?", "jobs": "?", "total_seconds": 0}
+        environment = saved.get("environment", partial)  # a run still going has written its finished runs only
+        print(report(saved["runs"], Settings(**saved["settings"]), environment))
         return
     quiet_libraries(args.verbose)
     start = time.perf_counter()
