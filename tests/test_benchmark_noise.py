@@ -1,62 +1,96 @@
-"""The image-noise benchmark's --smoke mode trains both variants end to end and prints well-formed tables."""
+"""The relevance benchmark (scripts/benchmarks/noise.py): --smoke trains RAP, the MRR ablation and the text-only
+baseline end to end and prints well-formed tables; its image conditions (rap_hf.relevance) are exact."""
 
 import math
 
+import datasets
 import pytest
 
-from benchmark_helpers import load_benchmark, number, run_smoke, table_rows
+from rap_hf.relevance import derangement, ranking_auc, shuffled_images, without_images
 
-MODELS = ["RAP", "RAP w/o relevance (MRR)"]
+from benchmark_helpers import number, run_smoke, table_rows
+
+MODELS = ["RAP", "MRR ablation (gate = 1)", "text-only baseline"]
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[str, dict]:
-    return run_smoke(tmp_path_factory.mktemp("noise"), "noise.py")
+    return run_smoke(tmp_path_factory.mktemp("noise"), "noise.py", "--variants", "rap", "mrr", "text")
 
 
-def test_f1_table_has_both_models_and_finite_scores(smoke):
+def test_f1_tables_have_every_model_and_consistent_losses(smoke):
     stdout, _ = smoke
-    rows = table_rows(stdout, "### F1 on the test split")
-    assert [row[0] for row in rows] == MODELS
-    for row in rows:
-        f1s = [number(c) for c in row[1:4]]  # matched, shuffled, none
-        assert all(math.isfinite(v) and 0 <= v <= 100 for v in f1s), row
-        drop_shuffled, drop_none = number(row[4]), number(row[5])
-        assert drop_shuffled == pytest.approx(f1s[0] - f1s[1], abs=0.11)
-        assert drop_none == pytest.approx(f1s[0] - f1s[2], abs=0.11)
+    for heading in ("### F1 on the test split", "### F1 on the image-only", "### F1 on the text-sufficient"):
+        rows = table_rows(stdout, heading)
+        assert [row[0] for row in rows] == MODELS
+        for row in rows:
+            f1s = [number(c) for c in row[1:4]]  # matched, shuffled, none
+            assert all(math.isfinite(v) and 0 <= v <= 100 for v in f1s), row
+            assert number(row[4]) == pytest.approx(f1s[0] - f1s[1], abs=0.11)
+            assert number(row[5]) == pytest.approx(f1s[0] - f1s[2], abs=0.11)
+    text_only = table_rows(stdout, "### F1 on the test split")[2]
+    assert number(text_only[4]) == number(text_only[5]) == 0  # the baseline reads no image
 
 
-def test_target_verdict_and_relevance_rows(smoke):
-    stdout, _ = smoke
-    target = table_rows(stdout, "### Target")
-    assert len(target) == 1 and target[0][4].startswith(("PASS", "MISS"))
-    beta = {row[0]: row[1:] for row in table_rows(stdout, "### Relevance beta")}
-    assert {"matched", "shuffled"} <= set(beta)
-    for condition in ("matched", "shuffled"):
-        value = number(beta[condition][0])
-        assert math.isfinite(value) and 0 <= value <= 1
+def test_targets_and_beta_rows(smoke):
+    stdout, report = smoke
+    targets = {row[0]: row for row in table_rows(stdout, "### Targets")}
+    assert len(targets) == 4 and all(row[3] in ("PASS", "MISS", "n/a") for row in targets.values())
+    assert [row[0] for row in table_rows(stdout, "### Relevance beta")] == ["RAP"]  # MRR and baseline have no beta
+    assert [check["passed"] for check in report["targets"]] == [
+        {"PASS": True, "MISS": False, "n/a": None}[row[3]] for row in targets.values()
+    ]
 
 
 def test_json_report_is_complete(smoke):
     _, report = smoke
     assert report["settings"]["smoke"] and report["settings"]["epochs"] == 1
-    assert {(r["use_relevance_reasoning"], r["seed"]) for r in report["runs"]} == {(True, 0), (False, 0)}
+    assert {(r["variant"], r["seed"]) for r in report["runs"]} == {("rap", 0), ("mrr", 0), ("text", 0)}
     for run in report["runs"]:
         assert set(run["conditions"]) == {"matched", "shuffled", "none"}
-        assert run["num_test_with_image"] >= 2
+        assert len(run["kinds"]) > 0
         for scores in run["conditions"].values():
             assert math.isfinite(scores["f1"]) and 0 <= scores["f1"] <= 100
-    assert report["target"]["passed"] in (True, False)
+            has_beta = run["variant"] == "rap"
+            assert (scores["beta"] is not None) == has_beta
+            if has_beta:
+                assert all(0 <= value <= 1 for value in scores["beta"])
 
 
-def test_shuffle_is_a_seeded_derangement():
-    derangement = load_benchmark("noise.py", "noise_benchmark").derangement
+def test_derangement_is_seeded_and_crosses_groups():
     indices = [0, 2, 3, 5, 8, 9]
     mapping = derangement(indices, seed=7)
     assert sorted(mapping) == indices and sorted(mapping.values()) == indices
     assert all(source != target for source, target in mapping.items())
     assert mapping == derangement(indices, seed=7)
+    groups = ["a", "a", "b", "b", "c", "c"]
+    group_of = dict(zip(indices, groups))
+    across = derangement(indices, seed=3, groups=groups)
+    assert all(group_of[source] != group_of[target] for source, target in across.items())
     with pytest.raises(ValueError):
         derangement([4], seed=0)
+    with pytest.raises(ValueError, match="one group holds"):
+        derangement([0, 1, 2], seed=0, groups=["a", "a", "b"])
+
+
+def test_shuffled_and_missing_images_move_only_the_visual_columns():
+    dataset = datasets.Dataset.from_dict({
+        "input_ids": [[1], [2], [3], [4]],
+        "visual_features": [[[1.0]], [[2.0]], [[0.0]], [[4.0]]],
+        "image_mask": [[1], [1], [0], [1]],
+    })  # fmt: skip
+    shuffled = shuffled_images(dataset, seed=0)
+    assert shuffled["input_ids"] == dataset["input_ids"]
+    assert shuffled["image_mask"][2] == [0] and shuffled["visual_features"][2] == [[0.0]]  # no image stays without
+    moved = [shuffled["visual_features"][i][0][0] for i in (0, 1, 3)]
+    assert sorted(moved) == [1.0, 2.0, 4.0] and all(v != own for v, own in zip(moved, (1.0, 2.0, 4.0)))
+    assert without_images(dataset).column_names == ["input_ids"]
+
+
+def test_ranking_auc():
+    assert ranking_auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert ranking_auc([0.1], [0.9]) == 0.0
+    assert ranking_auc([0.5], [0.5]) == 0.5  # ties count half
+    assert ranking_auc([], [0.3]) is None
