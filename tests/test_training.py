@@ -1,5 +1,5 @@
-"""End-to-end tests of scripts/run_rap.py (transformers.Trainer) on the bundled sample: reload, two processes, resume,
-cut-off checkpoints, output folder reuse, Hub push."""
+"""End-to-end tests of scripts/run_rap.py (transformers.Trainer) on the bundled sample: reload, cut-off checkpoints,
+Hub push, LoRA (two processes and resume: tests/test_training_runs.py)."""
 
 import json
 import os
@@ -13,43 +13,17 @@ import torch
 from transformers import AutoModel
 
 from rap_hf.data import load_dataset
-from rap_hf.encoders import save_tiny_text_model
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
-from conftest import REPO_ROOT, TINY_VISION
-
-SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
-TINY_OVERRIDES = json.dumps(
-    {"vision_config": TINY_VISION, "fusion_num_heads": 4, "relevance_dim": 16, "prompt_source_length": 64}
-)
+from conftest import REPO_ROOT
+from training_helpers import TINY_OVERRIDES, make_tiny_text_model, run_script
 
 
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory, minilm) -> Path:
     """A 2-layer random BERT with the real MiniLM (uncased WordPiece) tokenizer: fast, and a real tokenizer."""
-    return Path(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert"), minilm))
-
-
-def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, expect_failure=False) -> dict:
-    """Runs the training script like a user would and returns its results.json."""
-    # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.
-    layout = ["--cpu"] if processes == 1 else ["--multi_gpu"]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)]
-    command = [
-        *launcher, str(SCRIPT), "--text_model", str(text_model), "--vision_model", "", "--output_dir", str(output_dir),
-        "--config_overrides", TINY_OVERRIDES, "--per_device_eval_batch_size", "8", "--report_to", "none",
-        "--new_params_learning_rate", "3e-3", "--learning_rate", "1e-3", "--feature_cache_dir",
-        str(output_dir.parent / "features"), *extra,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true")
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if expect_failure:
-        assert result.returncode != 0
-        return {"stderr": result.stderr}
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    results_path = output_dir / "results.json"
-    return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": result.stdout}
+    return make_tiny_text_model(tmp_path_factory, minilm)
 
 
 def reevaluate(model_dir: Path, dataset: str) -> dict:
@@ -119,41 +93,6 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
     assert rap_modules == [] and ("entities" in prediction if dataset == "twitter2017" else "relation" in prediction)
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path, tiny_text_model):
-    """DDP over gloo with per-device batch 4 x 2 processes vs batch 8 x 1 process (same effective batch).
-
-    Stated tolerance: 0.15 absolute test F1 and 10% of the first-epoch loss, since dropout streams and the per-process
-    router loss (a batch-pair term) differ between the two layouts.
-    """
-    common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3")
-    one = run_script(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
-    two = run_script(tmp_path / "two", tiny_text_model, *common, "--per_device_train_batch_size", "4", processes=2)
-    assert two["num_processes"] == 2 and one["num_processes"] == 1
-    assert two["num_test_examples"] == one["num_test_examples"]  # gather_for_metrics dropped the padding duplicates
-    assert abs(two["test"]["f1"] - one["test"]["f1"]) <= 0.15
-    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=0.10)
-
-
-@pytest.mark.slow
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_text_model):
-    common = ("--dataset", "twitter2017", "--num_train_epochs", "3", "--seed", "7")
-    full = run_script(tmp_path / "full", tiny_text_model, *common)
-    interrupted = run_script(tmp_path / "cut", tiny_text_model, *common, "--stop_after_epoch", "1")
-    assert "stdout" in interrupted and not (tmp_path / "cut" / "results.json").exists()
-    checkpoints = list((tmp_path / "cut").glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and (checkpoints[0] / "rap_checkpoint_complete").exists()
-    refused = run_script(tmp_path / "cut", tiny_text_model, *common, expect_failure=True)  # would mix two runs
-    assert "--resume_from_checkpoint latest" in refused["stderr"]
-    cut_off = tmp_path / "cut" / "checkpoint-999"  # a newer save that a kill interrupted: no completion marker
-    cut_off.mkdir()
-    (cut_off / "config.json").write_text((checkpoints[0] / "config.json").read_text())
-    resumed = run_script(tmp_path / "cut", tiny_text_model, *common, "--resume_from_checkpoint", "latest")
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
-    assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
-    assert resumed["best_epoch"] == full["best_epoch"]
 
 
 @pytest.mark.slow

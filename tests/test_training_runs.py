@@ -1,0 +1,48 @@
+"""Training guarantees that need several runs: two processes match one, resume matches an uninterrupted run (in
+their own file so that pytest-xdist's loadfile spreads them over the workers)."""
+
+from pathlib import Path
+
+import pytest
+
+from training_helpers import make_tiny_text_model, run_script
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory, minilm) -> Path:
+    return make_tiny_text_model(tmp_path_factory, minilm)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path, tiny_text_model):
+    """DDP over gloo with per-device batch 4 x 2 processes vs batch 8 x 1 process (same effective batch).
+
+    Stated tolerance: 0.15 absolute test F1 and 10% of the first-epoch loss, since dropout streams and the per-process
+    router loss (a batch-pair term) differ between the two layouts.
+    """
+    common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3")
+    one = run_script(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
+    two = run_script(tmp_path / "two", tiny_text_model, *common, "--per_device_train_batch_size", "4", processes=2)
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    assert two["num_test_examples"] == one["num_test_examples"]  # gather_for_metrics dropped the padding duplicates
+    assert abs(two["test"]["f1"] - one["test"]["f1"]) <= 0.15
+    assert two["history"][0]["loss"] == pytest.approx(one["history"][0]["loss"], rel=0.10)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_text_model):
+    common = ("--dataset", "twitter2017", "--num_train_epochs", "3", "--seed", "7")
+    full = run_script(tmp_path / "full", tiny_text_model, *common)
+    interrupted = run_script(tmp_path / "cut", tiny_text_model, *common, "--stop_after_epoch", "1")
+    assert "stdout" in interrupted and not (tmp_path / "cut" / "results.json").exists()
+    checkpoints = list((tmp_path / "cut").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "rap_checkpoint_complete").exists()
+    refused = run_script(tmp_path / "cut", tiny_text_model, *common, expect_failure=True)  # would mix two runs
+    assert "--resume_from_checkpoint latest" in refused["stderr"]
+    cut_off = tmp_path / "cut" / "checkpoint-999"  # a newer save that a kill interrupted: no completion marker
+    cut_off.mkdir()
+    (cut_off / "config.json").write_text((checkpoints[0] / "config.json").read_text())
+    resumed = run_script(tmp_path / "cut", tiny_text_model, *common, "--resume_from_checkpoint", "latest")
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
+    assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
+    assert resumed["best_epoch"] == full["best_epoch"]
