@@ -152,3 +152,25 @@ def save_tiny_text_model(folder: str | os.PathLike, tokenizer: str = OFFLINE_TEX
     BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_text_model(tokenizer)).save_pretrained(folder)
     return str(folder)
+
+
+# Benchmarks time the paper's vision encoder without its weights (speed does not depend on them): RAPConfig's default
+# vision config, ResNet-101's layout, randomly initialised.
+RANDOM_RESNET_101 = "resnet-101-sized"
+VISION_LABELS = {OFFLINE_VISION_MODEL: "EfficientNet-Lite0 (default)", RANDOM_RESNET_101: "ResNet-101 sizes (paper's)"}
+
+
+def benchmark_vision_path(name: str) -> str | None:
+    """A benchmark's `--vision_model`: None (random ResNet-101 layout) for `RANDOM_RESNET_101`, else resolved."""
+    return None if name == RANDOM_RESNET_101 else resolve_vision_model(name)
+
+
+def add_vision_model_arguments(parser, compare: bool = True) -> None:
+    """`--vision_model` (and, with `compare`, `--compare`: a second encoder timed side by side) of the benchmarks."""
+    parser.add_argument("--vision_model", "--vision-model", default=OFFLINE_VISION_MODEL,
+                        help=f"vision encoder: {OFFLINE_VISION_MODEL} (default), {RANDOM_RESNET_101} (random, the "
+                             "paper's ResNet-101 layout) or any name/folder resolve_vision_model accepts")  # fmt: skip
+    if compare:
+        parser.add_argument("--compare", default=RANDOM_RESNET_101,
+                            help=f"second vision encoder measured side by side (default {RANDOM_RESNET_101}; "
+                                 "'none' skips it)")  # fmt: skip

