@@ -76,10 +76,12 @@ class RAPConfig(PreTrainedConfig):
         relevance_activation (`str`, *optional*, defaults to `"sigmoid"`):
             Squashing of `beta = W_s r_g^N + b_s` (Algorithm 1) so that beta is a weight in (0, 1) as in Fig. 8;
             `"none"` keeps the raw linear output.
-        relevance_gate (`str`, *optional*, defaults to `"rectified"`):
-            R-Gate of Eq. 14: `"tanh"` (tanh(beta), the paper), `"identity"` (beta), or `"rectified"`
-            (tanh(max(0, score)) of beta's logit: the image is used only where the relevance reasoning finds it more
-            likely relevant than not, and not at all elsewhere).
+        relevance_gate (`str`, *optional*, defaults to `"veto"`):
+            R-Gate of Eq. 14: `"tanh"` (tanh(beta), the paper), `"identity"` (beta), `"rectified"`
+            (tanh(max(0, score)) of beta's logit: open only where the reasoning finds the image more likely relevant
+            than not) or `"veto"` (1 - tanh(max(0, -score)): fully open unless the reasoning finds the image
+            irrelevant, closing as it grows sure of that; the fusion units learn to read images from the first step
+            while beta is still undecided, docs/design.md).
         relevance_feature_norm (`bool`, *optional*, defaults to `True`):
             l2-normalise E_t, E_v and the pooled u-bar, v-bar before Eq. 1-5 (as SGRAF, where Eq. 1-8 come from), so
             that |mu - v|^2 measures alignment rather than the two projections' scales.
@@ -95,8 +97,13 @@ class RAPConfig(PreTrainedConfig):
             Weight of an auxiliary image-text matching loss on beta's logit (not in the paper): each training sample's
             own image is a positive, another sample's image in the batch a negative, so beta learns to tell a matching
             image from a foreign one without extra labels. 0 trains beta through the task loss only, as the paper.
-        relevance_matching_negatives (`int`, *optional*, defaults to 3):
-            Foreign images each sample is matched against per training step (the next ones of the batch).
+        relevance_task_gradient (`bool`, *optional*, defaults to `False`):
+            Whether the task loss trains beta through the R-Gate (the paper's only training signal for beta). `False`
+            detaches the gate: beta learns from the matching loss alone, so the task loss cannot shut the gate while
+            the fusion units are still random, and beta stays an estimate of relevance (docs/design.md).
+        relevance_matching_negatives (`int`, *optional*, defaults to 7):
+            Foreign images each sample is matched against per training step (the next ones of the batch; at most the
+            batch's other images: 7 = all of them at the default batch of 8).
         routing_layers (`int`, *optional*):
             Number `L` of routing layers (Sec. 3.4); defaults to 2 (the paper's Table 4 prefers 4 for NER and 3 for
             RE, which `RAPConfig.paper_architecture()` sets).
@@ -172,12 +179,13 @@ class RAPConfig(PreTrainedConfig):
     graph_iterations: int = 2
     use_relevance_reasoning: bool = True
     relevance_activation: Literal["sigmoid", "none"] = "sigmoid"
-    relevance_gate: Literal["tanh", "identity", "rectified"] = "rectified"
+    relevance_gate: Literal["tanh", "identity", "rectified", "veto"] = "veto"
     relevance_feature_norm: bool = True
     relevance_own_projections: bool = True
     relevance_init: Literal["xavier", "normal"] = "xavier"
     relevance_matching_weight: float | int = 5.0
-    relevance_matching_negatives: int = 3
+    relevance_matching_negatives: int = 7
+    relevance_task_gradient: bool = False
     routing_layers: int | None = None
     fusion_units: list[str] | tuple[str, ...] | None = None
     fusion_num_heads: int = 8
@@ -253,7 +261,7 @@ class RAPConfig(PreTrainedConfig):
         loss alone."""
         return {"text_feature_source": "encoder", "fusion_hidden_size": text_hidden_size, "relevance_dim": 256,
                 "routing_layers": PAPER_ROUTING_LAYERS[task], "relevance_gate": "tanh",
-                "relevance_matching_weight": 0.0}  # fmt: skip
+                "relevance_matching_weight": 0.0, "relevance_task_gradient": True}  # fmt: skip
 
     @classmethod
     def paper_architecture(cls, **kwargs) -> "RAPConfig":

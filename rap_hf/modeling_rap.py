@@ -771,11 +771,14 @@ class RAPModel(RAPPreTrainedModel):
 
     def _gate(self, relevance: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """R-Gate (Eq. 14): tanh(beta) as the paper; `rectified` opens only where the relevance score says the image
-        is more likely relevant than not (score > 0, i.e. beta > 0.5) and is 0 elsewhere."""
+        is more likely relevant than not (score > 0, i.e. beta > 0.5) and is 0 elsewhere; `veto` is fully open unless
+        the score says the image is irrelevant (score < 0), and closes as it becomes sure of that."""
         if self.config.relevance_gate == "tanh":
             return torch.tanh(relevance)  # Eq. 14
         if self.config.relevance_gate == "rectified":
             return torch.tanh(torch.relu(scores))
+        if self.config.relevance_gate == "veto":
+            return 1 - torch.tanh(torch.relu(-scores))
         return relevance
 
     def _relevance(self, text, visual, text_mask, visual_mask) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
@@ -788,6 +791,8 @@ class RAPModel(RAPPreTrainedModel):
         has_image = visual_mask.any(-1).to(text.dtype)
         relevance = relevance * has_image  # no image: beta = 0
         gate = self._gate(relevance, scores) * has_image
+        if not self.config.relevance_task_gradient:  # beta learns from the matching loss alone
+            gate = gate.detach()
         matching = None
         if self.training and self.config.relevance_matching_weight > 0:
             matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores,

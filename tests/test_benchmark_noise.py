@@ -94,3 +94,20 @@ def test_ranking_auc():
     assert ranking_auc([0.1], [0.9]) == 0.0
     assert ranking_auc([0.5], [0.5]) == 0.5  # ties count half
     assert ranking_auc([], [0.3]) is None
+
+
+def test_paper_size_variant_keeps_the_default_relevance_training():
+    """rap-paper-size differs from RAP in the paper's sizes only: its relevance fields are RAPConfig's defaults, and
+    the generated corpus uses the documented shares."""
+    from rap_hf import RAPConfig
+
+    from benchmark_helpers import load_benchmark
+
+    noise = load_benchmark("noise.py", "noise_benchmark_variants")
+    label, fields, overrides = noise.VARIANTS["rap-paper-size"]
+    assert fields == {"paper_architecture": True}
+    defaults = RAPConfig()
+    assert overrides and all(getattr(defaults, name) == value for name, value in overrides.items())
+    assert noise.VARIANTS["rap-paper"][2]["relevance_task_gradient"] is True  # the paper: beta from the task loss
+    settings, _ = noise.parse_arguments([])
+    assert (settings.unrelated_share, settings.misleading_share) == (8.0, 0.25)

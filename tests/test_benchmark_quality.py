@@ -1,12 +1,10 @@
 """The quality benchmark's --smoke mode trains the baseline and RAP on both bundled corpora and prints their table."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from benchmark_helpers import BENCHMARKS, number, run_benchmark, run_smoke, table_rows
+from benchmark_helpers import number, run_main_in_process, run_smoke, table_rows
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +51,9 @@ def test_report_reprints_and_refuses_to_merge_different_settings(smoke, tmp_path
     stdout, runs = smoke
     saved = tmp_path / "runs.json"
     saved.write_text(json.dumps(runs))
-    reported = run_benchmark("quality.py", "--report", str(saved))
-    assert table_rows(reported, "### Quality") == table_rows(stdout, "### Quality")
+    status, reported, _ = run_main_in_process("quality.py", "--report", str(saved))
+    assert status == 0 and table_rows(reported, "### Quality") == table_rows(stdout, "### Quality")
     other = tmp_path / "other.json"
     other.write_text(json.dumps([dict(run, train_examples=123) for run in runs]))
-    process = subprocess.run([sys.executable, str(BENCHMARKS / "quality.py"), "--report", str(saved), str(other)],
-                             capture_output=True, text=True)  # fmt: skip
-    assert process.returncode != 0 and "differ in 'train_examples'" in process.stderr
+    status, _, stderr = run_main_in_process("quality.py", "--report", str(saved), str(other))
+    assert status != 0 and "differ in 'train_examples'" in stderr

@@ -43,9 +43,9 @@ def test_profile_names_every_stage_of_rap(smoke):
 def test_report_mode_reprints_the_same_tables(smoke, tmp_path):
     import json
 
-    from benchmark_helpers import run_benchmark
+    from benchmark_helpers import run_main_in_process
 
     stdout, report = smoke
     saved = tmp_path / "speed.json"
     saved.write_text(json.dumps(report))
-    assert run_benchmark("speed.py", "--report", str(saved)) == stdout
+    assert run_main_in_process("speed.py", "--report", str(saved)) == (0, stdout, "")

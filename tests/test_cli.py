@@ -193,7 +193,10 @@ def test_on_error_record_writes_an_error_record_and_keeps_the_other_lines(folder
     assert records[3]["error"].startswith(f"{path}:4: invalid JSON")
     assert records[4]["error"].startswith(f"{path}:5: unknown input key(s) ['txt']")
     expected = pipeline(folders["ner"], device="cpu")([BAD_IMAGE_LINES[0]["text"], BAD_IMAGE_LINES[2]["text"]])
-    assert [records[0]["entities"], records[2]["entities"]] == [e["entities"] for e in expected]
+    # the CLI retries failed batches line by line: other padding, so scores agree to float tolerance, not bit for bit
+    for got, want in zip([records[0]["entities"], records[2]["entities"]], [e["entities"] for e in expected]):
+        assert [{**e, "score": None} for e in got] == [{**e, "score": None} for e in want]
+        assert [e["score"] for e in got] == pytest.approx([e["score"] for e in want], abs=1e-5)
 
 
 @pytest.mark.parametrize(

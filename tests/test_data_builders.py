@@ -78,6 +78,25 @@ def test_sample_images_carry_the_documented_signal(cache_dir):
         assert min(distances, key=distances.get) == entity_type
 
 
+def test_generator_shares_of_unrelated_and_misleading_images(tmp_path):
+    """scripts/make_sample_data.py --unrelated-share / --misleading-share (the relevance benchmark's corpus design)."""
+    from benchmark_helpers import run_main_in_process
+
+    arguments = ["--out", str(tmp_path / "corpus"), "--sizes", "100", "4", "4", "--unrelated-share", "8",
+                 "--misleading-share", "1"]  # fmt: skip
+    assert run_main_in_process("../make_sample_data.py", *arguments)[0] == 0
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    assert manifest["kind_shares_percent"]["easy_unrelated"] == 8 and manifest["misleading_share"] == 1
+    for corpus in ("twitter2017", "mnre"):
+        entries = manifest[corpus]["train"]
+        kinds = [entry["kind"] for entry in entries]
+        assert (kinds.count("easy_unrelated"), kinds.count("easy_relevant"), kinds.count("hard")) == (8, 34, 40)
+        unrelated = [entry for entry in entries if entry["kind"] == "easy_unrelated"]
+        assert all(entry["image_topic"] != entry["topic"] and len(entry["image_types"]) == 1 for entry in unrelated)
+    status, _, stderr = run_main_in_process("../make_sample_data.py", *arguments[:-4], "--unrelated-share", "50")
+    assert status == 2 and "error: --unrelated-share must lie in [0, 42], got 50.0" in stderr
+
+
 def test_twitter2015_sample_traps(cache_dir):
     dataset, builder = load_dataset("twitter2015", cache_dir=cache_dir, return_builder=True)
     assert builder.gap_counts["train"]["orphan_i_tags"] == 2

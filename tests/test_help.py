@@ -1,7 +1,9 @@
 """Every entry point answers `--help` (exit 0, its options listed) and `scripts/run_rap.py` reports a bad argument or
-corpus in one line; each runs in a subprocess from the repository root, as a user would start it."""
+corpus in one line. Each call runs as `__main__` with its own argv and folder, as a user would start it, all of them in
+one fresh interpreter (tests/entry_points.py), so that the torch/transformers import is paid once, not per call."""
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -24,8 +26,43 @@ def scripts_with_a_parser() -> list[Path]:
     return [path for path in candidates if "ArgumentParser(" in path.read_text(encoding="utf-8")]
 
 
-def run(command: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=ENV, timeout=300)
+BAD_ARGUMENTS = [
+    (["--dataset", "nope"], "error: --dataset must be one of ['mnre', 'twitter2015', 'twitter2017'], got 'nope'"),
+    (["--data_dir", "/does/not/exist"], "error: data_dir /does/not/exist is not a directory"),
+    (["--dataset", "mnre", "--config_overrides", '{"task": "ner"}'],
+     "error: --config_overrides sets task 'ner' but --dataset mnre is a re corpus"),
+]  # fmt: skip
+CLI_HELP = [
+    ([], ["predict", "explain"]),
+    (["predict"], ["--model", "--input", "--output", "--on-error", "--batch-size", "--pairs", "--ner-model"]),
+    (["explain"], ["--model", "--text", "--image", "--out"]),
+]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[tuple, dict]:
+    """{(kind, case): {returncode, stdout, stderr}} of every call of this module, from one interpreter."""
+    calls = {("script", str(path.relative_to(REPO_ROOT))): [str(path.relative_to(REPO_ROOT)), "--help"]
+             for path in scripts_with_a_parser()}  # fmt: skip
+    calls.update({("cli", tuple(arguments)): ["-m", "rap_hf.cli", *arguments, "--help"] for arguments, _ in CLI_HELP})
+    console = shutil.which("rap-hf")
+    if console and "python" in Path(console).read_text(errors="replace").split("\n", 1)[0]:  # pip's Python wrapper
+        calls[("console",)] = [console, "predict", "--help"]
+    folders = {}
+    for index, (arguments, _) in enumerate(BAD_ARGUMENTS):
+        folders[index] = tmp_path_factory.mktemp(f"bad{index}")
+        calls[("bad", index)] = [str(REPO_ROOT / "scripts" / "run_rap.py"), *arguments,
+                                 "--output_dir", str(folders[index] / "out")]  # fmt: skip
+    payload = [{"argv": argv, "cwd": str(folders[key[1]] if key[0] == "bad" else REPO_ROOT)}
+               for key, argv in calls.items()]  # fmt: skip
+    runner = [sys.executable, str(REPO_ROOT / "tests" / "entry_points.py")]
+    completed = subprocess.run(runner, input=json.dumps(payload), capture_output=True, text=True, cwd=REPO_ROOT,
+                               env=ENV, timeout=600)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = dict(zip(calls, json.loads(completed.stdout)))
+    for index, folder in folders.items():
+        results[("bad", index)]["folder"] = folder
+    return results
 
 
 def run_rap_options() -> list[str]:
@@ -48,54 +85,40 @@ def expected_options(script: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("script", scripts_with_a_parser(), ids=lambda path: str(path.relative_to(REPO_ROOT)))
-def test_script_help(script):
-    completed = run([sys.executable, str(script.relative_to(REPO_ROOT)), "--help"])
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.startswith("usage:")
+def test_script_help(outputs, script):
+    completed = outputs[("script", str(script.relative_to(REPO_ROOT)))]
+    assert completed["returncode"] == 0, completed["stderr"][-3000:]
+    assert completed["stdout"].startswith("usage:")
     options = expected_options(script)
     assert options, f"{script.name}: no option found in its source"
-    missing = [option for option in options if option not in completed.stdout]
+    missing = [option for option in options if option not in completed["stdout"]]
     assert not missing, f"{script.name} --help does not list {missing}"
 
 
-@pytest.mark.parametrize(
-    "arguments, options",
-    [
-        ([], ["predict", "explain"]),
-        (["predict"], ["--model", "--input", "--output", "--on-error", "--batch-size", "--pairs", "--ner-model"]),
-        (["explain"], ["--model", "--text", "--image", "--out"]),
-    ],
-    ids=["rap-hf", "rap-hf predict", "rap-hf explain"],
-)
-def test_command_line_help(arguments, options):
-    completed = run([sys.executable, "-m", "rap_hf.cli", *arguments, "--help"])
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.startswith("usage: rap-hf") and all(option in completed.stdout for option in options)
+@pytest.mark.parametrize("arguments, options", CLI_HELP, ids=["rap-hf", "rap-hf predict", "rap-hf explain"])
+def test_command_line_help(outputs, arguments, options):
+    completed = outputs[("cli", tuple(arguments))]
+    assert completed["returncode"] == 0, completed["stderr"][-3000:]
+    assert completed["stdout"].startswith("usage: rap-hf") and all(option in completed["stdout"] for option in options)
 
 
-def test_installed_console_script_help():
+def test_installed_console_script_help(outputs):
     executable = shutil.which("rap-hf")
     if executable is None:
         pytest.skip("the rap-hf console script is not installed")
-    completed = run([executable, "predict", "--help"])
-    assert completed.returncode == 0 and "--input" in completed.stdout, completed.stderr[-3000:]
+    if ("console",) in outputs:
+        completed = outputs[("console",)]
+    else:  # not a Python file (a shell shim): start it as it is
+        done = subprocess.run([executable, "predict", "--help"], capture_output=True, text=True, env=ENV, timeout=300)
+        completed = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    assert completed["returncode"] == 0 and "--input" in completed["stdout"], completed["stderr"][-3000:]
 
 
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        (["--dataset", "nope"], "error: --dataset must be one of ['mnre', 'twitter2015', 'twitter2017'], got 'nope'"),
-        (["--data_dir", "/does/not/exist"], "error: data_dir /does/not/exist is not a directory"),
-        (["--dataset", "mnre", "--config_overrides", '{"task": "ner"}'],
-         "error: --config_overrides sets task 'ner' but --dataset mnre is a re corpus"),
-    ],
-)
-def test_run_rap_reports_a_bad_argument_in_one_line(tmp_path, arguments, message):
-    out = tmp_path / "out"
-    completed = run([sys.executable, str(REPO_ROOT / "scripts" / "run_rap.py"), *arguments, "--output_dir", str(out)],
-                    cwd=tmp_path)  # fmt: skip
-    assert completed.returncode == 2
-    assert "Traceback" not in completed.stderr
-    assert [line for line in completed.stderr.splitlines() if line.startswith("error:")] == [message]
-    assert completed.stderr.strip().splitlines()[-1] == message
-    assert not out.exists()
+@pytest.mark.parametrize("index", range(len(BAD_ARGUMENTS)), ids=[message for _, message in BAD_ARGUMENTS])
+def test_run_rap_reports_a_bad_argument_in_one_line(outputs, index):
+    completed, message = outputs[("bad", index)], BAD_ARGUMENTS[index][1]
+    assert completed["returncode"] == 2
+    assert "Traceback" not in completed["stderr"]
+    assert [line for line in completed["stderr"].splitlines() if line.startswith("error:")] == [message]
+    assert completed["stderr"].strip().splitlines()[-1] == message
+    assert not (completed["folder"] / "out").exists()

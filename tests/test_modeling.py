@@ -369,13 +369,15 @@ def test_paper_architecture_and_the_faster_defaults():
     assert (ner.routing_layers, re_.routing_layers) == (4, 3)  # Table 4
     assert ner.fusion_hidden_size == ner.text_config.hidden_size == 768 and ner.relevance_dim == 256
     assert ner.text_feature_source == "encoder" and ner.relevance_gate == "tanh" and ner.relevance_matching_weight == 0
+    assert ner.relevance_task_gradient  # the paper trains beta through the task loss
     assert ner.path_regularization_weight == 1.5 and ner.graph_iterations == 2 and ner.num_crops == 3
     assert ner.fusion_units == ["rau", "fsru", "cfu"] and ner.vision_config.depths == [3, 4, 23, 3]
     assert ner.vision_feature_size == 2048 and ner.fusion_intermediate_size == 2 * 768
     assert RAPConfig.paper_architecture(task="ner", routing_layers=6).routing_layers == 6  # explicit fields win
     default = RAPConfig(task="ner")  # docs/design.md: the speed levers of docs/benchmarks.md
     assert (default.fusion_hidden_size, default.relevance_dim, default.routing_layers) == (192, 192, 2)
-    assert default.text_feature_source == "embeddings" and default.relevance_gate == "rectified"
+    assert default.text_feature_source == "embeddings" and default.relevance_gate == "veto"
+    assert not default.relevance_task_gradient and default.relevance_matching_weight == 5
     with pytest.raises(ValueError, match="fusion_units"):
         RAPConfig(fusion_units=["rau", "moe"])
 
@@ -465,3 +467,42 @@ def test_rectified_gate_shuts_images_judged_irrelevant():
     with torch.no_grad():
         model.rap.relevance_reasoning.graph.score.bias.fill_(50.0)  # every image judged relevant: the gate opens
     assert not torch.allclose(model(**batch).logits[:3], model(**without).logits[:3])
+
+
+def test_veto_gate_is_open_until_the_image_is_judged_irrelevant():
+    model = model_for("re", relevance_gate="veto")
+    batch = tiny_batch("re")
+    out = model(**batch)
+    scores = torch.logit(out.relevance[:3])
+    torch.testing.assert_close(out.relevance_gate[:3], 1 - torch.tanh((-scores).clamp(min=0)))
+    assert out.relevance_gate[3] == 0  # no image
+    without = {k: v for k, v in batch.items() if k not in ("visual_features", "image_mask")}
+    with torch.no_grad():
+        model.rap.relevance_reasoning.graph.score.bias.fill_(0.0)
+        model.rap.relevance_reasoning.graph.score.weight.zero_()  # undecided (beta = 0.5): fully open
+    assert torch.equal(model(**batch).relevance_gate[:3], torch.ones(3))
+    with torch.no_grad():
+        model.rap.relevance_reasoning.graph.score.bias.fill_(-50.0)  # judged irrelevant: exactly as without images
+    torch.testing.assert_close(model(**batch).logits, model(**without).logits)
+
+
+def test_detached_gate_leaves_beta_to_the_matching_loss():
+    """relevance_task_gradient=False: the task loss trains the fusion but not beta; the matching loss still does."""
+
+    def relevance_gradients(**overrides) -> dict[str, float]:
+        torch.manual_seed(0)
+        model = model_for("ner", relevance_gate="tanh", path_regularization_weight=0.0, **overrides).train()
+        out = model(**tiny_batch("ner"))
+        out.task_loss.backward(retain_graph=True)
+        task = sum(p.grad.abs().sum().item() for p in model.rap.relevance_reasoning.parameters() if p.grad is not None)
+        fusion = sum(p.grad.abs().sum().item() for p in model.rap.dynamic_fusion.parameters() if p.grad is not None)
+        model.zero_grad()
+        out.relevance_matching_loss.backward()
+        matching = sum(p.grad.abs().sum().item() for p in model.rap.relevance_reasoning.parameters())
+        return {"task": task, "fusion": fusion, "matching": matching}
+
+    coupled = relevance_gradients(relevance_task_gradient=True)
+    detached = relevance_gradients(relevance_task_gradient=False)
+    assert coupled["task"] > 0 and detached["task"] == 0
+    assert detached["fusion"] > 0 and detached["matching"] > 0
+    assert detached["matching"] == pytest.approx(coupled["matching"], rel=1e-6)

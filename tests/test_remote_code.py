@@ -14,17 +14,18 @@ from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
 
 from conftest import REPO_ROOT, tiny_batch, tiny_config
 
-# Runs in a fresh interpreter from a neutral folder: rap_hf must not be importable by accident.
+# Runs in a fresh interpreter from a neutral folder: rap_hf must not be importable by accident. Loads every
+# (model reference, batch, output) triple of argv in turn, so one interpreter start serves every saved model.
 LOADER = """
 import sys, torch
 sys.path = [p for p in sys.path if p not in ("", ".")]
 from transformers import AutoModel
-model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-batch = torch.load(sys.argv[2])
-with torch.no_grad():
-    logits = model(**batch).logits
-assert "rap_hf" not in sys.modules, "the remote code imported the rap_hf package"
-torch.save({"logits": logits, "class": type(model).__name__}, sys.argv[3])
+for model_ref, batch_path, out_path in zip(*[iter(sys.argv[1:])] * 3):
+    model = AutoModel.from_pretrained(model_ref, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(**torch.load(batch_path)).logits
+    assert "rap_hf" not in sys.modules, "the remote code imported the rap_hf package"
+    torch.save({"logits": logits, "class": type(model).__name__}, out_path)
 """
 
 
@@ -45,17 +46,17 @@ def assert_package_imports_are_optional(source: str) -> None:
             assert id(node) in guarded, f"line {node.lineno}: rap_hf imported outside a try/except ImportError"
 
 
-def run_loader(model_ref: str, batch_path: Path, out_path: Path, env: dict | None = None) -> dict:
-    script = out_path.parent / "load_remote.py"
+def run_loader(loads: list[tuple[str, Path, Path]], folder: Path, env: dict | None = None) -> list[dict]:
+    """Runs LOADER once over `loads` ((model reference, batch file, output file), ...); returns each output."""
+    script = folder / "load_remote.py"
     script.write_text(LOADER)
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     clean_env.update(env or {})
-    result = subprocess.run(
-        [sys.executable, str(script), model_ref, str(batch_path), str(out_path)],
-        cwd=out_path.parent, env=clean_env, capture_output=True, text=True, timeout=300,
-    )
+    arguments = [str(item) for load in loads for item in load]
+    result = subprocess.run([sys.executable, str(script), *arguments], cwd=folder, env=clean_env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return torch.load(out_path)
+    return [torch.load(out_path) for _, _, out_path in loads]
 
 
 def save_tiny(task: str, folder: Path):
@@ -65,40 +66,57 @@ def save_tiny(task: str, folder: Path):
     with torch.no_grad():
         expected = model(**batch).logits
     model.save_pretrained(folder)
-    torch.save(batch, folder.parent / "batch.pt")
-    return expected, folder.parent / "batch.pt"
+    torch.save(batch, folder.parent / f"batch_{folder.name}.pt")
+    return expected, folder.parent / f"batch_{folder.name}.pt"
 
 
-@pytest.mark.parametrize("task,cls", [("ner", "RAPForMultimodalNER"), ("re", "RAPForMultimodalRE")])
-def test_save_and_load_with_remote_code_in_fresh_process(tmp_path, task, cls):
-    expected, batch_path = save_tiny(task, tmp_path / "model")
-    files = sorted(p.name for p in (tmp_path / "model").iterdir())
-    assert {"config.json", "configuration_rap.py", "modeling_rap.py", "model.safetensors"} <= set(files)
-    config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["auto_map"]["AutoModel"] == f"modeling_rap.{cls}"
-    assert config["auto_map"]["AutoConfig"] == "configuration_rap.RAPConfig"
-    assert_package_imports_are_optional((tmp_path / "model" / "modeling_rap.py").read_text())
-    loaded = run_loader(str(tmp_path / "model"), batch_path, tmp_path / "out.pt")
-    assert loaded["class"] == cls
-    torch.testing.assert_close(loaded["logits"], expected)
-
-
-def test_exact_user_call_from_offline_hub_cache(tmp_path):
-    """`AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)` from a laid-out HF cache snapshot."""
-    expected, batch_path = save_tiny("re", tmp_path / "saved")
-    hf_home = tmp_path / "hf_home"
-    repo = hf_home / "hub" / "models--org--rap-mnre"
+def hub_cache_snapshot(saved: Path, hf_home: Path, repo_id: str) -> None:
+    """Lays `saved` out as the offline Hugging Face cache holds a downloaded `repo_id` at its main revision."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     revision = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True)
-    for file in (tmp_path / "saved").iterdir():
+    for file in saved.iterdir():
         (snapshot / file.name).write_bytes(file.read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    loaded = run_loader("org/rap-mnre", batch_path, tmp_path / "out.pt", env)
-    assert loaded["class"] == "RAPForMultimodalRE"
-    torch.testing.assert_close(loaded["logits"], expected)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory) -> dict:
+    """Tiny NER and RE models saved to folders, and the RE model as the Hub id "org/rap-mnre" in an offline HF cache,
+    each loaded with trust_remote_code in one fresh interpreter without rap_hf: {name: (expected, loaded, folder)}."""
+    folder = tmp_path_factory.mktemp("remote")
+    saved = {"ner": save_tiny("ner", folder / "model_ner"), "re": save_tiny("re", folder / "model_re")}
+    hub_cache_snapshot(folder / "model_re", folder / "hf_home", "org/rap-mnre")
+    references = {"ner": str(folder / "model_ner"), "re": str(folder / "model_re"), "hub": "org/rap-mnre"}
+    batches = {"ner": saved["ner"][1], "re": saved["re"][1], "hub": saved["re"][1]}
+    loads = [(references[name], batches[name], folder / f"out_{name}.pt") for name in references]
+    env = {"HF_HOME": str(folder / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    outputs = dict(zip(references, run_loader(loads, folder, env)))
+    expected = {"ner": saved["ner"][0], "re": saved["re"][0], "hub": saved["re"][0]}
+    return {name: (expected[name], outputs[name], folder) for name in references}
+
+
+@pytest.mark.parametrize("task,cls", [("ner", "RAPForMultimodalNER"), ("re", "RAPForMultimodalRE")])
+def test_save_and_load_with_remote_code_in_fresh_process(loaded, task, cls):
+    expected, output, folder = loaded[task]
+    model = folder / f"model_{task}"
+    files = sorted(p.name for p in model.iterdir())
+    assert {"config.json", "configuration_rap.py", "modeling_rap.py", "model.safetensors"} <= set(files)
+    config = json.loads((model / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == f"modeling_rap.{cls}"
+    assert config["auto_map"]["AutoConfig"] == "configuration_rap.RAPConfig"
+    assert_package_imports_are_optional((model / "modeling_rap.py").read_text())
+    assert output["class"] == cls
+    torch.testing.assert_close(output["logits"], expected)
+
+
+def test_exact_user_call_from_offline_hub_cache(loaded):
+    """`AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)` from a laid-out HF cache snapshot."""
+    expected, output, _ = loaded["hub"]
+    assert output["class"] == "RAPForMultimodalRE"
+    torch.testing.assert_close(output["logits"], expected)
 
 
 def test_missing_pytorch_crf_names_the_pip_package():

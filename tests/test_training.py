@@ -17,7 +17,7 @@ from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
 from conftest import REPO_ROOT
-from training_helpers import TINY_OVERRIDES, make_tiny_text_model, run_script
+from training_helpers import TINY_OVERRIDES, make_tiny_text_model, run_script, run_script_in_process
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,9 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["twitter2017", "mnre"])
 def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model, dataset):
-    results = run_script(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
+    # NER through `accelerate launch` in a fresh process (the user's command), RE through the same script in-process
+    launch = run_script if dataset == "twitter2017" else run_script_in_process
+    results = launch(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
     best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
     for name in ("config.json", "model.safetensors", "modeling_rap.py", "configuration_rap.py",
                  "processing_rap.py", "README.md", "results.json"):  # fmt: skip
@@ -153,8 +155,9 @@ def test_lora_adapters_on_the_text_encoder_train_save_and_load_the_peft_way(tmp_
     the adapters alone load onto the pretrained encoder with peft."""
     from peft import PeftModel
 
-    results = run_script(tmp_path / "run", tiny_text_model, "--dataset", "twitter2017", "--num_train_epochs", "1",
-                         "--lora_r", "4", "--lora_target_modules", "query,value")  # fmt: skip
+    results = run_script_in_process(tmp_path / "run", tiny_text_model, "--dataset", "twitter2017",
+                                    "--num_train_epochs", "1", "--lora_r", "4",
+                                    "--lora_target_modules", "query,value")  # fmt: skip
     assert results["config"]["text_encoder_lora"]["r"] == 4
     model = AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True).eval()
     encoder = model.rap.text_encoder

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from training_helpers import make_tiny_text_model, run_script
+from training_helpers import make_tiny_text_model, run_script, run_script_in_process
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_text_model):
     router loss (a batch-pair term) differ between the two layouts.
     """
     common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3")
-    one = run_script(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
+    one = run_script_in_process(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
     two = run_script(tmp_path / "two", tiny_text_model, *common, "--per_device_train_batch_size", "4", processes=2)
     assert two["num_processes"] == 2 and one["num_processes"] == 1
     assert two["num_test_examples"] == one["num_test_examples"]  # gather_for_metrics dropped the padding duplicates
@@ -32,17 +32,18 @@ def test_two_processes_match_one_process(tmp_path, tiny_text_model):
 @pytest.mark.slow
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_text_model):
     common = ("--dataset", "twitter2017", "--num_train_epochs", "3", "--seed", "7")
+    # a fresh process for the uninterrupted run, in-process for the rest: resume must not depend on process state
     full = run_script(tmp_path / "full", tiny_text_model, *common)
-    interrupted = run_script(tmp_path / "cut", tiny_text_model, *common, "--stop_after_epoch", "1")
+    interrupted = run_script_in_process(tmp_path / "cut", tiny_text_model, *common, "--stop_after_epoch", "1")
     assert "stdout" in interrupted and not (tmp_path / "cut" / "results.json").exists()
     checkpoints = list((tmp_path / "cut").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and (checkpoints[0] / "rap_checkpoint_complete").exists()
-    refused = run_script(tmp_path / "cut", tiny_text_model, *common, expect_failure=True)  # would mix two runs
+    refused = run_script_in_process(tmp_path / "cut", tiny_text_model, *common, expect_failure=True)  # mixes runs
     assert "--resume_from_checkpoint latest" in refused["stderr"]
     cut_off = tmp_path / "cut" / "checkpoint-999"  # a newer save that a kill interrupted: no completion marker
     cut_off.mkdir()
     (cut_off / "config.json").write_text((checkpoints[0] / "config.json").read_text())
-    resumed = run_script(tmp_path / "cut", tiny_text_model, *common, "--resume_from_checkpoint", "latest")
+    resumed = run_script_in_process(tmp_path / "cut", tiny_text_model, *common, "--resume_from_checkpoint", "latest")
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
     assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
     assert resumed["best_epoch"] == full["best_epoch"]

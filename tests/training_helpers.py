@@ -22,22 +22,56 @@ def make_tiny_text_model(tmp_path_factory, minilm: Path) -> Path:
     return Path(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert"), str(minilm)))
 
 
-def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, expect_failure=False) -> dict:
-    """Runs the training script like a user would and returns its results.json."""
-    # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.
-    layout = ["--cpu"] if processes == 1 else ["--multi_gpu"]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)]
-    command = [
-        *launcher, str(SCRIPT), "--text_model", str(text_model), "--vision_model", "", "--output_dir", str(output_dir),
+def script_arguments(output_dir: Path, text_model: Path, *extra: str) -> list[str]:
+    """run_rap.py's arguments for a tiny run (tiny RAP layers, tiny random vision encoder, own feature cache)."""
+    return [
+        "--text_model", str(text_model), "--vision_model", "", "--output_dir", str(output_dir),
         "--config_overrides", TINY_OVERRIDES, "--per_device_eval_batch_size", "8", "--report_to", "none",
         "--new_params_learning_rate", "3e-3", "--learning_rate", "1e-3", "--feature_cache_dir",
         str(output_dir.parent / "features"), *extra,
-    ]
+    ]  # fmt: skip
+
+
+def outcome(output_dir: Path, returncode: int, stdout: str, stderr: str, expect_failure: bool) -> dict:
+    """results.json of a finished run, {"stdout"} of a run stopped early, {"stderr"} of an expected failure."""
+    if expect_failure:
+        assert returncode != 0
+        return {"stderr": stderr}
+    assert returncode == 0, stdout[-2000:] + stderr[-4000:]
+    results_path = output_dir / "results.json"
+    return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": stdout}
+
+
+def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, expect_failure=False) -> dict:
+    """Runs the training script like a user would (`accelerate launch`, a fresh process) and returns its results."""
+    # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.
+    layout = ["--cpu"] if processes == 1 else ["--multi_gpu"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)]
+    command = [*launcher, str(SCRIPT), *script_arguments(output_dir, text_model, *extra)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true")
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if expect_failure:
-        assert result.returncode != 0
-        return {"stderr": result.stderr}
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    results_path = output_dir / "results.json"
-    return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": result.stdout}
+    return outcome(output_dir, result.returncode, result.stdout, result.stderr, expect_failure)
+
+
+def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expect_failure=False) -> dict:
+    """The same single-process run as `run_script`, but as `python scripts/run_rap.py` inside this interpreter:
+    the script's own code path without the ~10 s of starting two interpreters (launcher and script)."""
+    import contextlib
+    import io
+    import runpy
+
+    import torch
+
+    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [str(SCRIPT), *script_arguments(output_dir, text_model, *extra)]
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+    except SystemExit as exit_:
+        returncode = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+    return outcome(output_dir, returncode, stdout.getvalue(), stderr.getvalue(), expect_failure)

@@ -3,8 +3,9 @@
 
 Models, each trained with `rap_hf.training` on the corpus as it is (every tweet with its own image):
 
-  * RAP                  the default configuration (relevance reasoning, beta, rectified R-Gate, image-text matching);
-  * RAP as the paper     `relevance_matching_weight=0`, `relevance_gate="tanh"`: beta learns through the task loss only;
+  * RAP                  the default configuration (relevance reasoning, beta learnt by image-text matching, veto gate);
+  * RAP as the paper     `relevance_matching_weight=0`, `relevance_gate="tanh"`, `relevance_task_gradient=True`: beta
+                         learns through the task loss only;
   * MRR ablation         `use_relevance_reasoning=False` (Table 5 "MRR"): the gate is always 1;
   * RAP at the paper's size  the default relevance training, but E_t from a second encoder pass, d = hidden size,
                          L = 4, m = 256: what the faster defaults give up (--variants rap-paper-size);
@@ -14,8 +15,9 @@ Test conditions of the same trained model: matched (own image), shuffled (anothe
 derangement) and none (no image). The corpus (`scripts/make_sample_data.py --sizes ...`, docs/data.md "Signal
 design") makes relevance matter: tweets name a topic (beach, snow, concert, ...) and a relevant image shows that
 topic's scene; in *hard* tweets the name is ambiguous and only the image's shape tells the entity type; *easy* tweets
-are unambiguous alone, and a fifth of all tweets carry an unrelated image (another scene, half of them with a shape of
-a random type). A shuffled image therefore contradicts easy tweets as often as not, and is useless for hard ones.
+are unambiguous alone. Few training images are unrelated (8% of tweets: another scene, a quarter of them with a shape
+of a random type), so a model that trusts every image learns to read shapes on easy tweets too; a shuffled test image
+then contradicts easy tweets (misleading) and is useless for hard ones. Both shares are options.
 
 Reported (mean ± sd over seeds): F1 per condition overall, on the image-only subset (hard tweets with an image) and
 on the text-sufficient subset (easy tweets); beta's ROC AUC for matched above shuffled images on the tweets whose own
@@ -60,10 +62,10 @@ CONDITIONS = ("matched", "shuffled", "none")
 VARIANTS = {
     "rap": ("RAP", {}, {}),
     "rap-paper": ("RAP as the paper (no matching loss, tanh gate)", {},
-                  {"relevance_matching_weight": 0.0, "relevance_gate": "tanh"}),
+                  {"relevance_matching_weight": 0.0, "relevance_gate": "tanh", "relevance_task_gradient": True}),
     "mrr": ("MRR ablation (gate = 1)", {"use_relevance_reasoning": False}, {}),
     "rap-paper-size": ("RAP at the paper's size (E_t=encoder, d=h, L=4, m=256)", {"paper_architecture": True},
-                       {"relevance_gate": "rectified", "relevance_matching_weight": 5.0}),
+                       {"relevance_gate": "veto", "relevance_matching_weight": 5.0, "relevance_task_gradient": False}),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
@@ -76,6 +78,11 @@ RELEVANT_KINDS = ("hard", "easy_relevant")  # samples whose own image is relevan
 MIN_AUC = 0.9
 MIN_IMAGE_ONLY_GAIN = 20.0
 MAX_TEXT_SUFFICIENT_LOSS = 1.0
+# Corpus design: few unrelated and misleading training images (8% of tweets, a quarter of them with a contradicting
+# shape), so that a gate-less model learns to trust shapes on easy tweets too and a shuffled image costs it there
+# (docs/benchmarks_noise.md).
+UNRELATED_SHARE = 8.0
+MISLEADING_SHARE = 0.25
 SMOKE_OVERRIDES = {"fusion_num_heads": 4, "relevance_dim": 16, "routing_layers": 2}
 
 
@@ -89,6 +96,8 @@ class Settings:
     data_dir: str | None  # None with sizes=None: the bundled sample
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     corpus_seed: int = 13
+    unrelated_share: float = UNRELATED_SHARE  # percent of tweets: easy, with an unrelated image
+    misleading_share: float = MISLEADING_SHARE  # of those unrelated images: with a shape of a random type
     text_model: str = "minilm"
     vision_model: str = "efficientnet-lite0"
     batch_size: int = 8
@@ -103,10 +112,12 @@ class Settings:
 # ======================================================================================================================
 # One run: train a variant, score it under every condition
 # ======================================================================================================================
-def generate_corpus(out: Path, sizes: Sequence[int], seed: int) -> Path:
-    """A corpus in the sample's design, written by `scripts/make_sample_data.py`."""
+def generate_corpus(out: Path, settings: Settings) -> Path:
+    """A corpus in the sample's design with the benchmark's shares, written by `scripts/make_sample_data.py`."""
     command = [sys.executable, str(REPO_ROOT / "scripts" / "make_sample_data.py"), "--out", str(out),
-               "--sizes", *map(str, sizes), "--seed", str(seed)]  # fmt: skip
+               "--sizes", *map(str, settings.sizes), "--seed", str(settings.corpus_seed),
+               "--unrelated-share", str(settings.unrelated_share),
+               "--misleading-share", str(settings.misleading_share)]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, text=True)
     return out
 
@@ -121,15 +132,19 @@ def test_manifest(data_dir: Path | None, num_test: int) -> tuple[list[str], list
     return [entry["kind"] for entry in entries], [entry["topic"] for entry in entries]
 
 
-def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
-    """Trains one variant on matched images with the project's Trainer (no checkpoints); returns the trainer with
-    its best validation weights loaded."""
+def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
+    """The project's Trainer for one variant on matched images (no checkpoints); building it fills the shared visual
+    feature cache."""
     from transformers.trainer_callback import PrinterCallback
 
-    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, build_trainer, train_and_test
+    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, build_trainer
 
     _, model_fields, overrides = VARIANTS[variant]
     overrides = {**settings.config_overrides, **overrides}
+    if not settings.vision_model:  # the smoke run: a tiny random vision encoder (its features take no time)
+        from rap_hf.encoders import TINY_VISION_CONFIG
+
+        overrides.setdefault("vision_config", TINY_VISION_CONFIG)
     model_args = ModelArguments(text_model=settings.text_model, vision_model=settings.vision_model,
                                 config_overrides=json.dumps(overrides) if overrides else None,
                                 **model_fields)  # fmt: skip
@@ -144,8 +159,24 @@ def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | 
     trainer = build_trainer(model_args, data_args, args)
     if not settings.verbose:  # with tqdm off the Trainer prints every log dict to stdout, into the report
         trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
+    """Trains one variant; returns the trainer with its best validation weights loaded."""
+    from rap_hf.training import train_and_test
+
+    trainer = variant_trainer(variant, seed, settings, data_dir, work_dir)
     train_and_test(trainer)
     return trainer
+
+
+def fill_feature_cache(variant: str, settings: Settings, data_dir: Path | None, work_dir: Path, threads: int) -> None:
+    """Computes every image's visual features once (in a worker, on all the runs' threads) before the runs start."""
+    import torch
+
+    torch.set_num_threads(threads)
+    variant_trainer(variant, 0, settings, data_dir, work_dir)
 
 
 def subset_f1(predictions, indices: Sequence[int]) -> float | None:
@@ -325,7 +356,8 @@ def report(results: list[dict[str, Any]], settings: Settings, environment: dict[
     sections += ["### Runs", markdown_table(["model", "seed", "best epoch", "validation F1", "train s"], runs)]
     sections.append(
         f"Test split: {len(first['kinds'])} tweets. Seeds {settings.seeds}, {settings.epochs} epoch(s), batch "
-        f"{settings.batch_size}, text {settings.text_model}, vision {settings.vision_model}. Machine: "
+        f"{settings.batch_size}, text {settings.text_model}, vision {settings.vision_model or 'tiny random ResNet'}. "
+        f"Machine: "
         f"{environment['machine']}, device {environment['device']}; torch {environment['torch']} with "
         f"{environment['torch_threads']} intra-op threads, {environment['jobs']} run(s) at a time; total "
         f"{environment['total_seconds']:.0f} s."
@@ -347,13 +379,19 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
                         help="use this generated corpus (with manifest.json) instead of generating one")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=sorted(VARIANTS))
     parser.add_argument("--corpus_seed", type=int, default=13, help="seed of the generated corpus")
+    parser.add_argument("--unrelated_share", type=float, default=UNRELATED_SHARE,
+                        help="percent of tweets that are easy and carry an unrelated image")
+    parser.add_argument("--misleading_share", type=float, default=MISLEADING_SHARE,
+                        help="fraction of those unrelated images that show a shape of a random type")
     parser.add_argument("--shuffle_seed", type=int, default=1234, help="seed of the image permutation")
     parser.add_argument("--text_model", default="minilm")
-    parser.add_argument("--vision_model", default="efficientnet-lite0")
+    parser.add_argument("--vision_model", default=None,
+                        help="default: efficientnet-lite0 (with --smoke: a tiny random ResNet, for speed)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the training default")
-    parser.add_argument("--new_params_learning_rate", type=float, default=3e-4,
-                        help="lr of the RAP layers (3e-4: they learn within the CPU budget; the encoders keep 3e-5)")
+    parser.add_argument("--new_params_learning_rate", type=float, default=1e-3,
+                        help="lr of the RAP layers (1e-3: they learn to read the images within the CPU budget; the "
+                        "encoders keep 3e-5)")
     parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for every RAP variant")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one thread each)")
     parser.add_argument("--work_dir", type=Path, default=None, help="corpus, runs, caches (default: a temp folder)")
@@ -369,9 +407,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     else:
         settings = Settings(seeds=args.seeds, epochs=args.epochs, sizes=None if args.data_dir else list(args.sizes),
                             data_dir=args.data_dir, variants=list(args.variants), corpus_seed=args.corpus_seed,
+                            unrelated_share=args.unrelated_share, misleading_share=args.misleading_share,
                             config_overrides=overrides)  # fmt: skip
     settings.shuffle_seed, settings.batch_size = args.shuffle_seed, args.batch_size
-    settings.text_model, settings.vision_model = args.text_model, args.vision_model
+    settings.text_model = args.text_model
+    settings.vision_model = args.vision_model if args.vision_model is not None else ("" if args.smoke else
+                                                                                     "efficientnet-lite0")
     settings.learning_rate, settings.new_params_learning_rate = args.learning_rate, args.new_params_learning_rate
     settings.verbose = args.verbose
     return settings, args
@@ -412,21 +453,17 @@ def run_benchmark(settings: Settings, work_dir: Path, jobs: int, threads: int,
     from rap_hf.data import load_dataset
 
     if settings.sizes:
-        data_dir: Path | None = generate_corpus(work_dir / "corpus", settings.sizes, settings.corpus_seed)
+        data_dir: Path | None = generate_corpus(work_dir / "corpus", settings)
     else:
         data_dir = Path(settings.data_dir).resolve() if settings.data_dir else None
     load_dataset(DATASET, str(data_dir) if data_dir else None)  # prepare the Arrow cache once, before the workers
     plan = [(variant, seed) for seed in settings.seeds for variant in settings.variants]
     results: list[dict[str, Any]] = []
-    # the first run fills the visual feature cache that every later run reads
-    first_multimodal = next((i for i, (v, _) in enumerate(plan) if v != "text"), None)
-    if first_multimodal is not None:
-        plan.insert(0, plan.pop(first_multimodal))
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        first = pool.submit(run_in_worker, *plan[0], settings, data_dir, work_dir, threads)
-        futures = [first]
-        first.result()
-        futures += [pool.submit(run_in_worker, v, s, settings, data_dir, work_dir, threads) for v, s in plan[1:]]
+        multimodal = next((v for v, _ in plan if v != "text"), None)
+        if multimodal is not None:  # every run reads the same visual features: compute them once, first
+            pool.submit(fill_feature_cache, multimodal, settings, data_dir, work_dir, jobs * threads).result()
+        futures = [pool.submit(run_in_worker, v, s, settings, data_dir, work_dir, threads) for v, s in plan]
         for (variant, seed), future in zip(plan, futures):
             results.append(future.result())
             scores = results[-1]["conditions"]
