@@ -2,12 +2,15 @@
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from rap_hf import RAPConfig
-from rap_hf.encoders import TINY_VISION_CONFIG
+if TYPE_CHECKING:
+    from rap_hf import RAPConfig
+
+# torch and rap_hf are imported where used: the xdist controller loads this file too and needs neither (~8 s saved
+# on the critical path of every `pytest -n 2` run).
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -15,7 +18,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TINY_TEXT = dict(
     model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99
 )
-TINY_VISION = dict(TINY_VISION_CONFIG)
+
+
+def __getattr__(name: str):
+    """`TINY_VISION` (the tiny random ResNet of rap_hf.encoders), resolved on first use."""
+    if name == "TINY_VISION":
+        from rap_hf.encoders import TINY_VISION_CONFIG
+
+        return dict(TINY_VISION_CONFIG)
+    raise AttributeError(name)
 
 
 def pytest_configure(config) -> None:
@@ -24,16 +35,18 @@ def pytest_configure(config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = "1"
+        import torch
+
         torch.set_num_threads(1)
 
 
-def tiny_config(task: str = "ner", **overrides) -> RAPConfig:
+def tiny_config(task: str = "ner", **overrides) -> "RAPConfig":
     """A RAP config small enough for unit tests (2-layer BERT, 2-stage ResNet)."""
     ner_labels, re_labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], ["None", "/per/per/peer", "/loc/loc/contain"]
     labels = ner_labels if task == "ner" else re_labels
     kwargs = dict(
         text_config=dict(TINY_TEXT),
-        vision_config=dict(TINY_VISION),
+        vision_config=__getattr__("TINY_VISION"),
         task=task,
         fusion_num_heads=4,
         relevance_dim=16,
@@ -44,11 +57,15 @@ def tiny_config(task: str = "ner", **overrides) -> RAPConfig:
         label2id={label: i for i, label in enumerate(labels)},
     )
     kwargs.update(overrides)
+    from rap_hf import RAPConfig
+
     return RAPConfig(**kwargs)
 
 
 def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0, with_pixels: bool = False) -> dict:
     """Inputs with padding, 0-3 crops per sample and one sample without image."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, 99, (batch, length), generator=generator)
     attention_mask = torch.ones(batch, length, dtype=torch.long)
@@ -94,6 +111,8 @@ def minilm() -> Path:
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread: small models on a shared 2-core machine run far faster without thread contention."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
