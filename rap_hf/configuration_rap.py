@@ -93,7 +93,7 @@ class RAPConfig(PreTrainedConfig):
             Initialisation of the semantic projections, the pooling and every layer of Eq. 1-8: `"xavier"` (uniform,
             zero bias, as SGRAF) keeps a unit gain through the graph so beta depends on the input from the start;
             `"normal"` is the `initializer_range` normal init of the other new layers.
-        relevance_matching_weight (`float`, *optional*, defaults to 5.0):
+        relevance_matching_weight (`float`, *optional*, defaults to 2.0):
             Weight of an auxiliary image-text matching loss on beta's logit (not in the paper): each training sample's
             own image is a positive, another sample's image in the batch a negative, so beta learns to tell a matching
             image from a foreign one without extra labels. 0 trains beta through the task loss only, as the paper.
@@ -183,7 +183,7 @@ class RAPConfig(PreTrainedConfig):
     relevance_feature_norm: bool = True
     relevance_own_projections: bool = True
     relevance_init: Literal["xavier", "normal"] = "xavier"
-    relevance_matching_weight: float | int = 5.0
+    relevance_matching_weight: float | int = 2.0
     relevance_matching_negatives: int = 7
     relevance_task_gradient: bool = False
     routing_layers: int | None = None

@@ -377,7 +377,7 @@ def test_paper_architecture_and_the_faster_defaults():
     default = RAPConfig(task="ner")  # docs/design.md: the speed levers of docs/benchmarks.md
     assert (default.fusion_hidden_size, default.relevance_dim, default.routing_layers) == (192, 192, 2)
     assert default.text_feature_source == "embeddings" and default.relevance_gate == "veto"
-    assert not default.relevance_task_gradient and default.relevance_matching_weight == 5
+    assert not default.relevance_task_gradient and default.relevance_matching_weight == 2
     with pytest.raises(ValueError, match="fusion_units"):
         RAPConfig(fusion_units=["rau", "moe"])
 

@@ -65,7 +65,7 @@ VARIANTS = {
                   {"relevance_matching_weight": 0.0, "relevance_gate": "tanh", "relevance_task_gradient": True}),
     "mrr": ("MRR ablation (gate = 1)", {"use_relevance_reasoning": False}, {}),
     "rap-paper-size": ("RAP at the paper's size (E_t=encoder, d=h, L=4, m=256)", {"paper_architecture": True},
-                       {"relevance_gate": "veto", "relevance_matching_weight": 5.0, "relevance_task_gradient": False}),
+                       {"relevance_gate": "veto", "relevance_matching_weight": 2.0, "relevance_task_gradient": False}),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
