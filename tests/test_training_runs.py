@@ -17,10 +17,13 @@ def tiny_text_model(tmp_path_factory, minilm) -> Path:
 def test_two_processes_match_one_process(tmp_path, tiny_text_model):
     """DDP over gloo with per-device batch 4 x 2 processes vs batch 8 x 1 process (same effective batch).
 
-    Stated tolerance: 0.15 absolute test F1 and 10% of the first-epoch loss, since dropout streams and the per-process
-    router loss (a batch-pair term) differ between the two layouts.
+    Stated tolerance: 0.15 absolute test F1 and 10% of the first-epoch loss, since dropout streams differ between the
+    two layouts. The two batch-composition terms are off, because each process computes them over its own batch by
+    design: the router loss of Eq. 22 (a sum over the batch's pairs: 16 per process of 4 against 64 in a batch of 8)
+    and the image-text matching loss (in-batch negatives: 3 foreign images in a batch of 4, 7 in a batch of 8).
     """
-    common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3")
+    common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3", "--relevance_matching_weight", "0",
+              "--path_regularization_weight", "0")  # fmt: skip
     one = run_script_in_process(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
     two = run_script(tmp_path / "two", tiny_text_model, *common, "--per_device_train_batch_size", "4", processes=2)
     assert two["num_processes"] == 2 and one["num_processes"] == 1
