@@ -43,19 +43,11 @@ def load_benchmark(script: str, module_name: str):
 def run_main_in_process(script: str, *args: str) -> tuple[int, str, str]:
     """Calls `main(args)` of scripts/benchmarks/<script> in this interpreter (for modes that only read and print, such
     as --report); returns the exit status, stdout and stderr as the command line would give them."""
-    import contextlib
-    import io
+    from entry_points import captured
 
     module = load_benchmark(script, f"benchmark_{Path(script).stem}_main")
-    stdout, stderr, status = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            module.main(list(args))
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else 1
-            if isinstance(exit_.code, str):
-                print(exit_.code, file=sys.stderr)
-    return status, stdout.getvalue(), stderr.getvalue()
+    done = captured(lambda: module.main(list(args)))
+    return done["returncode"], done["stdout"], done["stderr"]
 
 
 def run_smoke(tmp_folder: Path, script: str, *args: str, timeout: int = 600) -> tuple[str, Any]:

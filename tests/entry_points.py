@@ -14,37 +14,41 @@ import json
 import os
 import runpy
 import sys
+import traceback
+from collections.abc import Callable
+
+
+def captured(call: Callable[[], object]) -> dict:
+    """Runs `call` as a command line would: its exit status (from SystemExit, 1 for an uncaught exception, reported
+    with its traceback on stderr), stdout and stderr."""
+    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            call()
+        except SystemExit as exit_:
+            code = exit_.code
+            returncode = code if isinstance(code, int) else (0 if code is None else 1)
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+        except Exception:  # reported, as the interpreter would
+            traceback.print_exc()
+            returncode = 1
+    return {"returncode": returncode, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def run_call(argv: list[str], cwd: str) -> dict:
-    """One call: exit status and what it wrote; an uncaught exception is reported as a traceback on stderr."""
-    import traceback
-
-    stdout, stderr = io.StringIO(), io.StringIO()
+    """One command line: a script path, or "-m" and a module, run as `__main__` with `argv` in folder `cwd`."""
     previous = os.getcwd(), list(sys.argv)
-    returncode = 0
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                if argv[0] == "-m":
-                    sys.argv = [argv[1], *argv[2:]]
-                    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-                else:
-                    sys.argv = list(argv)
-                    runpy.run_path(argv[0], run_name="__main__")
-            except SystemExit as exit_:
-                code = exit_.code
-                returncode = code if isinstance(code, int) else (0 if code is None else 1)
-                if isinstance(code, str):
-                    print(code, file=sys.stderr)
-            except BaseException:  # noqa: BLE001 (reported, as the interpreter would)
-                traceback.print_exc()
-                returncode = 1
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            return captured(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True))
+        sys.argv = list(argv)
+        return captured(lambda: runpy.run_path(argv[0], run_name="__main__"))
     finally:
         os.chdir(previous[0])
         sys.argv = previous[1]
-    return {"returncode": returncode, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def main() -> None:

@@ -56,22 +56,13 @@ def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int =
 def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expect_failure=False) -> dict:
     """The same single-process run as `run_script`, but as `python scripts/run_rap.py` inside this interpreter:
     the script's own code path without the ~10 s of starting two interpreters (launcher and script)."""
-    import contextlib
-    import io
-    import runpy
-
     import torch
+    from entry_points import run_call
 
-    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
-    argv, threads = sys.argv, torch.get_num_threads()
-    sys.argv = [str(SCRIPT), *script_arguments(output_dir, text_model, *extra)]
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            runpy.run_path(str(SCRIPT), run_name="__main__")
-    except SystemExit as exit_:
-        returncode = exit_.code if isinstance(exit_.code, int) else 1
+        done = run_call([str(SCRIPT), *script_arguments(output_dir, text_model, *extra)], str(REPO_ROOT))
     finally:
-        sys.argv = argv
         torch.set_num_threads(threads)
-    return outcome(output_dir, returncode, stdout.getvalue(), stderr.getvalue(), expect_failure)
+    return outcome(output_dir, done["returncode"], done["stdout"], done["stderr"], expect_failure)
