@@ -4,7 +4,6 @@ shared by tests/test_benchmark_*.py."""
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from rap_hf.reporting import table_rows  # noqa: F401  (re-exported for the benchmark tests)
 
 from conftest import REPO_ROOT
+from warm_python import run_python
 
 BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
 
@@ -25,8 +25,7 @@ def number(cell: str) -> float:
 
 def run_benchmark(script: str, *args: str, timeout: int = 600) -> str:
     """Runs scripts/benchmarks/<script> with `args` from the repository root; returns stdout, fails on error."""
-    process = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
-                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout)  # fmt: skip
+    process = run_python([str(BENCHMARKS / script), *args], cwd=REPO_ROOT, timeout=timeout)
     assert process.returncode == 0, process.stderr[-3000:]
     return process.stdout
 

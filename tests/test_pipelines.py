@@ -437,8 +437,8 @@ def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
     imports rap_hf: the task comes from config.custom_pipelines, the code from the folder."""
     import json
     import os
-    import subprocess
-    import sys
+
+    from warm_python import run_python
 
     ner.save_pretrained(tmp_path / "shared")
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["custom_pipelines"] == {
@@ -449,10 +449,7 @@ def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
         f"pipe = transformers.pipeline(model={str(tmp_path / 'shared')!r}, trust_remote_code=True, device='cpu')\n"
         f"print(json.dumps([pipe({TEXTS[1]!r}), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    completed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
-    )
+    completed = run_python(["-c", script], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert completed.returncode == 0, completed.stderr
     result, rap_modules = json.loads(completed.stdout.strip().splitlines()[-1])
     assert rap_modules == []

@@ -2,7 +2,6 @@
 
 import ast
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rap_hf.processing_rap import (
 )
 
 from conftest import minilm_path
+from warm_python import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = minilm_path()
@@ -351,7 +351,7 @@ out = p(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_s
 print(json.dumps({{"cls": type(p).__name__, "module": type(p).__module__, "ids": out["input_ids"].tolist(),
                   "pos": out["entity_positions"].tolist()}}))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = run_python(["-c", script], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     local = processor(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_spans=[(3, 4)])

@@ -3,8 +3,6 @@
 import ast
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,10 @@ import torch
 from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
 
 from conftest import REPO_ROOT, tiny_batch, tiny_config
+from warm_python import run_python
 
-# Runs in a fresh interpreter from a neutral folder: rap_hf must not be importable by accident. Loads every
-# (model reference, batch, output) triple of argv in turn, so one interpreter start serves every saved model.
+# Runs in a process that never imported rap_hf (tests/warm_python.py), from a neutral folder: rap_hf must not be
+# importable by accident. Loads every (model reference, batch, output) triple of argv in turn.
 LOADER = """
 import sys, torch
 sys.path = [p for p in sys.path if p not in ("", ".")]
@@ -46,15 +45,13 @@ def assert_package_imports_are_optional(source: str) -> None:
             assert id(node) in guarded, f"line {node.lineno}: rap_hf imported outside a try/except ImportError"
 
 
-def run_loader(loads: list[tuple[str, Path, Path]], folder: Path, env: dict | None = None) -> list[dict]:
+def run_loader(loads: list[tuple[str, Path, Path]], folder: Path) -> list[dict]:
     """Runs LOADER once over `loads` ((model reference, batch file, output file), ...); returns each output."""
     script = folder / "load_remote.py"
     script.write_text(LOADER)
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    clean_env.update(env or {})
     arguments = [str(item) for load in loads for item in load]
-    result = subprocess.run([sys.executable, str(script), *arguments], cwd=folder, env=clean_env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = run_python([str(script), *arguments], cwd=folder, env=clean_env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return [torch.load(out_path) for _, _, out_path in loads]
 
@@ -70,9 +67,9 @@ def save_tiny(task: str, folder: Path):
     return expected, folder.parent / f"batch_{folder.name}.pt"
 
 
-def hub_cache_snapshot(saved: Path, hf_home: Path, repo_id: str) -> None:
+def hub_cache_snapshot(saved: Path, hub_cache: Path, repo_id: str) -> None:
     """Lays `saved` out as the offline Hugging Face cache holds a downloaded `repo_id` at its main revision."""
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
     revision = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True)
@@ -85,15 +82,14 @@ def hub_cache_snapshot(saved: Path, hf_home: Path, repo_id: str) -> None:
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory) -> dict:
     """Tiny NER and RE models saved to folders, and the RE model as the Hub id "org/rap-mnre" in an offline HF cache,
-    each loaded with trust_remote_code in one fresh interpreter without rap_hf: {name: (expected, loaded, folder)}."""
+    each loaded with trust_remote_code in one process without rap_hf: {name: (expected, loaded, folder)}."""
     folder = tmp_path_factory.mktemp("remote")
     saved = {"ner": save_tiny("ner", folder / "model_ner"), "re": save_tiny("re", folder / "model_re")}
-    hub_cache_snapshot(folder / "model_re", folder / "hf_home", "org/rap-mnre")
+    hub_cache_snapshot(folder / "model_re", Path(os.environ["HF_HUB_CACHE"]), "org/rap-mnre")  # tests' own, offline
     references = {"ner": str(folder / "model_ner"), "re": str(folder / "model_re"), "hub": "org/rap-mnre"}
     batches = {"ner": saved["ner"][1], "re": saved["re"][1], "hub": saved["re"][1]}
     loads = [(references[name], batches[name], folder / f"out_{name}.pt") for name in references]
-    env = {"HF_HOME": str(folder / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    outputs = dict(zip(references, run_loader(loads, folder, env)))
+    outputs = dict(zip(references, run_loader(loads, folder)))
     expected = {"ner": saved["ner"][0], "re": saved["re"][0], "hub": saved["re"][0]}
     return {name: (expected[name], outputs[name], folder) for name in references}
 
@@ -127,7 +123,7 @@ def test_missing_pytorch_crf_names_the_pip_package():
         "RAPForMultimodalRE(tiny_config('re'))\n"  # RE needs no CRF
         "RAPForMultimodalNER(tiny_config('ner'))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result = run_python(["-c", code], cwd=REPO_ROOT, timeout=120)
     assert result.returncode != 0
     assert "pip install pytorch-crf" in result.stderr and "ImportError" in result.stderr
 

@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +10,7 @@ from rap_hf.reporting import table_rows
 
 from benchmark_helpers import load_benchmark, run_main_in_process
 from conftest import REPO_ROOT
+from warm_python import run_python
 
 SCRIPT = REPO_ROOT / "scripts" / "reproduce.py"
 
@@ -65,9 +64,9 @@ def test_dry_run_prints_commands_and_the_gpu_hour_estimate(tmp_path):
 def test_smoke_runs_every_table_and_reports_paper_beside_ours(tmp_path):
     """Every table on two corpora (an NER and the RE one: 34 tiny runs; the grid of all three is checked above)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [sys.executable, str(SCRIPT), "--smoke", "--table", "all", "--datasets", "twitter2017", "mnre",
+    command = [str(SCRIPT), "--smoke", "--table", "all", "--datasets", "twitter2017", "mnre",
                "--output_dir", str(tmp_path)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    done = run_python(command, cwd=tmp_path, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     report = (tmp_path / "report.md").read_text()
     assert report.strip() == done.stdout.strip().split("\n# Paper tables", 1)[-1].join(["# Paper tables", ""]).strip()
@@ -92,5 +91,5 @@ def test_smoke_runs_every_table_and_reports_paper_beside_ours(tmp_path):
     assert len(runs) == 34 == len(json.loads((tmp_path / "runs.json").read_text()))
     assert {run["dataset"] for run in runs} == {"twitter2017", "mnre"}
     assert not any(str(tmp_path) in line for line in (tmp_path / "runs.csv").read_text().splitlines())
-    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    again = run_python(command, cwd=tmp_path, env=env, timeout=300)
     assert again.returncode == 0 and "34 runs, 34 already finished" in again.stderr

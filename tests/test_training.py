@@ -2,10 +2,7 @@
 Hub push, LoRA (two processes and resume: tests/test_training_runs.py)."""
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
 from conftest import REPO_ROOT
 from training_helpers import TINY_OVERRIDES, make_tiny_text_model, run_script, run_script_in_process
+from warm_python import run_python
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +58,8 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["twitter2017", "mnre"])
 def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model, dataset):
-    # NER through `accelerate launch` in a fresh process (the user's command), RE through the same script in-process
+    # NER through `accelerate launch` (the user's command: the script in a fresh interpreter), RE through the same
+    # script in-process
     launch = run_script if dataset == "twitter2017" else run_script_in_process
     results = launch(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
     best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
@@ -84,14 +83,13 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
         assert again[key] == pytest.approx(results["test"][key], abs=1e-9), key
     card = (best / "README.md").read_text()
     assert f"{100 * results['test']['f1']:.2f}" in card
-    # the run's folder works with plain transformers, in a fresh process without rap_hf
+    # the run's folder works with plain transformers, in a process that never imported rap_hf
     code = ("import json, sys, transformers\n"
             f"pipe = transformers.pipeline(model={str(best)!r}, trust_remote_code=True, device='cpu')\n"
             "text = 'Vela Motors announces new headquarters in Bellhaven'\n"
             "kwargs = dict(subject='Vela Motors', object='Bellhaven') if pipe.model.config.task == 're' else {}\n"
             "print(json.dumps([pipe(text, **kwargs), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))")
-    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                           cwd=tmp_path, env=dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules")))  # fmt: skip
+    fresh = run_python(["-c", code], cwd=tmp_path, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
     assert rap_modules == [] and ("entities" in prediction if dataset == "twitter2017" else "relation" in prediction)

@@ -3,13 +3,12 @@ tests/test_training*.py."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from rap_hf.encoders import save_tiny_text_model
 
 from conftest import REPO_ROOT, TINY_VISION
+from warm_python import run_python
 
 SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
 TINY_OVERRIDES = json.dumps(
@@ -42,14 +41,16 @@ def outcome(output_dir: Path, returncode: int, stdout: str, stderr: str, expect_
     return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": stdout}
 
 
-def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, expect_failure=False) -> dict:
-    """Runs the training script like a user would (`accelerate launch`, a fresh process) and returns its results."""
+def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, launcher: bool = True,
+               expect_failure=False) -> dict:  # fmt: skip
+    """Runs the training script in a process of its own, like a user would (`accelerate launch`, which starts the
+    script in a fresh interpreter; `launcher=False`: `python scripts/run_rap.py`), and returns its results."""
     # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.
     layout = ["--cpu"] if processes == 1 else ["--multi_gpu"]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)]
-    command = [*launcher, str(SCRIPT), *script_arguments(output_dir, text_model, *extra)]
+    launch = ["-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes)] if launcher else []
+    command = [*launch, str(SCRIPT), *script_arguments(output_dir, text_model, *extra)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", ACCELERATE_USE_CPU="true")
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    result = run_python(command, cwd=REPO_ROOT, timeout=600, env=env)
     return outcome(output_dir, result.returncode, result.stdout, result.stderr, expect_failure)
 
 
@@ -57,6 +58,7 @@ def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expec
     """The same single-process run as `run_script`, but as `python scripts/run_rap.py` inside this interpreter:
     the script's own code path without the ~10 s of starting two interpreters (launcher and script)."""
     import torch
+
     from entry_points import run_call
 
     threads = torch.get_num_threads()
