@@ -206,9 +206,12 @@ class RelevanceGraphReasoning(nn.Module):
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         """`nodes` (batch, 1 + n, m): r_g first, then r_l per word. Returns W_s r_g^N + b_s (batch,)."""
-        for source, target, update in zip(self.source, self.target, self.update):
+        last = len(self.source) - 1
+        for step, (source, target, update) in enumerate(zip(self.source, self.target, self.update)):
+            # The score reads r_g alone: the last iteration updates that node only (the same beta, a fraction of work).
+            sources = nodes[:, :1] if step == last else nodes
             # Choice: logits x sqrt(m): Eq. 1 gives unit-norm nodes, whose plain products would make every edge equal.
-            logits = source(nodes) @ target(nodes).transpose(1, 2) * nodes.shape[-1] ** 0.5  # (W_src r_s)(W_tgt r_t)
+            logits = source(sources) @ target(nodes).transpose(1, 2) * nodes.shape[-1] ** 0.5  # (W_src r_s)(W_tgt r_t)
             logits = logits.masked_fill(~node_mask.unsqueeze(1), torch.finfo(nodes.dtype).min)
             edges = torch.softmax(logits, dim=-1)  # Eq. 6, row-wise softmax over targets
             nodes = torch.relu(update(edges @ nodes))  # Eq. 7-8
@@ -248,6 +251,48 @@ class ModalityRelevanceReasoning(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 # Sec. 3.4 dynamic fusion
 # ----------------------------------------------------------------------------------------------------------------------
+class ScaledDotProductMultiheadAttention(nn.Module):
+    """Multi-head attention through `F.scaled_dot_product_attention` (fused kernels), with the parameters, names and
+    initialisation of `nn.MultiheadAttention(batch_first=True)`, so checkpoints of either load into the other.
+
+    Why not `nn.MultiheadAttention`: at inference its fast path runs self-attention with a padding mask through a
+    masked softmax that took about as long as the whole SDPA kernel (speed benchmark, docs/benchmarks_speed.md).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"fusion_hidden_size ({hidden_size}) must be a multiple of fusion_num_heads ({num_heads})")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden_size))
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        """nn.MultiheadAttention's own initialisation (Xavier input projection, zero biases)."""
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (batch, heads, n, head size)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        """`key` serves as the values too; `key_padding_mask` (batch, keys) is True where a key is padding."""
+        if query is key:  # self-attention: one projection for q, k and v
+            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            weights, biases = self.in_proj_weight.chunk(3), self.in_proj_bias.chunk(3)
+            q = F.linear(query, weights[0], biases[0])
+            k, v = F.linear(key, torch.cat(weights[1:]), torch.cat(biases[1:])).chunk(2, dim=-1)
+        attended = F.scaled_dot_product_attention(
+            self.split_heads(q), self.split_heads(k), self.split_heads(v),
+            attn_mask=~key_padding_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(attended.transpose(1, 2).flatten(2))
+
+
 class RectifiedActivationUnit(nn.Module):
     """RAU: U_0(X) = ReLU(X) (Eq. 10), a skip path for easy samples."""
 
@@ -261,7 +306,7 @@ class FeatureSemanticReasoningUnit(nn.Module):
     def __init__(self, config: RAPConfig):
         super().__init__()
         d = config.fusion_hidden_size
-        self.attention = nn.MultiheadAttention(d, config.fusion_num_heads, config.hidden_dropout_prob, batch_first=True)
+        self.attention = ScaledDotProductMultiheadAttention(d, config.fusion_num_heads, config.hidden_dropout_prob)
         self.attention_norm = nn.LayerNorm(d)
         self.feed_forward = nn.Sequential(
             nn.Linear(d, config.fusion_intermediate_size),
@@ -272,7 +317,7 @@ class FeatureSemanticReasoningUnit(nn.Module):
         self.output_norm = nn.LayerNorm(d)
 
     def forward(self, hidden, text_mask, visual, visual_mask, gate):
-        attended, _ = self.attention(hidden, hidden, hidden, key_padding_mask=~text_mask, need_weights=False)
+        attended = self.attention(hidden, hidden, key_padding_mask=~text_mask)
         hidden = self.attention_norm(hidden + attended)  # Eq. 11
         return self.output_norm(self.feed_forward(hidden) + hidden)  # Eq. 12
 
@@ -285,9 +330,8 @@ class CrossModalFusionUnit(nn.Module):
         d = config.fusion_hidden_size
         self.text_norm = nn.LayerNorm(d)
         self.visual_norm = nn.LayerNorm(d)
-        self.cross_attention = nn.MultiheadAttention(
-            d, config.fusion_num_heads, config.hidden_dropout_prob, batch_first=True
-        )
+        heads, dropout = config.fusion_num_heads, config.hidden_dropout_prob
+        self.cross_attention = ScaledDotProductMultiheadAttention(d, heads, dropout)
         self.mlp_norm = nn.LayerNorm(d)
         self.mlp = nn.Sequential(
             nn.Linear(d, config.fusion_intermediate_size),
@@ -301,10 +345,7 @@ class CrossModalFusionUnit(nn.Module):
         # A sample without image would attend over no key (NaN); unmask slot 0 and zero its result below.
         key_mask = visual_mask.clone()
         key_mask[:, 0] |= ~has_image
-        attended, _ = self.cross_attention(
-            self.text_norm(hidden), self.visual_norm(visual), self.visual_norm(visual),
-            key_padding_mask=~key_mask, need_weights=False,
-        )  # Eq. 13
+        attended = self.cross_attention(self.text_norm(hidden), self.visual_norm(visual), ~key_mask)  # Eq. 13
         attended = attended * has_image.to(hidden.dtype)[:, None, None]
         hidden = hidden + gate[:, None, None] * attended  # Eq. 14-15
         return hidden + self.mlp(self.mlp_norm(hidden))  # Eq. 16
@@ -494,16 +535,19 @@ def unshifted_position_ids(encoder: nn.Module, input_ids: torch.Tensor) -> torch
     return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
 
 
-def run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, token_type_ids=None):
-    """Runs the text encoder with per-layer key/value prefixes (Eq. 24, P-tuning v2) through a fresh cache."""
+def run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, token_type_ids=None, word_embeddings=None):
+    """Runs the text encoder with per-layer key/value prefixes (Eq. 24, P-tuning v2) through a fresh cache.
+    `word_embeddings`: the encoder's own word-embedding lookup of `input_ids`, when the caller has it already."""
     config = encoder.config
     cache = DynamicCache(config=config)
     for layer_idx, (keys, values) in enumerate(prefixes):
         cache.update(keys, values, layer_idx)
     prompt_length = prefixes[0][0].shape[2]
     prefix_mask = attention_mask.new_ones(attention_mask.shape[0], prompt_length)
+    # One lookup for E_t and the encoder: the backward pass then builds the vocabulary-sized gradient once, not twice.
+    tokens = {"input_ids": input_ids} if word_embeddings is None else {"inputs_embeds": word_embeddings}
     outputs = encoder(
-        input_ids=input_ids,
+        **tokens,
         attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
         token_type_ids=token_type_ids,
         position_ids=unshifted_position_ids(encoder, input_ids),
@@ -546,6 +590,8 @@ class RAPPreTrainedModel(PreTrainedModel):
         if getattr(module, "is_router_output", False):
             # Choice: routers start with every path open at weight 1/U so a layer's input keeps its scale.
             init.constant_(module.bias, math.atanh(min(1.0 / len(self.config.fusion_units), 0.75)))
+        elif isinstance(module, ScaledDotProductMultiheadAttention):
+            module._reset_parameters()  # as transformers initialises nn.MultiheadAttention
         elif CRF is not None and isinstance(module, CRF):
             for parameter in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(parameter, -0.1, 0.1)
@@ -834,7 +880,9 @@ class RAPModel(RAPPreTrainedModel):
         with record_function("rap.prompts"):
             prefixes = self.prompt_projection(fused, text_mask)
         with record_function("rap.prefixed_encoder"):
-            states = run_prefixed_encoder(self.text_encoder, prefixes, input_ids, attention_mask, token_type_ids)
+            lookup = text_states if self.config.text_feature_source == "embeddings" else None
+            encoder = self.text_encoder
+            states = run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, token_type_ids, lookup)
         if semantics is None:
             semantics = states[:, 0]
         router_loss = path_regularization_loss(routing_weights, semantics, self.config.path_regularization_reduction)

@@ -17,6 +17,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from warm_python import exit_status
+
 
 def captured(call: Callable[[], object]) -> dict:
     """Runs `call` as a command line would: its exit status (from SystemExit, 1 for an uncaught exception, reported
@@ -26,10 +28,7 @@ def captured(call: Callable[[], object]) -> dict:
         try:
             call()
         except SystemExit as exit_:
-            code = exit_.code
-            returncode = code if isinstance(code, int) else (0 if code is None else 1)
-            if isinstance(code, str):
-                print(code, file=sys.stderr)
+            returncode = exit_status(exit_)
         except Exception:  # reported, as the interpreter would
             traceback.print_exc()
             returncode = 1

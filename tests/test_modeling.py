@@ -14,6 +14,7 @@ from rap_hf.modeling_rap import (
     RectifiedActivationUnit,
     RelevanceGraphReasoning,
     RelevanceRepresentation,
+    ScaledDotProductMultiheadAttention,
     TextToVisualAttention,
     path_regularization_loss,
     run_prefixed_encoder,
@@ -72,6 +73,29 @@ def test_graph_reasoning_matches_eq6_to_eq8():
         reference = torch.stack(new)
     beta = graph.score.weight[0] @ reference[0] + graph.score.bias[0]
     torch.testing.assert_close(graph(nodes, mask)[0], beta)
+
+
+def test_sdpa_attention_is_nn_multihead_attention_with_its_checkpoints():
+    """Same parameters, initialisation and outputs as nn.MultiheadAttention (self and cross, padded keys)."""
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    torch.manual_seed(0)
+    fused = ScaledDotProductMultiheadAttention(16, 4).eval()
+    assert fused.state_dict().keys() == reference.state_dict().keys()
+    torch.testing.assert_close(fused.state_dict(), reference.state_dict(), atol=0, rtol=0)  # the same init draws
+    reference.out_proj.bias.data.normal_()  # non-zero biases everywhere, then the weights go across
+    reference.in_proj_bias.data.normal_()
+    fused.load_state_dict(reference.state_dict())
+    text, images = torch.randn(3, 7, 16), torch.randn(3, 4, 16)
+    text_padding = torch.arange(7)[None, :] >= torch.tensor([[7], [5], [1]])
+    image_padding = torch.tensor([[False] * 4, [False, False, True, True], [False, True, True, True]])
+    with torch.no_grad():
+        expected_self, _ = reference(text, text, text, key_padding_mask=text_padding, need_weights=False)
+        expected_cross, _ = reference(text, images, images, key_padding_mask=image_padding, need_weights=False)
+        torch.testing.assert_close(fused(text, text, text_padding), expected_self)
+        torch.testing.assert_close(fused(text, images, image_padding), expected_cross)
+    with pytest.raises(ValueError, match="multiple of fusion_num_heads"):
+        ScaledDotProductMultiheadAttention(18, 4)
 
 
 def test_rau_is_relu_eq10():
@@ -410,6 +434,9 @@ def test_prefix_changes_output_and_does_not_shift_positions(config_class, attn):
     # Prefix keys that no token may attend to leave the output unchanged only if positions were not shifted.
     masked = run_prefixed_encoder(encoder, [(k, v) for k, v in prefixes], input_ids, attention_mask * 1)
     torch.testing.assert_close(masked, prompted)  # fresh cache per call: same input, same output
+    looked_up = encoder.get_input_embeddings()(input_ids)  # RAP's E_t lookup, handed over instead of the ids
+    torch.testing.assert_close(run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, None, looked_up),
+                               prompted, atol=0, rtol=0)  # fmt: skip
     blocked_mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), attention_mask], 1)
     from transformers import DynamicCache
 
