@@ -282,10 +282,10 @@ class ScaledDotProductMultiheadAttention(nn.Module):
         """`key` serves as the values too; `key_padding_mask` (batch, keys) is True where a key is padding."""
         if query is key:  # self-attention: one projection for q, k and v
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        else:
-            weights, biases = self.in_proj_weight.chunk(3), self.in_proj_bias.chunk(3)
-            q = F.linear(query, weights[0], biases[0])
-            k, v = F.linear(key, torch.cat(weights[1:]), torch.cat(biases[1:])).chunk(2, dim=-1)
+        else:  # rows [0, d) project the query, [d, 3d) keys and values: views, no copy
+            d = query.shape[-1]
+            q = F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d])
+            k, v = F.linear(key, self.in_proj_weight[d:], self.in_proj_bias[d:]).chunk(2, dim=-1)
         attended = F.scaled_dot_product_attention(
             self.split_heads(q), self.split_heads(k), self.split_heads(v),
             attn_mask=~key_padding_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,

@@ -47,7 +47,6 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
-
 def pytest_unconfigure(config) -> None:
     shutil.rmtree(os.environ.pop("RAP_HF_TEST_SESSION", ""), ignore_errors=True)
 
@@ -60,6 +59,7 @@ def pytest_collection_modifyitems(config, items: list) -> None:
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
     items.sort(key=lambda item: -slow[item.path])  # stable: file order and test order otherwise kept
+
 
 def tiny_config(task: str = "ner", **overrides) -> "RAPConfig":
     """A RAP config small enough for unit tests (2-layer BERT, 2-stage ResNet)."""

@@ -1,5 +1,5 @@
-"""Runs several command lines of the project's entry points in ONE process of their own, each as `__main__` with its own
-argv and working folder, and prints {returncode, stdout, stderr} per call as JSON: a user's start of each script
+"""Runs several command lines of the project's entry points in ONE process of their own, each as `__main__` with its
+own argv and working folder, and prints {returncode, stdout, stderr} per call as JSON: a user's start of each script
 without paying the torch/transformers import once per call (tests/test_help.py).
 
     python tests/entry_points.py < calls.json     # [{"argv": ["scripts/x.py", "--help"], "cwd": "..."}, ...]
@@ -12,12 +12,11 @@ import contextlib
 import io
 import json
 import os
-import runpy
 import sys
 import traceback
 from collections.abc import Callable
 
-from warm_python import exit_status
+from warm_python import execute_as_main, exit_status
 
 
 def captured(call: Callable[[], object]) -> dict:
@@ -40,11 +39,7 @@ def run_call(argv: list[str], cwd: str) -> dict:
     previous = os.getcwd(), list(sys.argv)
     os.chdir(cwd)
     try:
-        if argv[0] == "-m":
-            sys.argv = [argv[1], *argv[2:]]
-            return captured(lambda: runpy.run_module(argv[1], run_name="__main__", alter_sys=True))
-        sys.argv = list(argv)
-        return captured(lambda: runpy.run_path(argv[0], run_name="__main__"))
+        return captured(lambda: execute_as_main(argv))
     finally:
         os.chdir(previous[0])
         sys.argv = previous[1]

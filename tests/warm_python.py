@@ -65,26 +65,35 @@ def open_standard_streams(stdin: str, stdout: str, stderr: str) -> None:
     sys.stderr = sys.__stderr__ = open(2, "w", closefd=False, errors="backslashreplace")  # noqa: SIM115
 
 
-def run_as_main(argv: list[str], base_path: list[str]) -> None:
-    """`python *argv` from the current folder: sys.path and sys.argv as the interpreter sets them, then the code."""
+def execute_as_main(argv: list[str]) -> None:
+    """Runs a script path, `-c` code or `-m` module as `__main__`, with sys.argv as the interpreter sets it."""
     import runpy
     import types
 
-    extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
     if argv[0] == "-c":
-        sys.path[:] = ["", *extra, *base_path]
         sys.argv = ["-c", *argv[2:]]
         main = types.ModuleType("__main__")
         sys.modules["__main__"] = main
         exec(compile(argv[1], "<string>", "exec"), main.__dict__)
     elif argv[0] == "-m":
-        sys.path[:] = [os.getcwd(), *extra, *base_path]
         sys.argv = [argv[1], *argv[2:]]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
-        sys.path[:] = [str(Path(argv[0]).resolve().parent), *extra, *base_path]
         sys.argv = list(argv)
         runpy.run_path(argv[0], run_name="__main__")
+
+
+def run_as_main(argv: list[str], base_path: list[str]) -> None:
+    """`python *argv` from the current folder: sys.path as the interpreter sets it, then the code."""
+    extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    if argv[0] == "-c":
+        first = ""
+    elif argv[0] == "-m":
+        first = os.getcwd()
+    else:
+        first = str(Path(argv[0]).resolve().parent)  # the script's folder
+    sys.path[:] = [first, *extra, *base_path]
+    execute_as_main(argv)
 
 
 def child(request: dict, base_path: list[str]) -> None:
