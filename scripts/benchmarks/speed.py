@@ -8,11 +8,15 @@ Variants, for NER and RE, for a training step (forward + backward + AdamW) and f
                    256 (the defaults before the speed levers: the "before" of docs/benchmarks.md);
   * RAP, from pixels  the default configuration running the vision encoder at every step (--pixels).
 
-Times are `torch.utils.benchmark` medians (blocked autorange), the variants taking turns (--rounds) so that a load
-that changes during the run hits the floor and RAP alike; ratios are medians of the per-turn ratios. Weights are
-random (sizes matter, not values): MiniLM-L6 (the offline default) and bert-base (the paper's) text encoders,
-EfficientNet-Lite0-sized features. On a GPU the table also gives tokens/s and peak memory. `--profile` adds the time
-per stage of RAP (the `record_function` labels of modeling_rap.py) from `torch.profiler`.
+Times are `torch.utils.benchmark` medians (blocked autorange; a step longer than a turn's share of --min_run_time is
+timed once per turn), the variants taking turns in ABBA order (--rounds) so that a load that changes during the run
+hits the floor and RAP alike; ratios are medians of the per-turn ratios. On CPU, glibc is first told to keep freed
+memory (`keep_freed_memory`, off with --system_allocator): with its defaults, the memory a bert-base step frees goes
+back to the kernel and is faulted in again by the next step, and that kernel time varied by seconds per step.
+
+Weights are random (sizes matter, not values): MiniLM-L6 (the offline default) and bert-base (the paper's) text
+encoders, EfficientNet-Lite0-sized features. On a GPU the table also gives tokens/s and peak memory. `--profile` adds
+the time per stage of RAP (the `record_function` labels of modeling_rap.py) from `torch.profiler`.
 
     python scripts/benchmarks/speed.py                          # MiniLM and bert-base sizes, CPU, 1 thread
     python scripts/benchmarks/speed.py --device cuda --json speed.json
@@ -129,28 +133,75 @@ def steps(model, optimizer, batch: dict[str, Any], device: str) -> dict[str, Any
     return {"train": train, "infer": infer}
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory in the process (mallopt), so a step reuses what the last one freed instead of
+    faulting it back in from the kernel: at bert-base sizes that page-fault (sys) time varied 0.3-3.2 s per ~9 s
+    step with glibc's defaults and swamped the floor/RAP difference. False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    # 32 MiB is glibc's ceiling for the mmap threshold; larger blocks (the word-embedding gradient) stay mmap'ed
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """User and kernel (sys) CPU seconds of this process so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def time_once(step, device: str) -> float:
+    """Seconds of one call of `step` (synchronised on a GPU)."""
+    import time
+
+    import torch
+
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    step()
+    synchronize()
+    return time.perf_counter() - start
+
+
 def measure(runners: dict[str, Any], device: str, min_run_time: float, rounds: int) -> dict[str, dict[str, Any]]:
-    """Per variant: the median seconds of its step (torch.utils.benchmark), its per-round medians, and peak GPU
-    memory. Variants take turns, `rounds` times, so a load that changes during the run hits floor and RAP alike."""
+    """Per variant: the median seconds of its step (torch.utils.benchmark), its per-round medians, the kernel's share
+    of its CPU time, and peak GPU memory. Variants take turns, `rounds` times, so a load that changes during the run
+    hits floor and RAP alike; a step longer than a round's budget is timed once per round (no autorange probe)."""
     import torch
     from torch.utils import benchmark
 
-    for step in runners.values():
-        step()  # warm-up (lazy allocations, kernel selection)
-    results: dict[str, dict[str, Any]] = {name: {"round_s": [], "runs": 0, "peak_mib": None} for name in runners}
-    for _ in range(rounds):
-        for name, step in runners.items():
+    budget = min_run_time / rounds
+    single = {name: time_once(step, device) > budget for name, step in runners.items()}  # also the warm-up
+    results = {name: {"round_s": [], "runs": 0, "peak_mib": None, "cpu_s": [0.0, 0.0]} for name in runners}
+    for turn in range(rounds):
+        order = list(runners.items())
+        for name, step in order if turn % 2 == 0 else order[::-1]:  # ABBA: neither always runs after the other
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            timer = benchmark.Timer(stmt="step()", globals={"step": step})
-            timing = timer.blocked_autorange(min_run_time=min_run_time / rounds)
-            results[name]["round_s"].append(timing.median)
-            results[name]["runs"] += len(timing.times)
+            before = cpu_seconds()
+            if single[name]:
+                times = [time_once(step, device)]
+            else:  # the Timer would otherwise pin torch to 1 thread
+                timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+                times = timer.blocked_autorange(min_run_time=budget).times
+            results[name]["cpu_s"] = [total + now - then for total, now, then in
+                                      zip(results[name]["cpu_s"], cpu_seconds(), before)]  # fmt: skip
+            results[name]["round_s"].append(statistics.median(times))
+            results[name]["runs"] += len(times)
             if device.startswith("cuda"):
                 results[name]["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     for result in results.values():
         result["median_s"] = statistics.median(result["round_s"])
+        user, kernel = result.pop("cpu_s")
+        result["kernel_share"] = kernel / (user + kernel) if user + kernel else None
     return results
 
 
@@ -164,7 +215,7 @@ def profile_stages(step) -> dict[str, float]:
     return {stage: totals.get(stage, 0.0) for stage in STAGES}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, allocator: str) -> dict[str, Any]:
     import torch
 
     rows, profiles = [], []
@@ -188,7 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     environment = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "device": args.device,
                    "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "batch_size": args.batch_size, "length": args.length}  # fmt: skip
+                   "batch_size": args.batch_size, "length": args.length, "allocator": allocator}  # fmt: skip
     return {"rows": rows, "profiles": profiles, "environment": environment}
 
 
@@ -207,6 +258,7 @@ def ratio_to_floor(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | N
 def main_table(report: dict[str, Any]) -> str:
     rows, environment = report["rows"], report["environment"]
     gpu = environment["gpu"] is not None
+    kernel = not gpu and all(row.get("kernel_share") is not None for row in rows)  # absent in older --json files
     tokens = environment["batch_size"] * environment["length"]
     table = []
     for row in rows:
@@ -218,9 +270,12 @@ def main_table(report: dict[str, Any]) -> str:
                  f"{verdict} (<= {target}x)" if verdict else ""]  # fmt: skip
         if gpu:
             cells += [f"{tokens / row['median_s']:,.0f}", f"{row['peak_mib']:,.0f}"]
+        elif kernel:
+            cells.append(f"{100 * row['kernel_share']:.0f}%")
         table.append(cells)
     header = ["text encoder", "task", "mode", "variant", "ms / batch", "vs floor", "target"]
-    return markdown_table(header + (["tokens/s", "peak MiB"] if gpu else []), table)
+    extra = ["tokens/s", "peak MiB"] if gpu else ["kernel (sys) share of CPU time"] if kernel else []
+    return markdown_table(header + extra, table)
 
 
 def profile_table(report: dict[str, Any]) -> str:
@@ -237,8 +292,9 @@ def render(report: dict[str, Any]) -> str:
         sections += ["### RAP per stage (ms, one profiled step; backward counted in the train total only)",
                      profile_table(report)]  # fmt: skip
     where = environment["gpu"] or f"CPU ({environment['machine']}, {environment['torch_threads']} intra-op threads)"
-    sections.append(f"Measured on {where}, torch {environment['torch']}; medians of torch.utils.benchmark, the "
-                    "variants taking turns; ratios are medians over the turns of (variant / floor).")
+    allocator = f"; malloc: {environment['allocator']}" if environment.get("allocator") else ""
+    sections.append(f"Measured on {where}, torch {environment['torch']}{allocator}; medians of torch.utils.benchmark, "
+                    "the variants taking turns; ratios are medians over the turns of (variant / floor).")
     return "\n\n".join(sections)
 
 
@@ -253,9 +309,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=64, help="sub-tokens per text")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU")
-    parser.add_argument("--min_run_time", type=float, default=5.0, help="seconds of timing per measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="turns the variants take (load drift cancels)")
+    parser.add_argument("--min_run_time", type=float, default=15.0, help="seconds of timing per measurement")
+    parser.add_argument("--rounds", type=int, default=15, help="turns the variants take (load drift cancels)")
     parser.add_argument("--profile", action="store_true", help="time per stage of RAP with torch.profiler")
+    parser.add_argument("--system_allocator", action="store_true",
+                        help="leave glibc's malloc as it is (default: keep freed memory in the process, see "
+                             "keep_freed_memory; the defaults make bert-base CPU steps vary by seconds)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json")
     parser.add_argument("--smoke", action="store_true", help="tiny configs, short timing (CI)")
@@ -272,10 +331,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(render(json.loads(args.report.read_text())))
         return
+    allocator = "system default"
+    if args.device == "cpu" and not args.system_allocator and keep_freed_memory():
+        allocator = "glibc keeping freed memory (mallopt: mmap threshold 32 MiB, trim threshold 1 GiB)"
     import torch
 
     torch.set_num_threads(args.threads)
-    report = run(args)
+    report = run(args, allocator)
     print(render(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
