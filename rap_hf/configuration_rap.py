@@ -104,6 +104,10 @@ class RAPConfig(PreTrainedConfig):
         relevance_matching_negatives (`int`, *optional*, defaults to 7):
             Foreign images each sample is matched against per training step (the next ones of the batch; at most the
             batch's other images: 7 = all of them at the default batch of 8).
+        relevance_negative_max_similarity (`float`, *optional*):
+            Foreign images whose whole-image feature is at least this cosine-similar to that of a sample's own image
+            are not used as its negatives: such an image likely shows the same scene and may be as relevant to the
+            text as the sample's own (a false negative). `None` uses every negative.
         routing_layers (`int`, *optional*):
             Number `L` of routing layers (Sec. 3.4); defaults to 2 (the paper's Table 4 prefers 4 for NER and 3 for
             RE, which `RAPConfig.paper_architecture()` sets).
@@ -185,6 +189,7 @@ class RAPConfig(PreTrainedConfig):
     relevance_init: Literal["xavier", "normal"] = "xavier"
     relevance_matching_weight: float | int = 2.0
     relevance_matching_negatives: int = 7
+    relevance_negative_max_similarity: float | None = None
     relevance_task_gradient: bool = False
     routing_layers: int | None = None
     fusion_units: list[str] | tuple[str, ...] | None = None
@@ -250,6 +255,9 @@ class RAPConfig(PreTrainedConfig):
                 raise ValueError(f"RAPConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_crops < 0:
             raise ValueError(f"RAPConfig.num_crops must be >= 0, got {self.num_crops}")
+        threshold = self.relevance_negative_max_similarity
+        if threshold is not None and not -1 < threshold <= 1:
+            raise ValueError(f"RAPConfig.relevance_negative_max_similarity must be in (-1, 1] or None, got {threshold}")
         for name in ("relevance_matching_weight", "path_regularization_weight", "prompt_init_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RAPConfig.{name} must be >= 0, got {getattr(self, name)}")

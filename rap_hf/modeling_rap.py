@@ -423,12 +423,17 @@ def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Ten
     return gap[off_diagonal].mean()
 
 
-def relevance_matching_loss(score_fn, text, text_mask, visual, visual_mask, matched_scores, negatives: int = 3):
+def relevance_matching_loss(
+    score_fn, text, text_mask, visual, visual_mask, matched_scores, negatives: int = 3,
+    image_features: torch.Tensor | None = None, max_similarity: float | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Image-text matching on beta's logit (beyond the paper): own image = 1, other images of the batch = 0.
 
     Each sample with an image is scored against the images of `negatives` other such samples (the next ones, in
     batch order: in-batch negatives as in contrastive training, no extra labels); positives and negatives weigh half
-    each. Samples without an image take no part; fewer than two such samples give 0.
+    each. With `max_similarity`, a foreign image whose whole-image feature (slot 0 of `image_features`; the crops
+    follow) is at least that cosine-similar to the sample's own is skipped: it likely shows the same scene (a false
+    negative). Samples without an image take no part; fewer than two such samples give 0.
     """
     holders = visual_mask.any(-1).nonzero().squeeze(-1)
     count = holders.numel()
@@ -438,8 +443,14 @@ def relevance_matching_loss(score_fn, text, text_mask, visual, visual_mask, matc
     position = torch.arange(count, device=holders.device)
     texts = holders.repeat(len(shifts))
     images = holders[(position[None, :] + shifts[:, None]) % count].flatten()  # never the sample's own image
+    if max_similarity is not None:
+        pictures = F.normalize(image_features[:, 0].detach(), dim=-1, eps=1e-8)  # slot 0: the whole image
+        kept = (pictures[texts] * pictures[images]).sum(-1) < max_similarity
+        texts, images = texts[kept], images[kept]
+    positive = F.binary_cross_entropy_with_logits(matched_scores[holders], torch.ones(count, device=holders.device))
+    if texts.numel() == 0:  # every foreign image looked like the own one
+        return 0.5 * positive
     scores = score_fn(text[texts], text_mask[texts], visual[images], visual_mask[images])
-    positive = F.binary_cross_entropy_with_logits(matched_scores[holders], torch.ones(count, device=scores.device))
     negative = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores))
     return 0.5 * (positive + negative)
 
@@ -827,8 +838,9 @@ class RAPModel(RAPPreTrainedModel):
             return 1 - torch.tanh(torch.relu(-scores))
         return relevance
 
-    def _relevance(self, text, visual, text_mask, visual_mask) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
-        """beta (Algorithm 1), the R-Gate (Eq. 14) and, in training, the image-text matching loss."""
+    def _relevance(self, text, visual, text_mask, visual_mask, image_features=None) -> tuple[Any, torch.Tensor, Any]:
+        """beta (Algorithm 1), the R-Gate (Eq. 14) and, in training, the image-text matching loss (`image_features`:
+        the raw visual features, which decide the likely false negatives it skips)."""
         if self.relevance_reasoning is None:  # Table 5 "MRR": no relevance reasoning, gate = 1
             return None, torch.ones(text.shape[0], dtype=text.dtype, device=text.device), None
         scores = self.relevance_reasoning(text, text_mask, visual, visual_mask)
@@ -842,7 +854,8 @@ class RAPModel(RAPPreTrainedModel):
         matching = None
         if self.training and self.config.relevance_matching_weight > 0:
             matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores,
-                                               self.config.relevance_matching_negatives)  # fmt: skip
+                                               self.config.relevance_matching_negatives, image_features,
+                                               self.config.relevance_negative_max_similarity)  # fmt: skip
         return relevance, gate, matching
 
     def forward(
@@ -874,7 +887,7 @@ class RAPModel(RAPPreTrainedModel):
         with record_function("rap.relevance"):
             own = self.relevance_features
             relevance_inputs = own(text_states, visual_features) if own is not None else (text, visual)
-            relevance, gate, matching_loss = self._relevance(*relevance_inputs, text_mask, visual_mask)
+            relevance, gate, matching_loss = self._relevance(*relevance_inputs, text_mask, visual_mask, visual_features)
         with record_function("rap.fusion"):
             fused, routing_weights = self.dynamic_fusion(text, text_mask, visual, visual_mask, gate)
         with record_function("rap.prompts"):

@@ -218,6 +218,31 @@ def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
     assert model.train()(**single).relevance_matching_loss.item() == 0.0
 
 
+def test_relevance_matching_loss_skips_foreign_images_like_the_own_one():
+    torch.manual_seed(0)
+    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0,
+                      relevance_negative_max_similarity=0.99).train()  # fmt: skip
+    batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
+    batch["image_mask"][1] = batch["image_mask"][0]
+    batch["visual_features"][1] = 2 * batch["visual_features"][0]  # the same picture, brighter: cosine 1
+    out = model(**batch)
+    rap = model.rap
+    with torch.no_grad():
+        states, _ = rap._text_features(batch["input_ids"], batch["attention_mask"], None)
+        text, visual = rap.relevance_features(states, batch["visual_features"])
+        mask, vmask = batch["attention_mask"].bool(), batch["image_mask"].bool()
+        own = rap.relevance_reasoning(text, mask, visual, vmask)[:3]
+        texts, images = [0, 1, 2, 2], [2, 2, 0, 1]  # (0, 1) and (1, 0) are the same picture: not negatives
+        foreign = rap.relevance_reasoning(text[texts], mask[texts], visual[images], vmask[images])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        expected = 0.5 * (bce(own, torch.ones(3)) + bce(foreign, torch.zeros(4)))
+    torch.testing.assert_close(out.relevance_matching_loss, expected)
+    pair = {k: v[:2] for k, v in batch.items()}  # only the look-alike pair: no negative left, positives only
+    torch.testing.assert_close(model(**pair).relevance_matching_loss, 0.5 * bce(own[:2], torch.ones(2)))
+    with pytest.raises(ValueError, match="relevance_negative_max_similarity"):
+        RAPConfig(task="re", relevance_negative_max_similarity=1.5)
+
+
 def test_text_feature_pass_runs_without_dropout_in_training():
     model = model_for("ner", hidden_dropout_prob=0.0, text_feature_source="encoder").train()
     model.config.text_config.hidden_dropout_prob = 0.5
