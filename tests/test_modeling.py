@@ -196,21 +196,28 @@ def test_beta_depends_on_the_image_at_initialisation():
     assert spreads["xavier"] > 3e-3 and spreads["xavier"] > 20 * spreads["normal"], spreads
 
 
-def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
-    torch.manual_seed(0)
-    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0).train()
-    batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
-    out = model(**batch)
+bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+
+def relevance_logits(model, batch, texts: list[int], images: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """beta's logits for the image holders 0-2 with their own images, and for the (text, foreign image) pairs."""
     rap = model.rap
     with torch.no_grad():
         states, _ = rap._text_features(batch["input_ids"], batch["attention_mask"], None)
         text, visual = rap.relevance_features(states, batch["visual_features"])
         mask, vmask = batch["attention_mask"].bool(), batch["image_mask"].bool()
         own = rap.relevance_reasoning(text, mask, visual, vmask)[:3]
-        texts, images = [0, 0, 1, 1, 2, 2], [1, 2, 0, 2, 0, 1]  # every other image of the batch is a negative
-        foreign = rap.relevance_reasoning(text[texts], mask[texts], visual[images], vmask[images])
-        bce = torch.nn.functional.binary_cross_entropy_with_logits
-        expected = 0.5 * (bce(own, torch.ones(3)) + bce(foreign, torch.zeros(6)))
+        return own, rap.relevance_reasoning(text[texts], mask[texts], visual[images], vmask[images])
+
+
+def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
+    torch.manual_seed(0)
+    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0).train()
+    batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
+    out = model(**batch)
+    # every other image of the batch is a negative
+    own, foreign = relevance_logits(model, batch, texts=[0, 0, 1, 1, 2, 2], images=[1, 2, 0, 2, 0, 1])
+    expected = 0.5 * (bce(own, torch.ones(3)) + bce(foreign, torch.zeros(6)))
     torch.testing.assert_close(out.relevance_matching_loss, expected)
     torch.testing.assert_close(out.loss, out.task_loss + 1.5 * out.router_loss + 0.5 * expected)
     assert model.eval()(**batch).relevance_matching_loss is None  # training only
@@ -226,16 +233,9 @@ def test_relevance_matching_loss_skips_foreign_images_like_the_own_one():
     batch["image_mask"][1] = batch["image_mask"][0]
     batch["visual_features"][1] = 2 * batch["visual_features"][0]  # the same picture, brighter: cosine 1
     out = model(**batch)
-    rap = model.rap
-    with torch.no_grad():
-        states, _ = rap._text_features(batch["input_ids"], batch["attention_mask"], None)
-        text, visual = rap.relevance_features(states, batch["visual_features"])
-        mask, vmask = batch["attention_mask"].bool(), batch["image_mask"].bool()
-        own = rap.relevance_reasoning(text, mask, visual, vmask)[:3]
-        texts, images = [0, 1, 2, 2], [2, 2, 0, 1]  # (0, 1) and (1, 0) are the same picture: not negatives
-        foreign = rap.relevance_reasoning(text[texts], mask[texts], visual[images], vmask[images])
-        bce = torch.nn.functional.binary_cross_entropy_with_logits
-        expected = 0.5 * (bce(own, torch.ones(3)) + bce(foreign, torch.zeros(4)))
+    # (0, 1) and (1, 0) are the same picture: not negatives
+    own, foreign = relevance_logits(model, batch, texts=[0, 1, 2, 2], images=[2, 2, 0, 1])
+    expected = 0.5 * (bce(own, torch.ones(3)) + bce(foreign, torch.zeros(4)))
     torch.testing.assert_close(out.relevance_matching_loss, expected)
     pair = {k: v[:2] for k, v in batch.items()}  # only the look-alike pair: no negative left, positives only
     torch.testing.assert_close(model(**pair).relevance_matching_loss, 0.5 * bce(own[:2], torch.ones(2)))
