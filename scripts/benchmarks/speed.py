@@ -135,8 +135,9 @@ def steps(model, optimizer, batch: dict[str, Any], device: str) -> dict[str, Any
 
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory in the process (mallopt), so a step reuses what the last one freed instead of
-    faulting it back in from the kernel: at bert-base sizes that page-fault (sys) time varied 0.3-3.2 s per ~9 s
-    step with glibc's defaults and swamped the floor/RAP difference. False where the C library is not glibc."""
+    faulting it back in from the kernel: at bert-base sizes that page-fault (sys) time was 12-17% of the CPU time
+    with glibc's defaults, varied by seconds per step and swamped the floor/RAP difference. False where the C
+    library is not glibc."""
     import ctypes
     import ctypes.util
 
