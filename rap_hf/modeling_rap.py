@@ -838,7 +838,9 @@ class RAPModel(RAPPreTrainedModel):
             return 1 - torch.tanh(torch.relu(-scores))
         return relevance
 
-    def _relevance(self, text, visual, text_mask, visual_mask, image_features=None) -> tuple[Any, torch.Tensor, Any]:
+    def _relevance(
+        self, text, visual, text_mask, visual_mask, image_features=None
+    ) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
         """beta (Algorithm 1), the R-Gate (Eq. 14) and, in training, the image-text matching loss (`image_features`:
         the raw visual features, which decide the likely false negatives it skips)."""
         if self.relevance_reasoning is None:  # Table 5 "MRR": no relevance reasoning, gate = 1
