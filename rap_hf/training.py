@@ -10,8 +10,10 @@ frozen vision encoder's feature cache, `results.json`, figures and the model car
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import logging
 import os
 import shlex
@@ -129,7 +131,9 @@ class RAPTrainingArguments(TrainingArguments):
     per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Default 8 NER / 16 RE"})
     per_device_eval_batch_size: int = field(default=32)
     learning_rate: float | None = field(default=None, metadata={"help": "Encoder lr; default 3e-5 NER / 2e-5 RE"})
-    warmup_ratio: float | None = field(default=0.1, metadata={"help": "Linear warm-up share of the updates (paper)"})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Linear warm-up: a share of the updates if < 1 (paper: 0.1), else a count"}
+    )
     weight_decay: float = field(default=0.01)
     eval_strategy: str = field(default="epoch", metadata={"help": "Validation F1 after every epoch picks the best"})
     logging_strategy: str = field(default="epoch")
@@ -151,6 +155,43 @@ class RAPTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Checkpoint and stop (as if interrupted) after this epoch; resume later"}
     )
     make_figures: bool = field(default=True, metadata={"help": "Write routing/relevance PNGs for the model card"})
+
+    def __post_init__(self):
+        check_training_argument_fields(type(self))
+        super().__post_init__()
+        check_warmup_schedule(self)
+
+
+# Fields RAPTrainingArguments adds to `TrainingArguments` and RAP's own code reads; every other field it declares
+# must be one the installed `TrainingArguments` has, or a transformers release that drops it would ignore it silently.
+RAP_OWN_TRAINING_FIELDS = frozenset({"new_params_learning_rate", "overwrite_output_dir", "stop_after_epoch",
+                                     "make_figures"})  # fmt: skip
+
+
+def check_training_argument_fields(arguments_class: type) -> None:
+    """Refuses, at start-up, a field that `arguments_class` sets and the installed `TrainingArguments` does not read."""
+    import transformers
+
+    declared = set(vars(arguments_class).get("__annotations__", {}))
+    known = {f.name for f in dataclasses.fields(TrainingArguments)} | RAP_OWN_TRAINING_FIELDS
+    unread = sorted(declared - known)
+    if unread:
+        raise TypeError(
+            f"{arguments_class.__name__} sets {', '.join(unread)}, which transformers {transformers.__version__}'s "
+            "TrainingArguments no longer has: the setting would be ignored silently. Use a tested transformers "
+            "(pyproject.toml) or port the field."
+        )
+
+
+def check_warmup_schedule(args: TrainingArguments, updates: int = 1000) -> None:
+    """The warm-up the arguments ask for is the one the Trainer will run (a share < 1 of the updates, or a count)."""
+    asked = args.warmup_steps
+    expected = math.ceil(updates * asked) if 0 < asked < 1 else int(asked)
+    if args.get_warmup_steps(updates) != expected:
+        raise ValueError(
+            f"warmup_steps={asked} gives {args.get_warmup_steps(updates)} warm-up steps of {updates} updates in this "
+            f"transformers release, not {expected}: the paper's warm-up (Sec. 4.2) would not run"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
