@@ -63,7 +63,12 @@ class RAPConfig(PreTrainedConfig):
             Dimension `d` of the multimodal space (Sec. 3.2). Defaults to a quarter of the text encoder's hidden size
             (the paper uses the full size; a quarter keeps the fusion cheap next to the encoder).
         num_crops (`int`, *optional*, defaults to 3):
-            Number of object crops per image (Sec. 4.2, m = 3); the whole image is one more visual object.
+            Number of object crops per image (Sec. 4.2, m = 3 visual objects). Inputs always carry the whole image and
+            this many crop slots; `visual_objects` says which of them the model reads.
+        visual_objects (`str`, *optional*, defaults to `"image_and_crops"`):
+            The visual objects E_v (Sec. 3.2): `"image_and_crops"` reads the whole image and the crops (1 + num_crops
+            objects); `"crops"` reads the crops alone, m = num_crops as in the paper (a picture without any crop is
+            then its own single object).
         relevance_dim (`int`, *optional*):
             Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
             Defaults to `fusion_hidden_size`.
@@ -75,7 +80,7 @@ class RAPConfig(PreTrainedConfig):
             `False` removes the Modality Relevance Reasoning module and sets the relevance gate to 1 (Table 5, "MRR").
         relevance_activation (`str`, *optional*, defaults to `"sigmoid"`):
             Squashing of `beta = W_s r_g^N + b_s` (Algorithm 1) so that beta is a weight in (0, 1) as in Fig. 8;
-            `"none"` keeps the raw linear output.
+            `"none"` keeps the linear output, as Algorithm 1 writes it (the paper's R-Gate tanh(beta) is then in (-1, 1)).
         relevance_gate (`str`, *optional*, defaults to `"veto"`):
             R-Gate of Eq. 14: `"tanh"` (tanh(beta), the paper), `"identity"` (beta), `"rectified"`
             (tanh(max(0, score)) of beta's logit: open only where the reasoning finds the image more likely relevant
@@ -84,15 +89,14 @@ class RAPConfig(PreTrainedConfig):
             while beta is still undecided, docs/design.md).
         relevance_feature_norm (`bool`, *optional*, defaults to `True`):
             l2-normalise E_t, E_v and the pooled u-bar, v-bar before Eq. 1-5 (as SGRAF, where Eq. 1-8 come from), so
-            that |mu - v|^2 measures alignment rather than the two projections' scales.
+            that |mu - v|^2 measures alignment rather than the two projections' scales. `False`: Eq. 1-5 as written.
+        relevance_edge_scaling (`bool`, *optional*, defaults to `True`):
+            Multiply the edge logits of Eq. 6 by sqrt(m): Eq. 1 gives unit-norm nodes whose plain products are
+            ~1/sqrt(m), so every edge would weigh the same. `False`: Eq. 6 as written.
         relevance_own_projections (`bool`, *optional*, defaults to `True`):
             The relevance reasoning projects the text states and visual features into the multimodal space with its
             own linear layers; `False` shares E_t, E_v with the fusion units as Sec. 3.2 reads (the task loss then
             dominates those projections and beta learns the image-text match far more slowly, docs/design.md).
-        relevance_init (`str`, *optional*, defaults to `"xavier"`):
-            Initialisation of the semantic projections, the pooling and every layer of Eq. 1-8: `"xavier"` (uniform,
-            zero bias, as SGRAF) keeps a unit gain through the graph so beta depends on the input from the start;
-            `"normal"` is the `initializer_range` normal init of the other new layers.
         relevance_matching_weight (`float`, *optional*, defaults to 2.0):
             Weight of an auxiliary image-text matching loss on beta's logit (not in the paper): each training sample's
             own image is a positive, another sample's image in the batch a negative, so beta learns to tell a matching
@@ -121,9 +125,6 @@ class RAPConfig(PreTrainedConfig):
             Hidden size of the router MLP (Eq. 19). Defaults to `fusion_hidden_size // 2`.
         path_regularization_weight (`float`, *optional*, defaults to 1.5):
             `gamma` of Eq. 20 (Table 6); 0 disables the routing regulariser.
-        path_regularization_reduction (`str`, *optional*, defaults to `"sum"`):
-            `"sum"` over all pairs of the batch as Eq. 22 writes it (gamma then means what it means in Table 6), or
-            `"mean"` over ordered pairs (independent of the batch size).
         prompt_length (`int`, *optional*, defaults to 8):
             Prompt length `m_p` per encoder layer (Sec. 3.6).
         prompt_source_length (`int`, *optional*, defaults to 128):
@@ -133,7 +134,7 @@ class RAPConfig(PreTrainedConfig):
             Output size of `W_in` in Eq. 23. Defaults to `fusion_hidden_size` ("does not change the dimension").
         prompt_layer_norm (`bool`, *optional*, defaults to `True`):
             LayerNorm on the length-mapped X'_mli before `W_in` (Eq. 23), so the prefixes' initial scale does not
-            depend on the fused features' scale.
+            depend on the fused features' scale. `False`: Eq. 23 as written.
         prompt_init_scale (`float`, *optional*, defaults to 0.3):
             Initial RMS of the prefix keys and values relative to the text encoder's own keys and values (measured per
             layer by `from_text_vision_pretrained`; 1.0 assumed for a randomly initialised encoder). With the old
@@ -178,6 +179,7 @@ class RAPConfig(PreTrainedConfig):
     multimodal: bool = True
     fusion_hidden_size: int | None = None
     num_crops: int = 3
+    visual_objects: Literal["image_and_crops", "crops"] = "image_and_crops"
     relevance_dim: int | None = None
     relevance_temperature: float | int = 9.0
     graph_iterations: int = 2
@@ -185,8 +187,8 @@ class RAPConfig(PreTrainedConfig):
     relevance_activation: Literal["sigmoid", "none"] = "sigmoid"
     relevance_gate: Literal["tanh", "identity", "rectified", "veto"] = "veto"
     relevance_feature_norm: bool = True
+    relevance_edge_scaling: bool = True
     relevance_own_projections: bool = True
-    relevance_init: Literal["xavier", "normal"] = "xavier"
     relevance_matching_weight: float | int = 2.0
     relevance_matching_negatives: int = 7
     relevance_negative_max_similarity: float | None = None
@@ -197,7 +199,6 @@ class RAPConfig(PreTrainedConfig):
     fusion_intermediate_size: int | None = None
     router_hidden_size: int | None = None
     path_regularization_weight: float | int = 1.5
-    path_regularization_reduction: Literal["sum", "mean"] = "sum"
     prompt_length: int = 8
     prompt_source_length: int = 128
     prompt_hidden_size: int | None = None
@@ -255,6 +256,8 @@ class RAPConfig(PreTrainedConfig):
                 raise ValueError(f"RAPConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_crops < 0:
             raise ValueError(f"RAPConfig.num_crops must be >= 0, got {self.num_crops}")
+        if self.visual_objects == "crops" and self.num_crops < 1:
+            raise ValueError("RAPConfig.visual_objects='crops' needs num_crops >= 1")
         threshold = self.relevance_negative_max_similarity
         if threshold is not None and not -1 < threshold <= 1:
             raise ValueError(f"RAPConfig.relevance_negative_max_similarity must be in (-1, 1] or None, got {threshold}")
@@ -264,12 +267,24 @@ class RAPConfig(PreTrainedConfig):
 
     @staticmethod
     def paper_fields(task: str, text_hidden_size: int) -> dict:
-        """The fields where the defaults depart from the architecture the paper describes: E_t from a second BERT
-        pass, d = the encoder's hidden size, m = 256, L = 4 (NER) / 3 (RE), the tanh R-Gate, beta trained by the task
-        loss alone."""
-        return {"text_feature_source": "encoder", "fusion_hidden_size": text_hidden_size, "relevance_dim": 256,
-                "routing_layers": PAPER_ROUTING_LAYERS[task], "relevance_gate": "tanh",
-                "relevance_matching_weight": 0.0, "relevance_task_gradient": True}  # fmt: skip
+        """The fields where the defaults depart from the paper, each set to what the paper writes (docs/design.md,
+        "Paper mode"). Where the paper is silent (relevance_dim, the pooling, lambda) the choice is documented there."""
+        return {
+            "text_feature_source": "encoder",  # Sec. 3.2: E_t from BERT's output through an FC layer
+            "fusion_hidden_size": text_hidden_size,  # Sec. 3.6: prompts of width d feed BERT's layers
+            "routing_layers": PAPER_ROUTING_LAYERS[task],  # Table 4
+            "visual_objects": "crops",  # Sec. 4.2: m = 3 objects from the grounding toolkit
+            "num_crops": 3,
+            "relevance_own_projections": False,  # Sec. 3.2: one E_t, E_v for relevance and fusion
+            "relevance_feature_norm": False,  # Eq. 1-5 on the projections as they are
+            "relevance_edge_scaling": False,  # Eq. 6
+            "relevance_activation": "none",  # Algorithm 1: beta = W_s r_g^N + b_s
+            "relevance_gate": "tanh",  # Eq. 14
+            "relevance_matching_weight": 0.0,  # Eq. 20: the task and router losses only
+            "relevance_task_gradient": True,  # beta learns through the task loss
+            "prompt_layer_norm": False,  # Eq. 23
+            "relevance_dim": 256,  # not in the paper: SGRAF's sim_dim (docs/design.md)
+        }
 
     @classmethod
     def paper_architecture(cls, **kwargs) -> "RAPConfig":
@@ -278,9 +293,14 @@ class RAPConfig(PreTrainedConfig):
         return cls(**{**cls.paper_fields(probe.task, probe.text_config.hidden_size), **kwargs})
 
     @property
-    def num_visual_objects(self) -> int:
-        """Visual objects per sample: the whole image plus the crops."""
+    def num_visual_slots(self) -> int:
+        """Visual inputs per sample (pixel_values, visual_features, image_mask): the whole image, then the crops."""
         return 1 + self.num_crops
+
+    @property
+    def num_visual_objects(self) -> int:
+        """m, the visual objects E_v the model reads per sample (`visual_objects`)."""
+        return self.num_crops if self.visual_objects == "crops" else 1 + self.num_crops
 
     @property
     def num_fusion_units(self) -> int:

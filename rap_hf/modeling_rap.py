@@ -139,7 +139,7 @@ class AttentionPooling(nn.Module):
 
 
 def mark_relevance_layers(module: nn.Module) -> None:
-    """Flags every linear layer of `module` for the relevance-path initialisation (`RAPConfig.relevance_init`)."""
+    """Flags every linear layer of `module` for the relevance-path initialisation (Xavier, as SGRAF)."""
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
             layer.is_relevance_layer = True
@@ -157,6 +157,19 @@ class SemanticFeatureExtractor(nn.Module):
 
     def forward(self, text_states: torch.Tensor, visual_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_projection(text_states), self.visual_projection(visual_features)  # E_t, E_v
+
+
+def select_visual_objects(features: torch.Tensor, mask: torch.Tensor, visual_objects: str):
+    """The objects E_v is made of, from the slots (whole image, then crops): every slot, or the crops alone (the
+    paper's m = 3 grounded objects, Sec. 4.2)."""
+    if visual_objects != "crops":
+        return features, mask
+    objects, object_mask = features[:, 1:].clone(), mask[:, 1:].clone()
+    # Choice: a picture without any crop is its own single object, so its image still reaches E_v.
+    cropless = mask[:, 0] & ~object_mask.any(-1)
+    objects[cropless, 0] = features[cropless, 0]
+    object_mask[cropless, 0] = True
+    return objects, object_mask
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -194,8 +207,9 @@ class TextToVisualAttention(nn.Module):
 class RelevanceGraphReasoning(nn.Module):
     """Message passing over the relevance graph (Eq. 6-8, Fig. 4) and the relevance score (Algorithm 1)."""
 
-    def __init__(self, relevance_dim: int, iterations: int):
+    def __init__(self, relevance_dim: int, iterations: int, edge_scaling: bool = True):
         super().__init__()
+        self.edge_scale = relevance_dim**0.5 if edge_scaling else 1.0
         self.source = nn.ModuleList(nn.Linear(relevance_dim, relevance_dim, bias=False) for _ in range(iterations))
         self.target = nn.ModuleList(nn.Linear(relevance_dim, relevance_dim, bias=False) for _ in range(iterations))
         self.update = nn.ModuleList(nn.Linear(relevance_dim, relevance_dim, bias=False) for _ in range(iterations))
@@ -210,8 +224,8 @@ class RelevanceGraphReasoning(nn.Module):
         for step, (source, target, update) in enumerate(zip(self.source, self.target, self.update)):
             # The score reads r_g alone: the last iteration updates that node only (the same beta, a fraction of work).
             sources = nodes[:, :1] if step == last else nodes
-            # Choice: logits x sqrt(m): Eq. 1 gives unit-norm nodes, whose plain products would make every edge equal.
-            logits = source(sources) @ target(nodes).transpose(1, 2) * nodes.shape[-1] ** 0.5  # (W_src r_s)(W_tgt r_t)
+            # Choice (relevance_edge_scaling): logits x sqrt(m); Eq. 1's unit-norm nodes would make every edge equal.
+            logits = source(sources) @ target(nodes).transpose(1, 2) * self.edge_scale  # (W_src r_s)(W_tgt r_t)
             logits = logits.masked_fill(~node_mask.unsqueeze(1), torch.finfo(nodes.dtype).min)
             edges = torch.softmax(logits, dim=-1)  # Eq. 6, row-wise softmax over targets
             nodes = torch.relu(update(edges @ nodes))  # Eq. 7-8
@@ -230,7 +244,7 @@ class ModalityRelevanceReasoning(nn.Module):
         self.global_relevance = RelevanceRepresentation(d, m)  # W_g
         self.local_relevance = RelevanceRepresentation(d, m)  # W_l
         self.text_to_visual = TextToVisualAttention(config.relevance_temperature)
-        self.graph = RelevanceGraphReasoning(m, config.graph_iterations)
+        self.graph = RelevanceGraphReasoning(m, config.graph_iterations, config.relevance_edge_scaling)
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         # Choice: unit-length features (SGRAF), so (mu - v)^2 in Eq. 1 reflects direction, not the projections' scale.
@@ -411,16 +425,12 @@ class DynamicFusionModule(nn.Module):
         return unit_inputs[0], torch.cat(routing, dim=-1)  # X_mli: aggregation of the last layer's units
 
 
-def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Tensor, reduction: str = "sum"):
-    """L_router (Eq. 22): squared gap between routing-vector and [CLS] cosine similarities over batch pairs."""
-    batch = routing_weights.shape[0]
-    if batch < 2:
+def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Tensor) -> torch.Tensor:
+    """L_router (Eq. 22): squared gap between routing-vector and [CLS] cosine similarities, summed over all pairs x, y
+    of the batch as written (x = y adds 0), so gamma means what it means in Table 6."""
+    if routing_weights.shape[0] < 2:
         return routing_weights.sum() * 0.0
-    gap = (pairwise_cosine(routing_weights) - pairwise_cosine(semantics.detach())).pow(2)
-    if reduction == "sum":  # Eq. 22 as written: sum over x, y in B (x = y adds 0)
-        return gap.sum()
-    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=gap.device)
-    return gap[off_diagonal].mean()
+    return (pairwise_cosine(routing_weights) - pairwise_cosine(semantics.detach())).pow(2).sum()
 
 
 def relevance_matching_loss(
@@ -606,7 +616,7 @@ class RAPPreTrainedModel(PreTrainedModel):
         elif CRF is not None and isinstance(module, CRF):
             for parameter in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(parameter, -0.1, 0.1)
-        elif getattr(module, "is_relevance_layer", False) and self.config.relevance_init == "xavier":
+        elif getattr(module, "is_relevance_layer", False):
             # Choice: Xavier (SGRAF) keeps a unit gain through Eq. 1-8, so beta depends on the input from the start.
             if getattr(module, "relu_follows", False):
                 init.kaiming_uniform_(module.weight, nonlinearity="relu")
@@ -782,7 +792,7 @@ class RAPModel(RAPPreTrainedModel):
 
     def _visual_features(self, pixel_values, visual_features, image_mask, batch_size, device):
         """(batch, 1+K, C_v) features and their mask, from cached features, pixels, or nothing (text-only input)."""
-        slots = self.config.num_visual_objects
+        slots = self.config.num_visual_slots
         if visual_features is None and pixel_values is not None:
             if pixel_values.dim() != 5 or pixel_values.shape[1] != slots:
                 raise ValueError(
@@ -882,13 +892,14 @@ class RAPModel(RAPPreTrainedModel):
         visual_features, visual_mask = self._visual_features(
             pixel_values, visual_features, image_mask, batch_size, input_ids.device
         )
+        objects, visual_mask = select_visual_objects(visual_features, visual_mask, self.config.visual_objects)
         # record_function labels: the stages of scripts/benchmarks/speed.py --profile (no cost outside a profiler)
         with record_function("rap.text_features"):
             text_states, semantics = self._text_features(input_ids, attention_mask, token_type_ids)
-            text, visual = self.semantic_features(text_states, visual_features)  # E_t, E_v
+            text, visual = self.semantic_features(text_states, objects)  # E_t, E_v
         with record_function("rap.relevance"):
             own = self.relevance_features
-            relevance_inputs = own(text_states, visual_features) if own is not None else (text, visual)
+            relevance_inputs = own(text_states, objects) if own is not None else (text, visual)
             relevance, gate, matching_loss = self._relevance(*relevance_inputs, text_mask, visual_mask, visual_features)
         with record_function("rap.fusion"):
             fused, routing_weights = self.dynamic_fusion(text, text_mask, visual, visual_mask, gate)
@@ -900,7 +911,7 @@ class RAPModel(RAPPreTrainedModel):
             states = run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, token_type_ids, lookup)
         if semantics is None:
             semantics = states[:, 0]
-        router_loss = path_regularization_loss(routing_weights, semantics, self.config.path_regularization_reduction)
+        router_loss = path_regularization_loss(routing_weights, semantics)
         return RAPModelOutput(
             last_hidden_state=states,
             text_cls=semantics,

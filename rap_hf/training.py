@@ -96,8 +96,9 @@ class ModelArguments:
     text_only_baseline: bool = field(default=False, metadata={"help": "Train the text-only baseline (no image)"})
     paper_architecture: bool = field(
         default=False,
-        metadata={"help": "The architecture as the paper describes it (E_t from a second encoder pass, d = hidden "
-                          "size, L = 4/3, m = 256, tanh gate, no matching loss; RAPConfig.paper_fields); slower"},
+        metadata={"help": "The paper's architecture, equation by equation (RAPConfig.paper_fields: E_t from a second "
+                          "encoder pass, d = hidden size, L = 4/3, m = 3 crops, beta = W_s r_g + b_s, tanh gate, no "
+                          "matching loss or added normalisation; docs/design.md); slower"},
     )
     use_relevance_reasoning: bool | None = field(default=None, metadata={"help": "False: gate = 1 (Table 5 'MRR')"})
     fusion_units: str | None = field(default=None, metadata={"help": "Comma list of routing units (Table 5)"})

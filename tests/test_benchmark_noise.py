@@ -108,6 +108,8 @@ def test_paper_size_variant_keeps_the_default_relevance_training():
     assert fields == {"paper_architecture": True}
     defaults = RAPConfig()
     assert overrides and all(getattr(defaults, name) == value for name, value in overrides.items())
-    assert noise.VARIANTS["rap-paper"][2]["relevance_task_gradient"] is True  # the paper: beta from the task loss
+    sizes = {"text_feature_source", "fusion_hidden_size", "routing_layers", "relevance_dim", "num_crops"}
+    assert set(overrides) == set(RAPConfig.paper_fields("ner", 384)) - sizes  # nothing but the sizes from the paper
+    assert noise.VARIANTS["rap-paper"][1:] == ({"paper_architecture": True}, {})  # the paper mode, untouched
     settings, _ = noise.parse_arguments([])
     assert (settings.unrelated_share, settings.misleading_share) == (8.0, 0.25)

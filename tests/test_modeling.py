@@ -144,7 +144,6 @@ def test_path_regularization_matches_eq22():
         (cos(g[x], g[y], dim=0) - cos(cls[x], cls[y], dim=0)) ** 2 for x in range(3) for y in range(3) if x != y
     ]
     torch.testing.assert_close(path_regularization_loss(g, cls), torch.stack(terms).sum())  # Eq. 22 as written
-    torch.testing.assert_close(path_regularization_loss(g, cls, reduction="mean"), torch.stack(terms).mean())
     assert path_regularization_loss(g[:1], cls[:1]).item() == 0.0
 
 
@@ -182,11 +181,14 @@ def test_relevance_reads_directions_not_scales():
 
 
 def test_beta_depends_on_the_image_at_initialisation():
-    torch.manual_seed(0)
     spreads = {}
     for init_name in ("xavier", "normal"):
         torch.manual_seed(0)
-        model = model_for("ner", relevance_init=init_name, relevance_dim=64)
+        model = model_for("ner", relevance_dim=64)
+        if init_name == "normal":  # what the relevance layers had before their Xavier init (docs/design.md)
+            for layer in model.rap.modules():
+                if getattr(layer, "is_relevance_layer", False):
+                    torch.nn.init.normal_(layer.weight, std=0.02)
         batch = tiny_batch("ner", batch=8)
         batch["image_mask"] = torch.ones(8, 4, dtype=torch.long)
         batch["input_ids"] = batch["input_ids"][:1].expand(8, -1)  # one text, eight different images
@@ -419,6 +421,10 @@ def test_paper_architecture_and_the_faster_defaults():
     assert ner.fusion_hidden_size == ner.text_config.hidden_size == 768 and ner.relevance_dim == 256
     assert ner.text_feature_source == "encoder" and ner.relevance_gate == "tanh" and ner.relevance_matching_weight == 0
     assert ner.relevance_task_gradient  # the paper trains beta through the task loss
+    assert ner.relevance_activation == "none"  # Algorithm 1: beta = W_s r_g^N + b_s
+    assert ner.num_visual_objects == 3 and ner.num_visual_slots == 4  # m = 3 objects (Sec. 4.2)
+    assert not (ner.relevance_own_projections or ner.relevance_feature_norm or ner.relevance_edge_scaling)
+    assert not ner.prompt_layer_norm  # Eq. 23
     assert ner.path_regularization_weight == 1.5 and ner.graph_iterations == 2 and ner.num_crops == 3
     assert ner.fusion_units == ["rau", "fsru", "cfu"] and ner.vision_config.depths == [3, 4, 23, 3]
     assert ner.vision_feature_size == 2048 and ner.fusion_intermediate_size == 2 * 768

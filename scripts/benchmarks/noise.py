@@ -4,8 +4,9 @@
 Models, each trained with `rap_hf.training` on the corpus as it is (every tweet with its own image):
 
   * RAP                  the default configuration (relevance reasoning, beta learnt by image-text matching, veto gate);
-  * RAP as the paper     `relevance_matching_weight=0`, `relevance_gate="tanh"`, `relevance_task_gradient=True`: beta
-                         learns through the task loss only;
+  * RAP as the paper     `RAPConfig.paper_architecture()`: every equation as written (beta = W_s r_g^N + b_s, gate
+                         tanh(beta), m = 3 crops, shared E_t/E_v, no added normalisation), the paper's sizes, beta
+                         trained through the task loss only (docs/design.md "Paper mode");
   * MRR ablation         `use_relevance_reasoning=False` (Table 5 "MRR"): the gate is always 1;
   * RAP at the paper's size  the default relevance training, but E_t from a second encoder pass, d = hidden size,
                          L = 4, m = 256: what the faster defaults give up (--variants rap-paper-size);
@@ -61,11 +62,13 @@ CONDITIONS = ("matched", "shuffled", "none")
 # name -> (label, ModelArguments fields, RAPConfig overrides)
 VARIANTS = {
     "rap": ("RAP", {}, {}),
-    "rap-paper": ("RAP as the paper (no matching loss, tanh gate)", {},
-                  {"relevance_matching_weight": 0.0, "relevance_gate": "tanh", "relevance_task_gradient": True}),
+    "rap-paper": ("RAP as the paper (paper mode)", {"paper_architecture": True}, {}),
     "mrr": ("MRR ablation (gate = 1)", {"use_relevance_reasoning": False}, {}),
     "rap-paper-size": ("RAP at the paper's size (E_t=encoder, d=h, L=4, m=256)", {"paper_architecture": True},
-                       {"relevance_gate": "veto", "relevance_matching_weight": 2.0, "relevance_task_gradient": False}),
+                       {"relevance_gate": "veto", "relevance_matching_weight": 2.0, "relevance_task_gradient": False,
+                        "relevance_activation": "sigmoid", "visual_objects": "image_and_crops",
+                        "relevance_own_projections": True, "relevance_feature_norm": True,
+                        "relevance_edge_scaling": True, "prompt_layer_norm": True}),  # every non-size field: default
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]

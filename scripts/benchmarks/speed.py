@@ -101,7 +101,7 @@ def make_batch(model, variant: str, batch_size: int, length: int) -> dict[str, A
         batch["entity_positions"] = torch.tensor([[1, length // 2]] * batch_size)
         batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=generator)
     if config.multimodal:
-        slots = config.num_visual_objects
+        slots = config.num_visual_slots
         batch["image_mask"] = torch.ones(batch_size, slots, dtype=torch.long)
         if VARIANTS[variant][3]:
             size = 32 if config.vision_config.model_type == "resnet" else 224
