@@ -10,6 +10,8 @@ Models, each trained with `rap_hf.training` on the corpus as it is (every tweet 
   * MRR ablation         `use_relevance_reasoning=False` (Table 5 "MRR"): the gate is always 1;
   * RAP at the paper's size  the default relevance training, but E_t from a second encoder pass, d = hidden size,
                          L = 4, m = 256: what the faster defaults give up (--variants rap-paper-size);
+  * RAP with the paper's equations  the defaults, but the paper's m = 3 crop objects, shared E_t/E_v and Eq. 1-6, 23
+                         without rap-hf's added normalisations (--variants rap-paper-equations);
   * text-only baseline   the same encoder + CRF without image (`multimodal=False`).
 
 Test conditions of the same trained model: matched (own image), shuffled (another tweet's image: a seeded
@@ -69,6 +71,10 @@ VARIANTS = {
                         "relevance_activation": "sigmoid", "visual_objects": "image_and_crops",
                         "relevance_own_projections": True, "relevance_feature_norm": True,
                         "relevance_edge_scaling": True, "prompt_layer_norm": True}),  # every non-size field: default
+    "rap-paper-equations": ("RAP with the paper's Eq. 1-6, 23 and m = 3 crops (default sizes and relevance training)",
+                            {}, {"visual_objects": "crops", "relevance_own_projections": False,
+                                 "relevance_feature_norm": False, "relevance_edge_scaling": False,
+                                 "prompt_layer_norm": False}),  # fmt: skip
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
