@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+# Standard library only up here: `rap-hf --help` must not load torch; the commands import the model code themselves.
 logger = logging.getLogger("rap_hf.cli")
 
 # Inputs are parsed (and checked) for the whole file first, then predicted this many batches at a time.

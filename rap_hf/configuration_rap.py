@@ -80,7 +80,7 @@ class RAPConfig(PreTrainedConfig):
             `False` removes the Modality Relevance Reasoning module and sets the relevance gate to 1 (Table 5, "MRR").
         relevance_activation (`str`, *optional*, defaults to `"sigmoid"`):
             Squashing of `beta = W_s r_g^N + b_s` (Algorithm 1) so that beta is a weight in (0, 1) as in Fig. 8;
-            `"none"` keeps the linear output, as Algorithm 1 writes it (the paper's R-Gate tanh(beta) is then in (-1, 1)).
+            `"none"` keeps the linear output as Algorithm 1 writes it (the paper's gate tanh(beta) is then in (-1, 1)).
         relevance_gate (`str`, *optional*, defaults to `"veto"`):
             R-Gate of Eq. 14: `"tanh"` (tanh(beta), the paper), `"identity"` (beta), `"rectified"`
             (tanh(max(0, score)) of beta's logit: open only where the reasoning finds the image more likely relevant

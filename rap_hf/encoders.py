@@ -137,6 +137,41 @@ def load_image_processor(name_or_path: str | None, default_image_size: int = 224
         return default_image_processor(default_image_size)
 
 
+def build_model_and_processor(
+    task: str,
+    labels: list[str],
+    text_model: str = OFFLINE_TEXT_MODEL,
+    vision_model: str | None = OFFLINE_VISION_MODEL,
+    max_length: int = 128,
+    **config_kwargs,
+):
+    """A fresh RAP model around pretrained encoders and its processor: `task` "ner" (BIO `labels`) or "re" (relation
+    `labels`); the encoders by name, folder or offline alias (`vision_model=None`: a randomly initialised ResNet-101;
+    `multimodal=False` in `config_kwargs`: the text-only baseline). RE gets the entity markers in the tokenizer, their
+    ids in the config and the embeddings resized. `config_kwargs`: RAPConfig fields (e.g. `RAPConfig.paper_fields`)."""
+    from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE
+    from .processing_rap import RAPProcessor
+
+    if not config_kwargs.get("multimodal", True):
+        vision_model = None
+    vision_path = resolve_vision_model(vision_model) if vision_model else None
+    processor = RAPProcessor.from_text_model(
+        resolve_text_model(text_model), image_processor=load_image_processor(vision_path), max_length=max_length,
+        num_crops=config_kwargs.get("num_crops", 3),
+    )  # fmt: skip
+    config_kwargs.setdefault("prompt_source_length", max(max_length, 128))
+    if task == "re":
+        marker_ids = processor.marker_ids
+        config_kwargs["subject_marker_token_id"] = marker_ids[processor.entity_markers[0]]
+        config_kwargs["object_marker_token_id"] = marker_ids[processor.entity_markers[2]]
+    config_kwargs.update(task=task, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model_class = RAPForMultimodalNER if task == "ner" else RAPForMultimodalRE
+    model = model_class.from_text_vision_pretrained(text_model, vision_model or None, **config_kwargs)
+    if len(processor.tokenizer) != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(processor.tokenizer))
+    return model, processor
+
+
 # Smoke-test sizes (CI runs of the real training code): a ResNet of two tiny stages and a 2-layer random BERT.
 TINY_VISION_CONFIG = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
                       "layer_type": "basic"}  # fmt: skip

@@ -11,15 +11,13 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
-
-from .reporting import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +46,13 @@ REPORTED_RESULTS: dict[str, dict[str, float]] = {
     "mnre": {"precision": 83.59, "recall": 82.67, "f1": 83.13},
 }
 
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (cells are written as given)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 @dataclass(frozen=True)
 class DatasetInfo:

@@ -6,6 +6,7 @@ This file is copied to the Hub next to the weights (remote code): it imports onl
 ambiguous is marked `# Choice:` and listed in docs/design.md.
 """
 
+import functools
 import inspect
 import math
 import os
@@ -29,8 +30,6 @@ except ImportError:  # pragma: no cover - exercised only where pytorch-crf is mi
     CRF = None
 
 logger = logging.get_logger(__name__)
-
-UNIT_NAMES = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -479,7 +478,6 @@ class PromptProjection(nn.Module):
         self.head_dim = text.hidden_size // text.num_attention_heads
         self.prompt_length = config.prompt_length
         self.source_length = config.prompt_source_length
-        self.init_scale = config.prompt_init_scale
         # Choice: "map the length to m_p" is a learned (m_p x max_len) matrix over zero-padded positions.
         self.length_mapping = nn.Linear(config.prompt_source_length, config.prompt_length)
         # Choice: a LayerNorm before W_in, so the prefixes' initial scale does not depend on X_mli's.
@@ -537,12 +535,17 @@ def encoder_key_value_rms(encoder: nn.Module, batch: int = 4, length: int = 32) 
 
 def encoder_cache_argument(encoder: nn.Module) -> str:
     """Name of the encoder's cache argument: `cache` since transformers 5.2x, `past_key_values` before."""
-    parameters = inspect.signature(encoder.forward).parameters
+    return _cache_argument_of(type(encoder))
+
+
+@functools.cache  # the signature is the class's: inspect it once, not on every forward pass
+def _cache_argument_of(encoder_class: type) -> str:
+    parameters = inspect.signature(encoder_class.forward).parameters
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name
     raise RuntimeError(
-        f"{type(encoder).__name__}.forward takes neither `cache` nor `past_key_values`: this transformers version "
+        f"{encoder_class.__name__}.forward takes neither `cache` nor `past_key_values`: this transformers version "
         "cannot receive RAP's prefix prompts"
     )
 
@@ -746,7 +749,7 @@ class RAPModel(RAPPreTrainedModel):
     def __init__(self, config: RAPConfig):
         super().__init__(config)
         self.text_encoder = AutoModel.from_config(config.text_config, add_pooling_layer=False)
-        self.cache_argument = encoder_cache_argument(self.text_encoder)
+        encoder_cache_argument(self.text_encoder)  # an encoder that cannot take the prefix cache fails here, not later
         if config.multimodal:
             self.vision_encoder = AutoModel.from_config(config.vision_config)
             self.semantic_features = SemanticFeatureExtractor(config)

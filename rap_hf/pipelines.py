@@ -37,7 +37,6 @@ from .processing_rap import RAPProcessor, load_image
 logger = logging.get_logger(__name__)
 
 TASK_NAME = "rap-extraction"
-UNIT_DISPLAY_NAMES = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Word splitting (the corpora are pre-tokenised; raw text must be split the same way)
@@ -203,17 +202,17 @@ def resolve_span(spec: Any, text: str, words: list[Word], role: str) -> Span:
 # Images
 # ----------------------------------------------------------------------------------------------------------------------
 def read_picture(value: Any, role: str = "image") -> Image.Image | None:
-    """An RGB picture from a path, PIL image, `datasets` dict or array; `None` (with a warning) when it cannot be read.
+    """An RGB image from a path, PIL image, `datasets` dict or array; `None` (with a warning) when it cannot be read.
 
     A missing or broken file is an expected situation with tweets (deleted images): the caller predicts text-only.
     """
     if value is None:
         return None
     try:
-        picture = load_image(value)
-        if picture is not None:
-            picture.load()  # decode now, so that a truncated file fails here and not inside the image processor
-        return picture
+        image = load_image(value)
+        if image is not None:
+            image.load()  # decode now, so that a truncated file fails here and not inside the image processor
+        return image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         where = os.fspath(value) if isinstance(value, (str, os.PathLike)) else type(value).__name__
         logger.warning(f"could not read {role} {where!r} ({type(error).__name__}: {error}); predicting without it")
@@ -256,6 +255,7 @@ def crf_marginals(crf: torch.nn.Module, emissions: torch.Tensor, mask: torch.Ten
     return marginals * mask.unsqueeze(-1)
 
 
+# Not seqeval's get_entities (same spans on BIO tags): as Hub remote code this file may import only torch/transformers.
 def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """`(type, start, end)` word spans of a BIO tag sequence. An `I-X` that does not continue an `X` entity starts a
     new one (as conlleval does); a tag without `B-`/`I-` prefix (other than `O`) is a one-word entity of that type."""
@@ -272,14 +272,6 @@ def bio_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
         entities.append([entity_type, index, index + 1])
         open_type = entity_type if prefix in ("B", "I") else None
     return [tuple(entity) for entity in entities]
-
-
-def _as_float_list(row: torch.Tensor | None) -> list[float] | None:
-    return None if row is None else [float(v) for v in row.tolist()]
-
-
-def _as_float(value: torch.Tensor | None) -> float | None:
-    return None if value is None else float(value)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -353,7 +345,7 @@ def load_processor(path: str | os.PathLike) -> RAPProcessor:
 # Pipeline
 # ----------------------------------------------------------------------------------------------------------------------
 _INPUT_KEYS = {"text", "tokens", "image", "crops", "subject", "object", "pairs", "entities"}
-_PICTURE_TYPES = (str, os.PathLike, Image.Image, Mapping)
+_IMAGE_TYPES = (str, os.PathLike, Image.Image, Mapping)
 
 
 def save_pipeline_code(pipe: RAPPipeline, save_directory: str | os.PathLike) -> None:
@@ -436,7 +428,7 @@ class RAPPipeline(ChunkPipeline):
         kwargs.setdefault("task", TASK_NAME)
         for unused in ("tokenizer", "feature_extractor", "image_processor", "video_processor"):
             kwargs.pop(unused, None)
-        # transformers' pad_collate_fn batches the chunks: tokenizer padding, pictures concatenated
+        # transformers' pad_collate_fn batches the chunks: tokenizer padding, images concatenated
         super().__init__(model=model, processor=processor, tokenizer=processor.tokenizer,
                          image_processor=processor.image_processor, batch_size=batch_size, **kwargs)  # fmt: skip
         self.model.eval()
@@ -567,7 +559,7 @@ class RAPPipeline(ChunkPipeline):
         if not isinstance(crops, (list, tuple)):
             raise TypeError(f"crops must be a list of images, got {type(crops).__name__}")
         for role, value in [("image", fields.get("image"))] + [(f"crop {i}", c) for i, c in enumerate(crops)]:
-            if value is not None and not isinstance(value, _PICTURE_TYPES) and not hasattr(value, "__array__"):
+            if value is not None and not isinstance(value, _IMAGE_TYPES) and not hasattr(value, "__array__"):
                 raise TypeError(f"{role} must be a path, a PIL image or None, got {type(value).__name__}")
         parsed = RAPInput(text=text, words=words, image=fields.get("image"), crops=list(crops))
         if self.rap_task == "re":
@@ -621,13 +613,13 @@ class RAPPipeline(ChunkPipeline):
     # -------------------------------------------------------------------------------------------- internals
     def _visual_inputs(self, input_: RAPInput) -> dict[str, torch.Tensor]:
         """`pixel_values [1, 1+K, 3, H, W]` and `image_mask [1, 1+K]` of one input; zero when the image is unusable."""
-        picture = read_picture(input_.image, "image")
+        image = read_picture(input_.image, "image")
         crops = []
-        if picture is not None:
+        if image is not None:
             crops = [crop for crop in (read_picture(c, f"crop {i}") for i, c in enumerate(input_.crops)) if crop]
         elif input_.crops:
             logger.warning("crops given without a readable image are ignored; predicting text-only")
-        return self.processor.process_images([picture], [crops], num_crops=self.model.config.num_crops)
+        return self.processor.process_images([image], [crops], num_crops=self.model.config.num_crops)
 
     def _entities(self, outputs: dict[str, Any], input_: RAPInput) -> list[dict[str, Any]]:
         word_ids, starts = outputs["word_ids"], outputs["word_start_mask"][0].tolist()

@@ -10,7 +10,7 @@ copied next to a checkpoint on the Hub and loaded with ``AutoProcessor.from_pret
   subject and the object; truncation moves the window so both entities stay inside; ``entity_positions`` holds the
   indices of ``<s>`` and ``<o>``.
 * Images: the whole image and up to ``num_crops`` object crops become ``pixel_values [B, 1+K, 3, H, W]`` with
-  ``image_mask [B, 1+K]`` (1 = real picture, 0 = empty slot).
+  ``image_mask [B, 1+K]`` (1 = real image, 0 = empty slot).
 """
 
 from __future__ import annotations
@@ -389,7 +389,7 @@ class RAPProcessor(ProcessorMixin):
     # ------------------------------------------------------------------------------------------------------------
 
     def _image_chw(self) -> tuple[int, int, int]:
-        """Shape of one processed picture (found once by processing a blank image)."""
+        """Shape of one processed image (found once by processing a blank image)."""
         if self._image_shape is None:
             blank = Image.new("RGB", (32, 32))
             self._image_shape = tuple(self.image_processor(blank, return_tensors="pt")["pixel_values"].shape[1:])
@@ -402,25 +402,25 @@ class RAPProcessor(ProcessorMixin):
         num_crops: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """``pixel_values [B, 1+K, 3, H, W]`` (slot 0 image, slots 1..K crops, empty slots zero) and
-        ``image_mask [B, 1+K]``. Pictures may be PIL images, paths, ``datasets`` dicts or ``None``."""
+        ``image_mask [B, 1+K]``. Images and crops may be PIL images, paths, ``datasets`` dicts or ``None``."""
         num_crops = self.num_crops if num_crops is None else num_crops
         batch = len(images) if images is not None else len(crops or [])
         images = list(images) if images is not None else [None] * batch
         crops = list(crops) if crops is not None else [None] * batch
         if len(crops) != batch:
             raise ValueError(f"{batch} images but {len(crops)} crop lists")
-        pictures, slots = [], []
+        loaded_images, slots = [], []
         for row in range(batch):
-            row_pictures = [images[row]] + list(crops[row] or [])[:num_crops]
-            for slot, value in enumerate(row_pictures):
-                picture = load_image(value)
-                if picture is not None:
-                    pictures.append(picture)
+            row_images = [images[row]] + list(crops[row] or [])[:num_crops]
+            for slot, value in enumerate(row_images):
+                image = load_image(value)
+                if image is not None:
+                    loaded_images.append(image)
                     slots.append((row, slot))
         pixel_values = torch.zeros((batch, 1 + num_crops, *self._image_chw()), dtype=torch.float32)
         image_mask = torch.zeros((batch, 1 + num_crops), dtype=torch.long)
-        if pictures:
-            processed = self.image_processor(pictures, return_tensors="pt")["pixel_values"]
+        if loaded_images:
+            processed = self.image_processor(loaded_images, return_tensors="pt")["pixel_values"]
             for (row, slot), values in zip(slots, processed):
                 pixel_values[row, slot] = values
                 image_mask[row, slot] = 1
@@ -591,14 +591,14 @@ class RAPDataCollator:
 
     Visual inputs, in order of preference: ``visual_features`` (from the feature cache) or ``pixel_values``
     already in the examples are stacked; otherwise, when the examples carry ``image``/``crops`` columns, the
-    pictures are processed on the fly (needs ``processor``). ``image_mask`` comes along.
+    images are processed on the fly (needs ``processor``). ``image_mask`` comes along.
 
     Args:
         processor: the `RAPProcessor` (pad id, image processing).
         pad_token_id: used when no processor is given.
         pad_to_multiple_of: round the padded length up (e.g. 8 for tensor cores).
         return_word_ids: keep ``word_ids`` (python lists) in the batch, for mapping NER predictions back.
-        num_crops: crop slots when processing pictures on the fly (default: the processor's).
+        num_crops: crop slots when processing images on the fly (default: the processor's).
     """
 
     processor: RAPProcessor | None = None

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "UNIT_DISPLAY_NAMES",
     "RoutingFigure",
     "routing_vector_size",
     "split_routing_weights",
@@ -30,6 +31,9 @@ __all__ = [
     "plot_routing_map",
     "embed_2d",
 ]
+
+# The paper's names of the fusion units, keyed by `RAPConfig.fusion_units`: the one table for figures and reports.
+UNIT_DISPLAY_NAMES: dict[str, str] = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
 
 _MIN_EDGE_WIDTH, _MAX_EDGE_WIDTH = 0.3, 6.0
 _MIN_EDGE_ALPHA, _MAX_EDGE_ALPHA = 0.08, 0.95

@@ -42,8 +42,9 @@ from typing import Any
 
 from rap_hf.configuration_rap import DEFAULT_ROUTING_LAYERS, FUSION_UNITS, PAPER_ROUTING_LAYERS, RAPConfig
 from rap_hf.encoders import PAPER_TEXT_MODEL, PAPER_VISION_MODEL, TINY_VISION_CONFIG, save_tiny_text_model
-from rap_hf.reporting import markdown_table
-from rap_hf.training import TASK_OF_DATASET, latest_complete_checkpoint
+
+from rap_experiment.reporting import markdown_table
+from rap_experiment.run import TASK_OF_DATASET, latest_complete_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_RAP = REPO_ROOT / "scripts" / "run_rap.py"
@@ -244,9 +245,9 @@ def run_in_process(plan: Plan, specs: Sequence[RunSpec]) -> None:
     """The smoke grid: each run through the same argument parser and `run` as run_rap.py, in this process."""
     from transformers import HfArgumentParser
 
-    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
+    from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, RAPTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments))
     gc.freeze()  # the Trainer's gc.collect() per run then skips the import-time objects (~0.35 s a run)
     for spec in specs:
         run(*parser.parse_args_into_dataclasses(args=plan.arguments(spec)))

@@ -12,11 +12,12 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from rap_hf.data import DataFormatError
-from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
+
+from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
 
 def parse_arguments():
-    parser = HfArgumentParser((ModelArguments, DataArguments, RAPTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments))
     if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
         path = Path(sys.argv[1]).resolve()
         if path.suffix == ".json":

@@ -1,17 +1,17 @@
 """Running the benchmark scripts (smoke mode, or imported as modules) and reading the Markdown tables they print;
 shared by tests/test_benchmark_*.py."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from rap_hf.reporting import table_rows  # noqa: F401  (re-exported for the benchmark tests)
-
-from conftest import REPO_ROOT
-from warm_python import run_python
+from conftest import REPO_ROOT, run_python
+from rap_experiment.reporting import table_rows  # noqa: F401  (re-exported for the benchmark tests)
 
 BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
 
@@ -42,11 +42,14 @@ def load_benchmark(script: str, module_name: str):
 def run_main_in_process(script: str, *args: str) -> tuple[int, str, str]:
     """Calls `main(args)` of scripts/benchmarks/<script> in this interpreter (for modes that only read and print, such
     as --report); returns the exit status, stdout and stderr as the command line would give them."""
-    from entry_points import captured
-
     module = load_benchmark(script, f"benchmark_{Path(script).stem}_main")
-    done = captured(lambda: module.main(list(args)))
-    return done["returncode"], done["stdout"], done["stderr"]
+    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            module.main(list(args))
+        except SystemExit as exit_:  # argparse and sys.exit: the status a shell would see
+            returncode = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    return returncode, stdout.getvalue(), stderr.getvalue()
 
 
 def run_smoke(tmp_folder: Path, script: str, *args: str, timeout: int = 600) -> tuple[str, Any]:

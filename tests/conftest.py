@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,6 +110,14 @@ def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0
     else:
         inputs.update(entity_positions=torch.tensor([[1, 3]] * batch), labels=torch.arange(batch) % 3)
     return inputs
+
+
+def run_python(argv: list[str], cwd: Path | str, env: dict | None = None, timeout: float = 600,
+               input: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """`python *argv` in a process of its own, as a user starts it (one torch thread unless `env` says otherwise)."""
+    env = {"OMP_NUM_THREADS": "1", **(env if env is not None else os.environ)}
+    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, input=input, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
 
 
 def minilm_path() -> Path | None:

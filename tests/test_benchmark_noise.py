@@ -1,14 +1,13 @@
 """The relevance benchmark (scripts/benchmarks/noise.py): --smoke trains RAP, the MRR ablation and the text-only
-baseline end to end and prints well-formed tables; its image conditions (rap_hf.relevance) are exact."""
+baseline end to end and prints well-formed tables; its image conditions (rap_experiment.relevance) are exact."""
 
 import math
 
 import datasets
 import pytest
 
-from rap_hf.relevance import derangement, ranking_auc, shuffled_images, without_images
-
 from benchmark_helpers import number, run_smoke, table_rows
+from rap_experiment.relevance import derangement, ranking_auc, shuffled_images, without_images
 
 MODELS = ["RAP", "MRR ablation (gate = 1)", "text-only baseline"]
 

@@ -11,7 +11,7 @@ from PIL import Image
 from rap_hf.cli import main
 from rap_hf.pipelines import pipeline
 
-from warm_python import run_python
+from conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

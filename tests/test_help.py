@@ -1,18 +1,17 @@
 """Every entry point answers `--help` (exit 0, its options listed) and `scripts/run_rap.py` reports a bad argument or
-corpus in one line. Each call runs as `__main__` with its own argv and folder, as a user would start it, all of them in
-one process of their own (tests/entry_points.py, started by tests/warm_python.py), apart from pytest's."""
+corpus in one line. Each call is `python ARGS` in a process of its own, as a user would start it."""
 
 import dataclasses
-import json
 import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from warm_python import run_python
+from conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -42,24 +41,27 @@ CLI_HELP = [
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict[tuple, dict]:
-    """{(kind, case): {returncode, stdout, stderr}} of every call of this module, from one process."""
-    calls = {("script", str(path.relative_to(REPO_ROOT))): [str(path.relative_to(REPO_ROOT)), "--help"]
+    """{(kind, case): {returncode, stdout, stderr}} of every call of this module, each `python ARGS` in a process of
+    its own as a user starts it (two at a time)."""
+    calls = {("script", str(path.relative_to(REPO_ROOT))): ([str(path.relative_to(REPO_ROOT)), "--help"], REPO_ROOT)
              for path in scripts_with_a_parser()}  # fmt: skip
-    calls.update({("cli", tuple(arguments)): ["-m", "rap_hf.cli", *arguments, "--help"] for arguments, _ in CLI_HELP})
+    calls.update({("cli", tuple(arguments)): (["-m", "rap_hf.cli", *arguments, "--help"], REPO_ROOT)
+                  for arguments, _ in CLI_HELP})  # fmt: skip
     console = shutil.which("rap-hf")
     if console and "python" in Path(console).read_text(errors="replace").split("\n", 1)[0]:  # pip's Python wrapper
-        calls[("console",)] = [console, "predict", "--help"]
+        calls[("console",)] = ([console, "predict", "--help"], REPO_ROOT)
     folders = {}
     for index, (arguments, _) in enumerate(BAD_ARGUMENTS):
         folders[index] = tmp_path_factory.mktemp(f"bad{index}")
-        calls[("bad", index)] = [str(REPO_ROOT / "scripts" / "run_rap.py"), *arguments,
-                                 "--output_dir", str(folders[index] / "out")]  # fmt: skip
-    payload = [{"argv": argv, "cwd": str(folders[key[1]] if key[0] == "bad" else REPO_ROOT)}
-               for key, argv in calls.items()]  # fmt: skip
-    runner = [str(REPO_ROOT / "tests" / "entry_points.py")]
-    completed = run_python(runner, cwd=REPO_ROOT, env=ENV, input=json.dumps(payload), timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    results = dict(zip(calls, json.loads(completed.stdout)))
+        script = str(REPO_ROOT / "scripts" / "run_rap.py")
+        calls[("bad", index)] = ([script, *arguments, "--output_dir", str(folders[index] / "out")], folders[index])
+
+    def start(argv_and_folder) -> dict:
+        done = run_python(argv_and_folder[0], cwd=argv_and_folder[1], env=ENV, timeout=600)
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(calls, pool.map(start, calls.values())))
     for index, folder in folders.items():
         results[("bad", index)]["folder"] = folder
     return results
@@ -67,7 +69,7 @@ def outputs(tmp_path_factory) -> dict[tuple, dict]:
 
 def run_rap_options() -> list[str]:
     """The fields of run_rap.py's own argument dataclasses (HfArgumentParser takes the help from their metadata)."""
-    from rap_hf.training import DataArguments, ModelArguments
+    from rap_experiment.run import DataArguments, ModelArguments
 
     return [f"--{field.name}" for cls in (ModelArguments, DataArguments) for field in dataclasses.fields(cls)]
 

@@ -19,6 +19,8 @@ from rap_hf.pipelines import (
 )
 from rap_hf.processing_rap import RAPProcessor
 
+from conftest import run_python
+
 NER_TYPES = {"PER", "LOC", "ORG", "MISC"}
 TEXTS = [
     "RT @JayKenMinaj_ :  Me outside of Where   #NBA Kevin Durant's house!!",
@@ -438,7 +440,6 @@ def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
     import json
     import os
 
-    from warm_python import run_python
 
     ner.save_pretrained(tmp_path / "shared")
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["custom_pipelines"] == {

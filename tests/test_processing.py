@@ -19,8 +19,7 @@ from rap_hf.processing_rap import (
     marker_order,
 )
 
-from conftest import minilm_path
-from warm_python import run_python
+from conftest import minilm_path, run_python
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = minilm_path()

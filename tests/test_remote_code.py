@@ -10,8 +10,7 @@ import torch
 
 from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
 
-from conftest import REPO_ROOT, tiny_batch, tiny_config
-from warm_python import run_python
+from conftest import REPO_ROOT, run_python, tiny_batch, tiny_config
 
 # Runs in a process that never imported rap_hf (tests/warm_python.py), from a neutral folder: rap_hf must not be
 # importable by accident. Loads every (model reference, batch, output) triple of argv in turn.

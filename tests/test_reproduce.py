@@ -6,11 +6,9 @@ import os
 
 import pytest
 
-from rap_hf.reporting import table_rows
-
 from benchmark_helpers import load_benchmark, run_main_in_process
-from conftest import REPO_ROOT
-from warm_python import run_python
+from conftest import REPO_ROOT, run_python
+from rap_experiment.reporting import table_rows
 
 SCRIPT = REPO_ROOT / "scripts" / "reproduce.py"
 

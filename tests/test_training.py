@@ -13,9 +13,8 @@ from rap_hf.data import load_dataset
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 from training_helpers import TINY_OVERRIDES, make_tiny_text_model, run_script, run_script_in_process
-from warm_python import run_python
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +99,7 @@ def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_m
     """The only mock: the network calls of huggingface_hub.HfApi."""
     import huggingface_hub
 
-    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
+    from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
     uploads = []
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
@@ -114,8 +113,9 @@ def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_m
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
     run(
         ModelArguments(text_model=str(tiny_text_model), vision_model=None, config_overrides=TINY_OVERRIDES),
-        DataArguments(dataset="mnre", feature_cache_dir=str(tmp_path / "features")),
-        RAPTrainingArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, push_to_hub=True,
+        DataArguments(dataset="mnre"),
+        RunArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, push_to_hub=True,
+                     feature_cache_dir=str(tmp_path / "features"),
                              hub_model_id="org/rap-mnre", report_to="none"),  # fmt: skip
     )
     assert len(uploads) == 1 and uploads[0][0] == "org/rap-mnre"
@@ -128,7 +128,7 @@ def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_m
 
 
 def test_latest_checkpoint_skips_one_cut_off_while_saving(tmp_path):
-    from rap_hf.training import RAPTrainingArguments, latest_complete_checkpoint, resolve_resume
+    from rap_experiment.run import RunArguments, latest_complete_checkpoint, resolve_resume
 
     for step, complete in ((5, True), (10, True), (15, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -136,7 +136,7 @@ def test_latest_checkpoint_skips_one_cut_off_while_saving(tmp_path):
         if complete:
             (folder / "rap_checkpoint_complete").write_text("")
     assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    args = RAPTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="latest")
+    args = RunArguments(output_dir=str(tmp_path), resume_from_checkpoint="latest")
     assert resolve_resume(args) == tmp_path / "checkpoint-10"
     args.resume_from_checkpoint = str(tmp_path / "checkpoint-15")
     with pytest.raises(ValueError, match="not saved completely"):

@@ -10,9 +10,10 @@ import sys
 import pytest
 from transformers import TrainerCallback, TrainingArguments
 
-from rap_hf.training import RAPTrainingArguments, build_trainer, check_training_argument_fields, check_warmup_schedule
+from rap_hf.trainer import RAPTrainingArguments, check_training_argument_fields, check_warmup_schedule
 
 from conftest import REPO_ROOT
+from rap_experiment.run import build_trainer
 from training_helpers import make_tiny_text_model, script_arguments
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rap_hf.configuration_rap import FUSION_UNITS
 from rap_hf.visualization import (
+    UNIT_DISPLAY_NAMES,
     RoutingFigure,
     embed_2d,
     plot_relevance_by_class,
@@ -18,6 +20,10 @@ from rap_hf.visualization import (
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UNITS = ["RAU", "FSRU", "CFU"]
+
+
+def test_every_fusion_unit_has_one_display_name():
+    assert list(UNIT_DISPLAY_NAMES) == list(FUSION_UNITS) and list(UNIT_DISPLAY_NAMES.values()) == UNITS
 
 
 def assert_valid_png(path) -> None:

@@ -3,12 +3,14 @@ tests/test_training*.py."""
 
 import json
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from rap_hf.encoders import save_tiny_text_model
 
-from conftest import REPO_ROOT, TINY_VISION
-from warm_python import run_python
+from conftest import REPO_ROOT, TINY_VISION, run_python
 
 SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
 TINY_OVERRIDES = json.dumps(
@@ -55,16 +57,25 @@ def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int =
 
 
 def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expect_failure=False) -> dict:
-    """The same single-process run as `run_script`, but as `python scripts/run_rap.py` inside this interpreter:
-    the script's own code path without the ~10 s of starting two interpreters (launcher and script)."""
+    """The same single-process run as `run_script`, through the script's own parser and `run` in this interpreter:
+    the script's code path without the ~10 s of starting two interpreters (launcher and script)."""
     import torch
+    from transformers import HfArgumentParser
 
-    from entry_points import run_call
+    from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
-    threads = torch.get_num_threads()
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments))
+    arguments = parser.parse_args_into_dataclasses(script_arguments(output_dir, text_model, *extra))
+    threads, argv = torch.get_num_threads(), sys.argv
     torch.set_num_threads(1)
+    sys.argv = [str(SCRIPT), *script_arguments(output_dir, text_model, *extra)]  # what results.json records
     try:
-        done = run_call([str(SCRIPT), *script_arguments(output_dir, text_model, *extra)], str(REPO_ROOT))
+        if expect_failure:
+            with pytest.raises((ValueError, FileNotFoundError)) as error:
+                run(*arguments)
+            return {"stderr": f"error: {error.value}"}
+        run(*arguments)
     finally:
         torch.set_num_threads(threads)
-    return outcome(output_dir, done["returncode"], done["stdout"], done["stderr"], expect_failure)
+        sys.argv = argv
+    return outcome(output_dir, 0, "", "", expect_failure=False)

@@ -7,7 +7,7 @@ image and crop can be computed once and reused for all epochs and runs::
     dataset = cache.attach(dataset)    # adds visual_features [1+K, C_v] and image_mask [1+K]
     collator = RAPDataCollator(processor)  # stacks visual_features instead of pixel_values
 
-Each picture is keyed by a hash of its file bytes (``image_key``), so identical pictures are computed once and
+Each image is keyed by a hash of its file bytes (``image_key``), so identical images are computed once and
 the cache does not depend on paths. The cache lives in ``<cache_dir>/<fingerprint>/``, where the fingerprint
 (`vision_fingerprint`) covers the vision config, the vision weights and the image processor settings: a
 different encoder gets a different folder. Features are written in shards while extraction runs, so an
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ _IGNORED_PROCESSOR_KEYS = {"auto_map", "processor_class", "_processor_class"}
 
 
 def image_key(value: Any) -> str | None:
-    """Content key of a picture: hash of its file bytes (``datasets`` dict or path) or of its pixels (PIL)."""
+    """Content key of an image: hash of its file bytes (``datasets`` dict or path) or of its pixels (PIL)."""
     if value is None:
         return None
     digest = hashlib.blake2b(digest_size=16)
@@ -58,18 +57,8 @@ def image_key(value: Any) -> str | None:
         digest.update(f"pil:{value.mode}:{value.size}".encode())
         digest.update(value.tobytes())
     else:
-        raise TypeError(f"cannot key a picture given as {type(value).__name__}")
+        raise TypeError(f"cannot key an image given as {type(value).__name__}")
     return digest.hexdigest()
-
-
-def _open_picture(value: Any) -> Image.Image:
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") is not None else Image.open(value["path"])
-    else:
-        image = Image.open(value)
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def find_vision_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -113,18 +102,18 @@ def vision_fingerprint(vision_module: torch.nn.Module, image_processor: Any) -> 
 
 
 class VisualFeatureCache:
-    """Pooled vision features per picture, computed once with ``model.get_image_features``.
+    """Pooled vision features per image, computed once with ``model.get_image_features``.
 
     Args:
         cache_dir: root folder; features go to ``cache_dir/<fingerprint>/``.
         model: any module with ``get_image_features(pixel_values [N, 3, H, W]) -> [N, C_v]`` (a RAP model).
         processor: a `RAPProcessor` or a bare image processor.
         num_crops: crop slots K of the output (default: the processor's, else 3).
-        batch_size: pictures per encoder call.
+        batch_size: images per encoder call.
         device: where to run the encoder (default: CUDA when available, else CPU); the model is moved there
             for the extraction and moved back afterwards.
         vision_module: the module whose weights define the fingerprint (default: `find_vision_module`).
-        flush_every: write a shard after this many new pictures (what an interruption can lose at most).
+        flush_every: write a shard after this many new images (what an interruption can lose at most).
         show_progress: tqdm bar during extraction.
     """
 
@@ -210,9 +199,11 @@ class VisualFeatureCache:
     # extraction
     # ------------------------------------------------------------------------------------------------------------
 
-    def _encode(self, pictures: list[Any]) -> torch.Tensor:
-        images = [_open_picture(p) for p in pictures]
-        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"].to(self.device)
+    def _encode(self, images: list[Any]) -> torch.Tensor:
+        from ..processing_rap import load_image  # here: it imports transformers, which loading a dataset does not need
+
+        loaded_images = [load_image(image) for image in images]
+        pixel_values = self.image_processor(loaded_images, return_tensors="pt")["pixel_values"].to(self.device)
         self.encoder_calls += 1
         return self._image_features(pixel_values).float().cpu()
 
@@ -229,12 +220,12 @@ class VisualFeatureCache:
             self.model.to(original_device).train(was_training)
 
     def _probe_feature_size(self) -> int:
-        """C_v for a dataset without any picture (nothing stored): one encoder call on a blank image."""
+        """C_v for a dataset without any image (nothing stored): one encoder call on a blank image."""
         with self._model_on_device():
             return int(self._encode([Image.new("RGB", (32, 32))]).shape[1])
 
     def compute(self, pictures: dict[str, Any], description: str = "visual features") -> int:
-        """Compute and store the features of ``{key: picture}`` not in the cache yet; returns how many were new."""
+        """Compute and store the features of ``{key: image}`` not in the cache yet; returns how many were new."""
         index = self._load_index()
         missing = [(key, value) for key, value in pictures.items() if key not in index]
         if not missing:
@@ -254,11 +245,11 @@ class VisualFeatureCache:
                     buffer_keys, buffer = [], []
             if buffer_keys:
                 self._write_shard(buffer_keys, torch.cat(buffer))
-        logger.info("visual feature cache %s: %d new pictures, %d in total", self.directory, len(missing), len(index))
+        logger.info("visual feature cache %s: %d new images, %d in total", self.directory, len(missing), len(index))
         return len(missing)
 
     @staticmethod
-    def _pictures_of(dataset: datasets.Dataset) -> Iterable[tuple[Any, list[Any]]]:
+    def _images_of(dataset: datasets.Dataset) -> Iterable[tuple[Any, list[Any]]]:
         """(image, crops) of every row, undecoded (``{"bytes", "path"}`` dicts) so keys come from file bytes."""
         columns = [c for c in ("image", "crops") if c in dataset.column_names]
         view = dataset.select_columns(columns)
@@ -273,27 +264,27 @@ class VisualFeatureCache:
         """Compute every image and crop of a dataset (all splits of a ``DatasetDict``); returns how many were new."""
         if isinstance(dataset, datasets.DatasetDict):
             return sum(self.extract(split) for split in dataset.values())
-        pictures: dict[str, Any] = {}
-        for image, crops in self._pictures_of(dataset):
+        images: dict[str, Any] = {}
+        for image, crops in self._images_of(dataset):
             for value in [image, *crops[: self.num_crops]]:
                 key = image_key(value)
                 if key is not None:
-                    pictures.setdefault(key, value)
-        return self.compute(pictures)
+                    images.setdefault(key, value)
+        return self.compute(images)
 
     # ------------------------------------------------------------------------------------------------------------
     # lookup
     # ------------------------------------------------------------------------------------------------------------
 
     def get(self, key: str) -> torch.Tensor:
-        """Feature ``[C_v]`` of a stored picture."""
+        """Feature ``[C_v]`` of a stored image."""
         shard, row = self._load_index()[key]
         return self._shards[shard][row]
 
     def lookup(
         self, images: Sequence[Any], crops: Sequence[Sequence[Any] | None] | None = None
     ) -> dict[str, torch.Tensor]:
-        """``visual_features [B, 1+K, C_v]`` and ``image_mask [B, 1+K]`` for a batch; pictures not cached yet
+        """``visual_features [B, 1+K, C_v]`` and ``image_mask [B, 1+K]`` for a batch; images not cached yet
         are computed first."""
         crops = crops if crops is not None else [None] * len(images)
         keys = [[image_key(v) for v in [image, *list(row_crops or [])[: self.num_crops]]]
@@ -319,7 +310,7 @@ class VisualFeatureCache:
     ) -> datasets.Dataset | datasets.DatasetDict:
         """Add ``visual_features [1+K, C_v]`` (float32) and ``image_mask [1+K]`` columns (extracting first).
 
-        With ``remove_images`` the ``image``/``crops`` columns are dropped so nothing decodes pictures later.
+        With ``remove_images`` the ``image``/``crops`` columns are dropped so nothing decodes images later.
         """
         if isinstance(dataset, datasets.DatasetDict):
             return datasets.DatasetDict({name: self.attach(split, remove_images) for name, split in dataset.items()})
@@ -339,7 +330,7 @@ class VisualFeatureCache:
             crops = batch.get("crops")
             if self.feature_size:
                 looked_up = self.lookup(images, crops)
-            else:  # no picture anywhere: every slot is empty
+            else:  # no image anywhere: every slot is empty
                 looked_up = {
                     "visual_features": torch.zeros((len(images), slots, size)),
                     "image_mask": torch.zeros((len(images), slots), dtype=torch.long),

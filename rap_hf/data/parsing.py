@@ -1,9 +1,9 @@
 """Parsers for the on-disk formats of the Twitter-2015/2017 (MNER) and MNRE (MRE) corpora.
 
-The corpora come in the layout of the HVPNeT/MKGformer releases (see ``docs/data.md``). Everything in this
-module is plain Python: it turns files into records and raises a ``DataFormatError`` (a ``ValueError``) that
-names the file, the line and the problem when the input is malformed. Recoverable gaps (a missing image, an
-unreadable crop) are not handled here but counted by the builders.
+The corpora come in the layout of the HVPNeT/MKGformer releases (see ``docs/data.md``). This module turns files
+into records (no model is involved; torch only reads the ``torch.save`` crop dictionaries) and raises a
+``DataFormatError`` (a ``ValueError``) that names the file, the line and the problem when the input is malformed.
+Recoverable gaps (a missing image, an unreadable crop) are not handled here but counted by the builders.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickle
+import struct
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +157,11 @@ def normalize_tag(tag: str, path: str | os.PathLike = "<input>", line: int | Non
 
 
 def find_orphan_tags(tags: Sequence[str]) -> list[int]:
-    """Indices of ``I-X`` tags that do not continue a ``B-X``/``I-X`` (orphans)."""
-    orphans = []
-    previous = "O"
-    for index, tag in enumerate(tags):
-        if tag.startswith("I-") and previous[2:] != tag[2:]:
-            orphans.append(index)
-        previous = tag
-    return orphans
+    """Indices of ``I-X`` tags that do not continue a ``B-X``/``I-X`` (orphans): the ``I-`` tags that begin an entity
+    in seqeval's (conlleval's) reading."""
+    from seqeval.metrics.sequence_labeling import get_entities  # here: seqeval loads scikit-learn, slow to import
+
+    return [start for _, start, _ in get_entities(list(tags)) if tags[start].startswith("I-")]
 
 
 def repair_orphan_tags(tags: Sequence[str]) -> list[str]:
@@ -385,59 +384,51 @@ def read_mnre_file(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Crop dictionaries (*.pth): a pickled {key: [crop file names]}, read without running any code
+# Crop dictionaries (*.pth): {key: [crop file names]} written by torch.save, read without running any code
 # ----------------------------------------------------------------------------------------------------------------
-
-# torch.save's legacy format starts with this pickled number (torch.serialization.MAGIC_NUMBER).
-_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class _RefusedPickle(pickle.UnpicklingError):
-    """A pickle that names a Python object or holds tensors: never loaded."""
+    """A pickle that names a Python object (the only way a pickle can run code): never loaded."""
 
 
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickles only what pickle encodes without naming a Python object: dicts, lists, tuples, strings, numbers.
-
-    Any class or function reference (the only way a pickle can run code) and any torch storage are refused.
-    """
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """The `pickle` docs' "restricting globals" recipe with nothing allowed: plain data loads, any class or function
+    reference is refused (torch's weights-only unpickler cannot read pickles of protocol 4 and above)."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise _RefusedPickle(f"it refers to the Python object {module}.{name}")
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise _RefusedPickle("it holds tensors")
 
-
-def _unpickle_plain(data: bytes, count: int = 1) -> list[Any]:
-    """The first ``count`` pickles of ``data``, read with `_PlainDataUnpickler`."""
-    unpickler = _PlainDataUnpickler(io.BytesIO(data))
-    return [unpickler.load() for _ in range(count)]
+def _weights_only_refusal(error: pickle.UnpicklingError) -> str:
+    """The part of torch's weights-only error that names what was refused (the rest suggests `weights_only=False`)."""
+    message = str(error)
+    detail = message.partition("WeightsUnpickler error:")[2].strip() or message
+    return detail.splitlines()[0].split(". ")[0]
 
 
 def _read_crop_pickle(path: str | os.PathLike) -> Any:
-    """The object of a ``torch.save`` file (zip or legacy format) or of a plain pickle, without running code."""
-    data = Path(path).read_bytes()
+    """The object of a ``torch.save`` file (zip or legacy format: ``torch.load(weights_only=True)``) or of a plain
+    pickle (`_NoGlobalsUnpickler`)."""
     try:
-        if zipfile.is_zipfile(io.BytesIO(data)):  # torch.save's default format: the object is <archive>/data.pkl
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-                if not names:
-                    raise DataFormatError(path, None, "zip file without data.pkl: not a torch.save file")
-                return _unpickle_plain(archive.read(names[0]))[0]
-        first = _unpickle_plain(data)[0]
-        if type(first) is int and first == _TORCH_LEGACY_MAGIC:  # legacy: magic, version, sys info, object
-            return _unpickle_plain(data, 4)[3]
-        return first
-    except DataFormatError:
-        raise
+        with open(path, "rb") as handle:
+            if not zipfile.is_zipfile(handle):
+                handle.seek(0)
+                first = _NoGlobalsUnpickler(handle).load()
+                # torch.save's legacy format opens with torch's magic number; a plain pickle is the object itself
+                if not (type(first) is int and first == torch.serialization.MAGIC_NUMBER):
+                    return first
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise _RefusedPickle(_weights_only_refusal(error)) from None
     except _RefusedPickle as error:
         raise DataFormatError(
             path, None, f"refused to load the crop dictionary: {error}; it must hold only a dict of lists of "
             "file names (loading other objects could run code)",
         ) from None  # fmt: skip
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError,
-            zipfile.BadZipFile) as error:  # fmt: skip
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError, RuntimeError,
+            struct.error) as error:  # fmt: skip
         problem = f"not a pickle or torch.save file ({type(error).__name__}: {error})"
         raise DataFormatError(path, None, f"cannot unpickle crop dictionary: {problem}") from None
 
@@ -445,9 +436,10 @@ def _read_crop_pickle(path: str | os.PathLike) -> Any:
 def load_crop_dict(path: str | os.PathLike) -> dict[str, list[str]]:
     """Load a crop dictionary and normalise keys to strings and values to lists of file names.
 
-    The HVPNeT releases write these with ``torch.save`` (a pickled dict, not tensors); plain pickles are accepted
-    too. They are read with an unpickler that refuses every class or function reference, so a crafted file cannot
-    run code. Raises ``DataFormatError`` naming the file when it is not a dict {str or int: list of strings}.
+    The HVPNeT releases write these with ``torch.save`` (a pickled dict, not tensors), read here with
+    ``torch.load(weights_only=True)``; plain pickles are accepted too, read with an unpickler that refuses every class
+    or function reference. Neither runs code from a crafted file. Raises ``DataFormatError`` naming the file when it
+    cannot be read or is not a dict {str or int: list of strings}.
     """
     value = _read_crop_pickle(path)
     if not isinstance(value, dict):
@@ -502,13 +494,6 @@ def _decodes(data: bytes) -> bool:
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError...) for broken files
         return False
     return True
-
-
-def check_image_file(path: Path) -> str:
-    """Return ``"ok"``, ``"missing"`` or ``"unreadable"`` for an image file (decoded, not just opened)."""
-    if not path.is_file():
-        return "missing"
-    return "ok" if _decodes(path.read_bytes()) else "unreadable"
 
 
 def image_value(path: Path, kind: str, counts: Counter, embed: bool) -> dict[str, Any] | None:

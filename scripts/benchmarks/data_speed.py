@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ from rap_hf.encoders import (
     resolve_text_model,
 )
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
-from rap_hf.reporting import markdown_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.reporting import markdown_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

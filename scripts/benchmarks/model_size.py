@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, BertConfig, PreTrainedConfig
@@ -33,7 +35,9 @@ from rap_hf.encoders import (
     resolve_text_model,
     resolve_vision_model,
 )
-from rap_hf.reporting import markdown_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.reporting import markdown_table  # noqa: E402
 
 NER_LABELS = 9  # BIO over PER/LOC/ORG/MISC
 RE_LABELS = 23  # MNRE relations

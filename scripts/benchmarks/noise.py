@@ -57,7 +57,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without relying on the editable install
     sys.path.insert(0, str(REPO_ROOT))
 
-from rap_hf.reporting import markdown_table  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.reporting import markdown_table  # noqa: E402
 
 DATASET = "twitter2017"
 CONDITIONS = ("matched", "shuffled", "none")
@@ -146,7 +147,7 @@ def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path 
     feature cache."""
     from transformers.trainer_callback import PrinterCallback
 
-    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, build_trainer
+    from rap_experiment.run import DataArguments, ModelArguments, RunArguments, build_trainer
 
     _, model_fields, overrides = VARIANTS[variant]
     overrides = {**settings.config_overrides, **overrides}
@@ -157,10 +158,10 @@ def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path 
     model_args = ModelArguments(text_model=settings.text_model, vision_model=settings.vision_model,
                                 config_overrides=json.dumps(overrides) if overrides else None,
                                 **model_fields)  # fmt: skip
-    data_args = DataArguments(dataset=DATASET, data_dir=str(data_dir) if data_dir else None,
-                              feature_cache_dir=str(work_dir / "visual_features"))  # fmt: skip
-    args = RAPTrainingArguments(
+    data_args = DataArguments(dataset=DATASET, data_dir=str(data_dir) if data_dir else None)
+    args = RunArguments(
         output_dir=str(work_dir / "runs" / f"{variant}-seed{seed}"), num_train_epochs=settings.epochs, seed=seed,
+        feature_cache_dir=str(work_dir / "visual_features"),
         per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         new_params_learning_rate=settings.new_params_learning_rate, report_to="none", save_strategy="no",
         disable_tqdm=True,
@@ -173,7 +174,7 @@ def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path 
 
 def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
     """Trains one variant; returns the trainer with its best validation weights loaded."""
-    from rap_hf.training import train_and_test
+    from rap_experiment.run import train_and_test
 
     trainer = variant_trainer(variant, seed, settings, data_dir, work_dir)
     train_and_test(trainer)
@@ -201,12 +202,12 @@ def subset_f1(predictions, indices: Sequence[int]) -> float | None:
 
 def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path) -> dict[str, Any]:
     """Train one (variant, seed); F1 overall and per subset under every condition, and beta per test sample."""
-    from rap_hf.relevance import image_holders, shuffled_images, without_images
+    from rap_experiment.relevance import image_holders, shuffled_images, without_images
 
     start = time.perf_counter()
     trainer = train_variant(variant, seed, settings, data_dir, work_dir)
     train_seconds = time.perf_counter() - start
-    test = trainer.prepared["test"]
+    test = trainer.test_dataset
     text_only = variant == "text"
     holders = image_holders(test) if not text_only else []
     kinds, topics = test_manifest(data_dir, len(test))
@@ -266,7 +267,7 @@ def f1_of(run: dict[str, Any], condition: str, subset: str | None = None) -> flo
 
 def beta_auc(run: dict[str, Any], relevant_only: bool = True) -> float | None:
     """ROC AUC of beta, matched above shuffled images, over the image holders (whose own image is relevant)."""
-    from rap_hf.relevance import ranking_auc
+    from rap_experiment.relevance import ranking_auc
 
     if run["conditions"]["matched"]["beta"] is None:
         return None

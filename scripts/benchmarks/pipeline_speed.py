@@ -21,7 +21,9 @@ import argparse
 import os
 import platform
 import random
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +40,9 @@ from rap_hf.encoders import (
 )
 from rap_hf.pipelines import pipeline
 from rap_hf.processing_rap import RAPProcessor
-from rap_hf.reporting import markdown_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.reporting import markdown_table  # noqa: E402
 
 WORDS = ["RT", "@user", ":", "Kevin", "Durant", "visits", "Oracle", "Arena", "in", "Oakland", "tonight", "with",
     "the", "Warriors", "!", "#NBA", "great", "game", "at", "Madison", "Square", "Garden", "New", "York", "Knicks",

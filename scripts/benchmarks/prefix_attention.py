@@ -25,12 +25,14 @@ import torch
 
 from rap_hf.data import load_dataset
 from rap_hf.pipelines import load_model_and_processor
-from rap_hf.training import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.run import (  # noqa: E402
     DataArguments,
     ModelArguments,
     TrainingCollator,
-    build_model_and_processor,
     make_loader,
+    model_and_processor,
     prepare_splits,
 )
 
@@ -61,7 +63,7 @@ def build(args: argparse.Namespace, dataset_dict):
     torch.manual_seed(args.seed)
     model_args = ModelArguments(text_model=args.model)
     task = TASK_OF_DATASET[args.dataset]
-    model, processor = build_model_and_processor(task, dataset_dict, model_args, args.max_length)
+    model, processor = model_and_processor(task, dataset_dict, model_args, args.max_length)
     return model, processor, f"fresh RAP layers (seed {args.seed}) on text encoder {args.model}"
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from rap_hf.encoders import TINY_VISION_CONFIG, save_tiny_text_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DATASET_OF_TASK = {"ner": "twitter2017", "re": "mnre"}
 VARIANTS = {"baseline": "text-only baseline", "rap": "RAP (text only)"}
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_once(task: str, variant: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
-    from rap_hf.training import DataArguments, ModelArguments, RAPTrainingArguments, run
+    from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
     overrides = dict(SMOKE_OVERRIDES) if args.smoke else {}
     if args.config_overrides and variant == VARIANTS["rap"]:
@@ -76,7 +77,7 @@ def train_once(task: str, variant: str, seed: int, args: argparse.Namespace, out
         dataset=DATASET_OF_TASK[task], data_dir=None if args.smoke else args.data_dir, text_only_data=True,
         max_train_samples=max_train or None, max_eval_samples=args.max_eval_samples or None,
     )
-    training_args = RAPTrainingArguments(
+    training_args = RunArguments(
         output_dir=str(out / f"{task}-{variant.replace(' ', '_')}-seed{seed}"), num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, seed=seed, report_to="none", make_figures=False,
         new_params_learning_rate=args.new_params_learning_rate,

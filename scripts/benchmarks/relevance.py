@@ -39,7 +39,10 @@ from rap_hf.data import SAMPLE_DIR, load_dataset  # noqa: E402
 from rap_hf.data.features import VisualFeatureCache  # noqa: E402
 from rap_hf.encoders import TINY_VISION_CONFIG, save_tiny_text_model  # noqa: E402
 from rap_hf.pipelines import load_model_and_processor  # noqa: E402
-from rap_hf.relevance import (  # noqa: E402
+from rap_hf.trainer import PAPER_DEFAULTS, parameter_groups  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.relevance import (  # noqa: E402
     distribution,
     fusion_to_relevance_ratios,
     gradient_norms,
@@ -47,16 +50,14 @@ from rap_hf.relevance import (  # noqa: E402
     ranking_auc,
     shuffled_images,
 )
-from rap_hf.training import (  # noqa: E402
-    PAPER_DEFAULTS,
+from rap_experiment.run import (  # noqa: E402
     TASK_OF_DATASET,
     DataArguments,
     ModelArguments,
-    RAPTrainingArguments,
+    RunArguments,
     TrainingCollator,
-    build_model_and_processor,
     make_loader,
-    parameter_groups,
+    model_and_processor,
     prepare_splits,
 )
 
@@ -106,7 +107,7 @@ def build(args: argparse.Namespace, raw: datasets.DatasetDict):
         args.text_model, args.vision_model = save_tiny_text_model(folder), None
     model_args = ModelArguments(text_model=args.text_model, vision_model=args.vision_model or None,
                                 config_overrides=json.dumps(overrides) if overrides else None)  # fmt: skip
-    model, processor = build_model_and_processor(TASK_OF_DATASET[args.dataset], raw, model_args, 128)
+    model, processor = model_and_processor(TASK_OF_DATASET[args.dataset], raw, model_args, 128)
     encoders = "tiny random encoders" if args.smoke else f"{args.text_model} + {args.vision_model}"
     return model, processor, f"fresh RAP (seed {args.seed}) on {encoders}"
 
@@ -210,7 +211,7 @@ def gradient_report(model, processor, train: datasets.Dataset, batch_size: int) 
 def training_curve(model, processor, splits, args) -> list[dict[str, Any]]:
     """AdamW at the paper's learning rate for --train_steps steps; beta and AUC on the eval split along the way."""
     learning_rate = args.learning_rate or PAPER_DEFAULTS[model.config.task][2]
-    training_args = RAPTrainingArguments(learning_rate=learning_rate, weight_decay=0.0,
+    training_args = RunArguments(learning_rate=learning_rate, weight_decay=0.0,
                                          new_params_learning_rate=args.new_params_learning_rate or learning_rate)
     optimizer = torch.optim.AdamW(parameter_groups(model, training_args))
     curve, step, losses = [], 0, []

@@ -39,7 +39,9 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without relying on the
     sys.path.insert(0, str(REPO_ROOT))
 
 from rap_hf.encoders import TINY_VISION_CONFIG  # noqa: E402
-from rap_hf.reporting import markdown_table  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
+from rap_experiment.reporting import markdown_table  # noqa: E402
 
 TARGETS = {"train": 1.3, "infer": 1.2}  # RAP (defaults, cached features) as a ratio to the floor
 NUM_LABELS = {"ner": 9, "re": 23}

@@ -1,15 +1,10 @@
-"""Markdown tables, shared by the model cards, the benchmark scripts and their tests."""
+"""Markdown tables of the benchmark scripts and their tests (`markdown_table` is the model card's own)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from rap_hf.model_card import markdown_table
 
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table (cells are written as given)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+__all__ = ["markdown_table", "table_rows"]
 
 
 def table_rows(markdown: str, heading: str) -> list[list[str]]:

@@ -11,9 +11,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-UNIT_LABELS = {"rau": "RAU", "fsru": "FSRU", "cfu": "CFU"}
-
-
 def sample_label(label: Any) -> str:
     """One class name per sample for the figures: the relation (RE) or the first entity type, else 'no entity' (NER)."""
     if isinstance(label, str):
@@ -24,7 +21,7 @@ def sample_label(label: Any) -> str:
 
 def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
     """The paper's Fig. 6-8 for the test split: routing paths of one sample, relevance per class, routing map."""
-    from .visualization import plot_relevance_by_class, plot_routing_map, plot_routing_paths
+    from rap_hf.visualization import UNIT_DISPLAY_NAMES, plot_relevance_by_class, plot_routing_map, plot_routing_paths
 
     if not test.routing_weights or not test.routing_weights[0]:
         return {}  # text-only baseline: nothing routed
@@ -33,7 +30,7 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
     routing = np.asarray(test.routing_weights)
     example = int(np.argmax(test.relevance))  # the sample that leans most on its image
     with_image = [i for i, used in enumerate(test.image_used) if used]  # beta means nothing without an image
-    units = [UNIT_LABELS[u] for u in config.fusion_units]
+    units = [UNIT_DISPLAY_NAMES[u] for u in config.fusion_units]
     figures = {
         "routing_paths": plot_routing_paths(
             routing[example], units, config.routing_layers, test.relevance[example],
@@ -51,7 +48,7 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
 
 def write_run_outputs(results: dict[str, Any], test, model, output_dir: Path, args) -> None:
     """Writes results.json, the figures and the model card next to the saved model in `output_dir`."""
-    from .model_card import write_model_card
+    from rap_hf.model_card import write_model_card
 
     figures = write_figures(test, model.config, output_dir / "figures") if args.make_figures else {}
     results["figures"] = {name: str(Path(path).relative_to(output_dir)) for name, path in figures.items()}

@@ -1,0 +1,448 @@
+"""`RAPTrainer`: `transformers.Trainer` for RAP models, used like SpanMarker's trainer.
+
+    trainer = RAPTrainer(model=model, args=RAPTrainingArguments(output_dir="out"), processing_class=processor,
+                         train_dataset=ds["train"], eval_dataset=ds["validation"])
+    trainer.train()
+
+The task (NER or RE) is read from the model. Datasets are the `rap_hf.load_dataset` builders' splits or any dataset
+with the same columns (`tokens` + `ner_tags`, or `tokens`, `subject`, `object` + `relation`; `image`/`crops`
+optional): the trainer tokenises them with the processor and, for a frozen vision encoder, attaches the cached
+visual features. What RAP adds to the Trainer: the paper's schedule (`RAPTrainingArguments`), an optimizer group for
+the new layers (`new_params_learning_rate`), CRF/relation metrics by seqeval, and the weights of the best validation
+F1 kept in memory (written only into the checkpoints the save strategy asks for, not one per improvement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .metrics import compute_ner_metrics, compute_re_metrics
+from .modeling_rap import RAPPreTrainedModel
+from .pipelines import RAPPipeline, save_pipeline_code
+from .processing_rap import RAPDataCollator, RAPProcessor
+
+logger = logging.getLogger(__name__)
+
+# Sec. 4.2 of the paper: (batch size, epochs, learning rate) per task.
+PAPER_DEFAULTS = {"ner": (8, 30, 3e-5), "re": (16, 15, 2e-5)}
+BEST_WEIGHTS = "rap_best_model.safetensors"  # in a checkpoint: the best weights so far, for an exact resume
+BEST_STATE = "rap_best.json"
+COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
+TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder
+
+
+@dataclass
+class RAPTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's schedule (Sec. 4.2: AdamW, linear warm-up over the first 10% of the
+    updates, then linear decay), validation F1 after every epoch, and RAP's own options. `paper_defaults(task)` gives
+    the paper's batch size, epochs and learning rate."""
+
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Linear warm-up: a share of the updates if < 1 (paper: 0.1), else a count"}
+    )
+    per_device_eval_batch_size: int = field(default=32)
+    weight_decay: float = field(default=0.01)
+    eval_strategy: str = field(default="epoch", metadata={"help": "Validation F1 after every epoch picks the best"})
+    logging_strategy: str = field(default="epoch")
+    save_strategy: str = field(
+        default="steps", metadata={"help": "Resumable checkpoints (model, optimizer, RNG); see --save_steps"}
+    )
+    save_total_limit: int | None = field(default=1, metadata={"help": "Checkpoints kept (newest first)"})
+    metric_for_best_model: str | None = field(default="f1")
+    greater_is_better: bool | None = field(default=True)
+    new_params_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "lr of the RAP layers and heads (not in the pretrained encoders); default: --learning_rate"},
+    )
+    feature_cache: bool = field(
+        default=True, metadata={"help": "Compute a frozen vision encoder's features once and cache them on disk"}
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where cached visual features go (shared by runs, keyed by encoder and image content); "
+                  "default: $RAP_HF_CACHE/visual_features or ~/.cache/huggingface/rap_hf/visual_features"},
+    )
+
+    # Fields this class and its subclasses add to `TrainingArguments` and RAP's code reads (not dataclass fields).
+    own_fields = frozenset({"new_params_learning_rate", "feature_cache", "feature_cache_dir"})
+
+    def __post_init__(self):
+        check_training_argument_fields(type(self))
+        super().__post_init__()
+        check_warmup_schedule(self)
+
+    @classmethod
+    def paper_defaults(cls, task: str, **kwargs: Any) -> RAPTrainingArguments:
+        """Arguments with the paper's batch size, epochs and learning rate for `task` (Sec. 4.2); `kwargs` win."""
+        batch, epochs, lr = PAPER_DEFAULTS[task]
+        return cls(**{"per_device_train_batch_size": batch, "num_train_epochs": epochs, "learning_rate": lr, **kwargs})
+
+
+def check_training_argument_fields(arguments_class: type) -> None:
+    """Refuses, at start-up, a field that `arguments_class` sets and the installed `TrainingArguments` does not read:
+    a transformers release that drops a field (5.25 dropped `warmup_ratio`) would otherwise ignore it silently."""
+    import transformers
+
+    declared, own = set(), set()
+    for klass in arguments_class.__mro__:
+        if klass is TrainingArguments or not issubclass(klass, TrainingArguments):
+            break
+        declared |= set(vars(klass).get("__annotations__", {}))
+        own |= set(vars(klass).get("own_fields", ()))
+    unread = sorted(declared - own - {f.name for f in dataclasses.fields(TrainingArguments)})
+    if unread:
+        raise TypeError(
+            f"{arguments_class.__name__} sets {', '.join(unread)}, which transformers {transformers.__version__}'s "
+            "TrainingArguments no longer has: the setting would be ignored silently. Use a tested transformers "
+            "(pyproject.toml) or port the field."
+        )
+
+
+def check_warmup_schedule(args: TrainingArguments, updates: int = 1000) -> None:
+    """The warm-up the arguments ask for is the one the Trainer will run (a share < 1 of the updates, or a count)."""
+    asked = args.warmup_steps
+    expected = math.ceil(updates * asked) if 0 < asked < 1 else int(asked)
+    if args.get_warmup_steps(updates) != expected:
+        raise ValueError(
+            f"warmup_steps={asked} gives {args.get_warmup_steps(updates)} warm-up steps of {updates} updates in this "
+            f"transformers release, not {expected}: the paper's warm-up (Sec. 4.2) would not run"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+def parameter_groups(model: RAPPreTrainedModel, args: TrainingArguments) -> list[dict[str, Any]]:
+    """Encoder parameters at the encoder lr; the new RAP layers and heads at their own lr; no decay on norms/biases."""
+    new_lr = getattr(args, "new_params_learning_rate", None) or args.learning_rate
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        # LoRA adapters are new weights too, even inside the encoder
+        pretrained = (".text_encoder." in name or ".vision_encoder." in name) and "lora_" not in name
+        decay = parameter.dim() > 1 and "norm" not in name.lower()
+        groups.setdefault((pretrained, decay), []).append(parameter)
+    return [
+        {
+            "params": params,
+            "lr": args.learning_rate if pretrained else new_lr,
+            "weight_decay": args.weight_decay if decay else 0.0,
+        }
+        for (pretrained, decay), params in groups.items()
+    ]
+
+
+def hash_text(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def tokenization_fingerprint(processor: RAPProcessor, task: str) -> str:
+    """What tokenising depends on (tokenizer, markers, the processing code, max_length), hashed in milliseconds:
+    datasets' own fingerprint pickles the tokenizer with dill, ~0.7 s per split and run."""
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    code = Path(sys.modules[RAPProcessor.__module__].__file__).read_text()
+    markers = json.dumps(processor.entity_markers)
+    return hash_text(vocabulary, markers, code, task, str(processor.max_length), type(tokenizer).__name__)
+
+
+def tokenize_split(dataset: datasets.Dataset, processor: RAPProcessor, task: str, name: str) -> datasets.Dataset:
+    """Tokenises a builder split (`word_ids` kept for NER, images left for the collator) and numbers its examples."""
+    if "example_index" not in dataset.column_names:
+        dataset = dataset.map(lambda _, i: {"example_index": i}, with_indices=True)
+    if "input_ids" in dataset.column_names:
+        return dataset
+    return dataset.map(
+        processor.preprocess, batched=True, fn_kwargs={"task": task}, desc=f"Tokenising {name}",
+        new_fingerprint=hash_text(dataset._fingerprint, tokenization_fingerprint(processor, task)),
+    )  # fmt: skip
+
+
+MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions", "labels",
+                 "example_index", "image", "crops", "visual_features", "image_mask"}  # fmt: skip
+
+
+class TrainingCollator(RAPDataCollator):
+    """`RAPDataCollator` over the model columns of a tokenised split, also carrying `example_index` (to map gathered
+    predictions back to examples)."""
+
+    def __call__(self, features):
+        features = [{k: v for k, v in f.items() if k in MODEL_COLUMNS} for f in features]
+        batch = super().__call__(features)
+        batch["example_index"] = torch.tensor([f["example_index"] for f in features], dtype=torch.long)
+        return batch
+
+
+def save_text_encoder_adapter(model: RAPPreTrainedModel, folder: Path) -> None:
+    """The text encoder's LoRA adapters in peft's own format (adapter_config.json + adapter_model.safetensors), so
+    `peft.PeftModel.from_pretrained(text_encoder, folder)` puts them on the pretrained encoder."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    encoder = model.base_model.text_encoder
+    config = LoraConfig(**model.config.text_encoder_lora, base_model_name_or_path=encoder.config._name_or_path)
+    config.save_pretrained(str(folder))
+    # keys as a PeftModel around the encoder names them (the adapters were injected into the encoder in place)
+    state = {f"base_model.model.{k}": v.contiguous() for k, v in get_peft_model_state_dict(encoder).items()}
+    save_file(state, str(folder / "adapter_model.safetensors"))
+
+
+def feature_cache_dir(args: TrainingArguments) -> Path:
+    from .encoders import cache_root
+
+    folder = getattr(args, "feature_cache_dir", None)
+    return Path(folder) if folder else cache_root() / "visual_features"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    """Everything one evaluation pass produced, in dataset order."""
+
+    metrics: dict[str, Any]
+    labels: list[Any]
+    predictions: list[Any]
+    relevance: list[float]
+    routing_weights: list[list[float]]
+    image_used: list[bool]
+
+
+def score_predictions(predictions, indices, dataset, task: str, processor: RAPProcessor, id2label) -> Predictions:
+    """Word-level (NER, through the processor's one mapping from sub-tokens to words) or relation predictions of
+    every example, in dataset order, and their metrics."""
+    values, relevance, routing, image_used = predictions
+    order = np.argsort(indices, kind="stable")
+    indices = np.asarray(indices)[order]
+    labels = [id2label[i] for i in range(len(id2label))]
+    rows = dataset.select(indices.tolist())
+    if task == "ner":
+        gold = [[labels[t] for t in tags] for tags in rows["ner_tags"]]
+        pred = processor.post_process_ner(np.asarray(values)[order].tolist(), rows["word_ids"],
+                                          [len(g) for g in gold], id2label=dict(enumerate(labels)))  # fmt: skip
+        metrics = compute_ner_metrics(pred, gold)
+    else:
+        gold = [labels[r] for r in rows["relation"]]
+        pred = [labels[int(v)] for v in np.asarray(values)[order]]
+        metrics = compute_re_metrics(pred, gold, labels)
+    routing = np.asarray(routing)[order]
+    return Predictions(metrics, gold, pred, [float(b) for b in np.asarray(relevance)[order]],
+                       routing.tolist() if routing.size else [[] for _ in order],
+                       [bool(u) for u in np.asarray(image_used)[order]])  # fmt: skip
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: metrics[k] for k in ("precision", "recall", "f1") if k in metrics}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Trainer
+# ---------------------------------------------------------------------------------------------------------------------
+class RAPTrainer(Trainer):
+    """`Trainer` for RAP models: task from the model, builder datasets tokenised (and their frozen-encoder visual
+    features cached) on the way in, RAP's optimizer groups, CRF/relation metrics, best-by-validation-F1 weights.
+
+    Args:
+        model: a `RAPForMultimodalNER` / `RAPForMultimodalRE`.
+        args: `RAPTrainingArguments` (or plain `TrainingArguments`; then without warm-up unless asked).
+        processing_class: the model's `RAPProcessor` (default: loaded from the model's folder, `model.name_or_path`).
+        train_dataset, eval_dataset: builder splits or datasets with the same columns, raw or already tokenised.
+        Every other argument as `transformers.Trainer`.
+    """
+
+    def __init__(self, model: RAPPreTrainedModel, args: TrainingArguments | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class: RAPProcessor | None = None, data_collator=None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        self.task = model.config.task
+        processing_class = processing_class or RAPProcessor.from_pretrained(model.name_or_path)
+        self.processing_class = processing_class
+        args = args if args is not None else RAPTrainingArguments(output_dir="rap_trainer_output")
+        self.args, self.model = args, model  # read by `prepare` before Trainer's own init
+        train_dataset = self.prepare(train_dataset, "train")
+        eval_dataset = self.prepare(eval_dataset, "validation")
+        data_collator = data_collator or TrainingCollator(processor=processing_class, num_crops=model.config.num_crops)
+        if isinstance(args, TrainingArguments):
+            args.remove_unused_columns = False  # the collator picks the model columns
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=data_collator, **kwargs)  # fmt: skip
+        self.compute_metrics = self._compute_metrics
+        self.scored_dataset: datasets.Dataset | None = None
+        self.last_predictions: Predictions | None = None
+        self.best: dict[str, Any] = {"f1": -1.0, "epoch": None, "validation": None}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epoch_losses: list[float] = []
+        self.add_callback(BestModelCallback(self))
+
+    # -- data ----------------------------------------------------------------------------------------------------------
+    def prepare(self, dataset: datasets.Dataset | None, name: str = "split") -> datasets.Dataset | None:
+        """A split as the model reads it: tokenised, numbered (`example_index`) and, for a frozen vision encoder with
+        the feature cache on, with cached `visual_features` instead of pictures; prepared splits pass through."""
+        if dataset is None or "example_index" in dataset.column_names and "input_ids" in dataset.column_names:
+            return dataset
+        dataset = tokenize_split(dataset, self.processing_class, self.task, name)
+        config = self.model.config
+        pictures = [c for c in ("image", "crops") if c in dataset.column_names]
+        if not config.multimodal:  # nothing to look at: no pictures decoded
+            return dataset.remove_columns(pictures)
+        if pictures and getattr(self.args, "feature_cache", True) and config.freeze_vision_encoder:
+            dataset = self._attach_visual_features(dataset)
+        return dataset
+
+    def _attach_visual_features(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        """Runs the frozen vision encoder once per picture and stores its features with the dataset."""
+        from .data.features import VisualFeatureCache
+
+        cache = VisualFeatureCache(feature_cache_dir(self.args), model=self.model.base_model,
+                                   processor=self.processing_class, device=self.args.device)  # fmt: skip
+        with self.args.main_process_first(desc="visual features"):  # rank 0 fills the cache, the others read it
+            return cache.attach(dataset)
+
+    # -- optimisation --------------------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """AdamW (or `--optim`) over `parameter_groups`: the new RAP layers may take their own learning rate."""
+        if self.optimizer is None:
+            optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = optimizer_class(parameter_groups(self.model, self.args), **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs.pop("example_index", None)
+        outputs = model(**inputs)
+        if model.training:
+            self.epoch_losses.append(float(outputs.loss.detach()))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    # -- evaluation ----------------------------------------------------------------------------------------------------
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """(no loss, (predictions, beta, routing vector, image used), example indices): gathered and padded by the
+        Trainer."""
+        inputs = self._prepare_inputs(inputs)
+        indices = inputs.pop("example_index")
+        inputs.pop("labels", None)
+        with torch.no_grad():
+            out = model(**inputs)
+        values = out.predictions if self.task == "ner" else out.logits.argmax(-1)
+        relevance = out.relevance if out.relevance is not None else torch.zeros(len(indices), device=values.device)
+        routing = out.routing_weights if out.routing_weights is not None else values.new_zeros(len(indices), 0).float()
+        mask = inputs.get("image_mask")
+        image_used = mask.bool().any(-1) if mask is not None else torch.zeros(len(indices), dtype=torch.bool)
+        return None, (values, relevance, routing, image_used.to(values.device)), indices
+
+    def _compute_metrics(self, evaluation) -> dict[str, float]:
+        model = self.accelerator.unwrap_model(self.model)
+        self.last_predictions = score_predictions(evaluation.predictions, evaluation.label_ids, self.scored_dataset,
+                                                  self.task, self.processing_class, model.config.id2label)  # fmt: skip
+        return summary(self.last_predictions.metrics)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Precision, recall and F1 on the validation split (or any split, raw or prepared)."""
+        eval_dataset = self.prepare(eval_dataset, metric_key_prefix)
+        self.scored_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if eval_dataset is None and metric_key_prefix == "eval":  # the validation split: keep the best weights
+            self._keep_if_best(metrics)
+        return metrics
+
+    def evaluate_split(self, dataset: datasets.Dataset, description: str = "test") -> Predictions:
+        """Predictions, beta, routing and metrics of the current model on any split (test, or a variant of it)."""
+        self.scored_dataset = self.prepare(dataset, description)
+        self.predict(self.scored_dataset, metric_key_prefix=description)
+        return self.last_predictions
+
+    # -- the best validation weights -----------------------------------------------------------------------------------
+    def _keep_if_best(self, metrics: dict[str, float]) -> None:
+        f1 = metrics.get("eval_f1")
+        if f1 is None or f1 <= self.best["f1"]:
+            return
+        self.best = {"f1": f1, "epoch": round(self.state.epoch or 0), "validation": self.last_predictions.metrics}
+        model = self.accelerator.unwrap_model(self.model)
+        self.best_state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
+    def load_best(self) -> None:
+        """Puts the best validation weights back into the model (after training)."""
+        if self.best_state is not None:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.best_state)
+
+    def save_best_into(self, folder: Path) -> None:
+        """Writes the best weights and their scores into a checkpoint folder, then marks the checkpoint complete."""
+        if self.best_state is not None:
+            save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(folder / BEST_WEIGHTS))
+        (folder / BEST_STATE).write_text(json.dumps(self.best))
+        (folder / COMPLETE_MARKER).write_text("")
+
+    def restore_best_from(self, folder: Path) -> None:
+        """Reads the best weights and scores a checkpoint holds (resume)."""
+        self.best = json.loads((folder / BEST_STATE).read_text())
+        if (folder / BEST_WEIGHTS).exists():
+            self.best_state = load_file(str(folder / BEST_WEIGHTS))
+
+    # -- saving --------------------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; in the final folder without the pickled arguments and with the pipeline code; then the
+        Hub push it would do."""
+        super().save_model(output_dir, _internal_call=True)
+        folder = Path(output_dir or self.args.output_dir)
+        if folder.resolve() == Path(self.args.output_dir).resolve() and self.is_world_process_zero():
+            # the pickled arguments would carry this machine's paths
+            (folder / "training_args.bin").unlink(missing_ok=True)
+            model = self.accelerator.unwrap_model(self.model)  # + what transformers.pipeline(model=folder) needs
+            save_pipeline_code(RAPPipeline(model, self.processing_class, device=model.device), folder)
+            if model.config.text_encoder_lora:
+                save_text_encoder_adapter(model, folder / TEXT_ENCODER_ADAPTER)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Upload RAP model", blocking=True)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """RAP writes its own card before pushing; the generic Trainer card would replace it."""
+
+
+class BestModelCallback(TrainerCallback):
+    """Epoch losses into the log history and the best weights into each checkpoint (an exact resume)."""
+
+    def __init__(self, trainer: RAPTrainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        losses = self.trainer.epoch_losses
+        if losses:  # logged into trainer_state.json, so a resumed run keeps the losses of the epochs before
+            state.log_history.append({"epoch": round(state.epoch), "epoch_loss": sum(losses) / len(losses),
+                                      "step": state.global_step})  # fmt: skip
+        self.trainer.epoch_losses = []
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # transformers saves once more at the last step; a finished run has nothing to resume, so skip that write
+        regular = args.save_strategy == "steps" and args.save_steps and state.global_step % args.save_steps == 0
+        if state.global_step >= state.max_steps and args.save_strategy == "steps" and not regular:
+            control.should_save = False
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.trainer.save_best_into(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
+
+
+def latest_complete_checkpoint(output_dir: Path) -> Path | None:
+    """Newest `checkpoint-N` whose save finished; one cut off by a kill while saving has no completion marker."""
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).exists() and p.name[11:].isdigit()]
+    return max(complete, key=lambda p: int(p.name[11:]), default=None)
+
+
+__all__ = ["RAPTrainer", "RAPTrainingArguments", "Predictions", "latest_complete_checkpoint"]

@@ -1,0 +1,377 @@
+"""A training run as `scripts/run_rap.py` does it: corpus, model, `rap_hf.RAPTrainer`, test of the best validation
+model, and everything it writes (model, results.json, figures, card; Hub push when asked).
+
+The arguments come from three dataclasses: `ModelArguments` (encoders, and every `RAPConfig` field as an option,
+generated from RAPConfig so that each field is declared once), `DataArguments` and `RunArguments`
+(`rap_hf.RAPTrainingArguments` with the paper's per-task defaults and the run's own options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, TrainerCallback, set_seed
+
+from rap_hf import RAPConfig, __version__, load_dataset
+from rap_hf.encoders import OFFLINE_TEXT_MODEL, OFFLINE_VISION_MODEL, build_model_and_processor, resolve_text_model
+from rap_hf.trainer import (
+    COMPLETE_MARKER,
+    PAPER_DEFAULTS,
+    Predictions,
+    RAPTrainer,
+    RAPTrainingArguments,
+    TrainingCollator,
+    latest_complete_checkpoint,
+    tokenize_split,
+)
+
+logger = logging.getLogger(__name__)
+
+TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
+
+
+@dataclass
+class DataArguments:
+    """Which corpus and how to read it."""
+
+    dataset: str = field(default="twitter2017", metadata={"help": "twitter2015 | twitter2017 | mnre"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Corpus folder in the HVPNeT/MKGformer layout; default: the bundled sample"}
+    )
+    text_only_data: bool = field(default=False, metadata={"help": "Ignore images even where the corpus has them"})
+    max_length: int = field(default=128, metadata={"help": "Max sub-tokens per text (markers and specials included)"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging)"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test splits"})
+
+
+# RAPConfig fields that are not command-line options: set from the corpus, the encoders or other options.
+NOT_OPTIONS = {"text_config", "vision_config", "task", "multimodal", "text_encoder_lora", "vision_feature_size",
+               "subject_marker_token_id", "object_marker_token_id"}  # fmt: skip
+
+
+def config_field_help(name: str) -> str:
+    """A field's description in RAPConfig's docstring (the lines under `name (type, ...):`)."""
+    match = re.search(rf"\n {{8}}[\w, ]*\b{name}\b[\w, ]* \(`[^\n]*:\n((?: {{12}}.*\n)+)", RAPConfig.__doc__)
+    return " ".join(match.group(1).split()) if match else ""
+
+
+def option_type(annotation: Any) -> tuple[type, dict[str, Any]]:
+    """A command-line type (and argparse metadata) for a RAPConfig field type."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, {"choices": list(typing.get_args(annotation))}
+    if annotation in (bool, int, float, str):
+        return annotation, {}
+    if {float, int} & set(args) and not {list, dict} & {typing.get_origin(a) for a in args}:
+        return (float if float in args else int), {}
+    literal = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if literal:
+        return str, {"choices": list(typing.get_args(literal[0]))}
+    return str, {"help_suffix": " (comma-separated list)"}
+
+
+def config_options() -> list[tuple[str, Any, Any]]:
+    """`make_dataclass` fields for every settable RAPConfig field: default None = RAPConfig's own default."""
+    options = []
+    for name, annotation in vars(RAPConfig)["__annotations__"].items():  # RAPConfig's own fields, in order
+        if name in NOT_OPTIONS:
+            continue
+        kind, metadata = option_type(annotation)
+        help_text = f"RAPConfig.{name}: {config_field_help(name)}{metadata.pop('help_suffix', '')}"
+        options.append((name, kind | None, field(default=None, metadata={"help": help_text, **metadata})))
+    return options
+
+
+@dataclass
+class EncoderArguments:
+    """Encoders, the model variant and LoRA; every RAPConfig field follows as an option of its own."""
+
+    text_model: str = field(
+        default=OFFLINE_TEXT_MODEL,
+        metadata={"help": "Text encoder name or path; 'minilm' = the offline MiniLM-L6 (paper: bert-base-uncased)"},
+    )
+    vision_model: str | None = field(
+        default=OFFLINE_VISION_MODEL,
+        metadata={"help": "Vision encoder: any HF vision model with a pooled output or timm/... id (paper: "
+                  "microsoft/resnet-101); 'efficientnet-lite0' = the offline ImageNet EfficientNet-Lite0; "
+                  "'' = randomly initialised ResNet-101"},
+    )
+    text_only_baseline: bool = field(default=False, metadata={"help": "Train the text-only baseline (no image)"})
+    paper_architecture: bool = field(
+        default=False,
+        metadata={"help": "The paper's architecture, equation by equation (RAPConfig.paper_fields: E_t from a second "
+                  "encoder pass, d = hidden size, L = 4/3, m = 3 crops, beta = W_s r_g + b_s, tanh gate, no "
+                  "matching loss or added normalisation; docs/design.md); slower"},
+    )
+    lora_r: int | None = field(
+        default=None, metadata={"help": "LoRA rank of adapters on the text encoder (peft); its own weights stay frozen"}
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="query,value", metadata={"help": "Comma list of encoder modules to adapt"})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "JSON dict of RAPConfig fields, e.g. '{\"relevance_dim\": 128}'"}
+    )
+
+
+ModelArguments = dataclasses.make_dataclass("ModelArguments", config_options(), bases=(EncoderArguments,))
+ModelArguments.__doc__ = EncoderArguments.__doc__
+
+
+@dataclass
+class RunArguments(RAPTrainingArguments):
+    """`RAPTrainingArguments` with the paper's defaults per task (None = resolved from the dataset's task) and the
+    run's own options. Every other `TrainingArguments` option (`--bf16`, `--save_strategy`, `--push_to_hub`,
+    DeepSpeed/FSDP, ...) works as in transformers' example scripts."""
+
+    output_dir: str = field(default="outputs/rap", metadata={"help": "Where the model, results and card go"})
+    num_train_epochs: float | None = field(default=None, metadata={"help": "Default 30 NER / 15 RE (paper)"})
+    per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Default 8 NER / 16 RE"})
+    learning_rate: float | None = field(default=None, metadata={"help": "Encoder lr; default 3e-5 NER / 2e-5 RE"})
+    hub_strategy: str = field(default="end", metadata={"help": "Push the final model, card and results once"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Reuse an output_dir that already holds a run (otherwise refused)"}
+    )
+    stop_after_epoch: int | None = field(
+        default=None, metadata={"help": "Checkpoint and stop (as if interrupted) after this epoch; resume later"}
+    )
+    make_figures: bool = field(default=True, metadata={"help": "Write routing/relevance PNGs for the model card"})
+
+    own_fields = frozenset({"overwrite_output_dir", "stop_after_epoch", "make_figures"})
+
+
+def resolve_training_defaults(task: str, args: RunArguments) -> RunArguments:
+    """The paper's batch size, epochs and learning rate for `task` wherever the command line left them unset."""
+    batch, epochs, lr = PAPER_DEFAULTS[task]
+    args.per_device_train_batch_size = args.per_device_train_batch_size or batch
+    args.num_train_epochs = args.num_train_epochs or epochs
+    args.learning_rate = args.learning_rate or lr
+    # The paper trains with one lr; Adam at 1e-3 on the prompt projection grew prefixes that swamped the encoder.
+    args.new_params_learning_rate = args.new_params_learning_rate or args.learning_rate
+    return args
+
+
+def rap_config_kwargs(task: str, model_args: ModelArguments) -> dict[str, Any]:
+    """RAPConfig fields from the command line (only those set): options, LoRA, overrides, paper mode."""
+    kwargs = {name: getattr(model_args, name) for name, _, _ in config_options()}
+    kwargs = {name: value for name, value in kwargs.items() if value is not None}
+    if isinstance(kwargs.get("fusion_units"), str):
+        kwargs["fusion_units"] = [unit.strip() for unit in kwargs["fusion_units"].split(",") if unit.strip()]
+    if model_args.lora_r:
+        kwargs["text_encoder_lora"] = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
+                                       "lora_dropout": model_args.lora_dropout,
+                                       "target_modules": [m.strip() for m in model_args.lora_target_modules.split(",")]}
+    kwargs.update(json.loads(model_args.config_overrides) if model_args.config_overrides else {})
+    if model_args.paper_architecture:  # explicit options and overrides still win
+        hidden = AutoConfig.from_pretrained(resolve_text_model(model_args.text_model)).hidden_size
+        kwargs = {**RAPConfig.paper_fields(task, hidden), **kwargs}
+    return kwargs
+
+
+def corpus_labels(task: str, dataset_dict: datasets.DatasetDict) -> list[str]:
+    features = dataset_dict["train"].features
+    return list((features["ner_tags"].feature if task == "ner" else features["relation"]).names)
+
+
+def check_task(data_args: DataArguments, model_args: ModelArguments) -> str:
+    """The task of the dataset, refusing `--config_overrides` that name another one (the model would not load)."""
+    if data_args.dataset not in TASK_OF_DATASET:
+        raise ValueError(f"--dataset must be one of {sorted(TASK_OF_DATASET)}, got {data_args.dataset!r}")
+    task = TASK_OF_DATASET[data_args.dataset]
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    if overrides.get("task", task) != task:
+        raise ValueError(f"--config_overrides sets task {overrides['task']!r} but --dataset {data_args.dataset} is a "
+                         f"{task} corpus")  # fmt: skip
+    return task
+
+
+def limited(dataset_dict: datasets.DatasetDict, data_args: DataArguments) -> datasets.DatasetDict:
+    """The splits cut to `--max_train_samples` / `--max_eval_samples`."""
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}  # fmt: skip
+    return datasets.DatasetDict(
+        {name: split.select(range(min(limits[name], len(split)))) if limits.get(name) else split
+         for name, split in dataset_dict.items()}
+    )  # fmt: skip
+
+
+def model_and_processor(task: str, dataset_dict: datasets.DatasetDict, model_args: ModelArguments, max_length: int):
+    """A fresh RAP model and its processor for the corpus labels and the command-line options."""
+    config = {"multimodal": not model_args.text_only_baseline, **rap_config_kwargs(task, model_args)}
+    return build_model_and_processor(task, corpus_labels(task, dataset_dict), model_args.text_model,
+                                     model_args.vision_model, max_length, **config)  # fmt: skip
+
+
+def prepare_splits(dataset_dict, processor, task: str, data_args: DataArguments) -> datasets.DatasetDict:
+    """Every split cut to the limits and tokenised as the Trainer reads it (benchmarks that run the model by hand)."""
+    return datasets.DatasetDict(
+        {name: tokenize_split(split, processor, task, name) for name, split in limited(dataset_dict, data_args).items()}
+    )
+
+
+def make_loader(dataset, collator, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A plain loader over a prepared split (scripts that run the model outside the Trainer)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
+                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+
+class StopAfterEpoch(TrainerCallback):
+    """`--stop_after_epoch`: checkpoint and stop as if interrupted (the run resumes later)."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if args.stop_after_epoch is not None and round(state.epoch) >= args.stop_after_epoch:
+            control.should_save = control.should_training_stop = True
+        return control
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: RunArguments) -> RAPTrainer:
+    """Corpus, model, processor, feature cache and the Trainer, ready to `train()`."""
+    task = check_task(data_args, model_args)
+    resolve_training_defaults(task, args)
+    text_only = data_args.text_only_data or model_args.text_only_baseline
+    with args.main_process_first(desc="corpus"):
+        raw = limited(load_dataset(data_args.dataset, data_args.data_dir, text_only=text_only), data_args)
+    set_seed(args.seed)
+    model, processor = model_and_processor(task, raw, model_args, data_args.max_length)
+    with args.main_process_first(desc="tokenising"):
+        trainer = RAPTrainer(model=model, args=args, train_dataset=raw["train"], eval_dataset=raw["validation"],
+                             processing_class=processor, callbacks=[StopAfterEpoch()])  # fmt: skip
+        trainer.test_dataset = trainer.prepare(raw["test"], "test")
+    trainer.model_args, trainer.data_args = model_args, data_args
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes", task, data_args.dataset,
+                len(trainer.train_dataset), model.num_parameters(), trainable, args.world_size)  # fmt: skip
+    return trainer
+
+
+def resolve_resume(args: RunArguments) -> Path | None:
+    """`--resume_from_checkpoint latest|PATH` -> a complete checkpoint folder (clear errors otherwise)."""
+    target = args.resume_from_checkpoint
+    if not target:
+        return None
+    path = latest_complete_checkpoint(Path(args.output_dir)) if target == "latest" else Path(target)
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"--resume_from_checkpoint {target}: no complete checkpoint under {args.output_dir}")
+    if not (path / COMPLETE_MARKER).exists():
+        raise ValueError(f"{path} was not saved completely (interrupted while saving?); resume from another one")
+    return path
+
+
+def check_output_dir(args: RunArguments) -> None:
+    """Refuses to mix two runs in one folder, as transformers' example scripts do."""
+    folder = Path(args.output_dir)
+    holds_run = folder.is_dir() and any(p.name != "runs" for p in folder.iterdir())
+    if holds_run and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise ValueError(
+            f"output_dir {folder} already holds a run; pass --overwrite_output_dir to replace it or "
+            "--resume_from_checkpoint latest to continue it"
+        )
+
+
+def epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch: mean training loss and validation P/R/F1, from the Trainer's log history."""
+    losses = {entry["epoch"]: entry["epoch_loss"] for entry in log_history if "epoch_loss" in entry}
+    history = []
+    for entry in log_history:
+        if "eval_f1" in entry:
+            epoch = round(entry["epoch"])
+            history.append({"epoch": epoch, "loss": losses.get(epoch),
+                            "validation": {k: entry[f"eval_{k}"] for k in ("precision", "recall", "f1")}})  # fmt: skip
+    return history
+
+
+def train_and_test(trainer: RAPTrainer) -> tuple[dict[str, Any], Predictions] | None:
+    """Trains (or resumes), then tests the best validation model once: (results, test predictions); None when
+    stopped by `--stop_after_epoch`."""
+    args = trainer.args
+    checkpoint = resolve_resume(args)
+    if checkpoint is not None:
+        trainer.restore_best_from(checkpoint)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - start
+    if args.stop_after_epoch is not None and trainer.state.epoch < args.num_train_epochs:
+        logger.info("Stopped after epoch %d as asked (--stop_after_epoch)", round(trainer.state.epoch))
+        return None
+    trainer.load_best()
+    start = time.perf_counter()
+    test = trainer.evaluate_split(trainer.test_dataset, "test")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {
+        "task": trainer.task,
+        "dataset": trainer.data_args.dataset,
+        "data_dir": public_value(trainer.data_args.data_dir) if trainer.data_args.data_dir else "bundled sample",
+        "command": shlex.join(["accelerate", "launch", *map(public_value, sys.argv)]) if sys.argv else "",
+        "config": model.config.to_diff_dict(),
+        "model_args": {k: public_value(v) for k, v in asdict(trainer.model_args).items()},
+        "data_args": {k: public_value(v) for k, v in asdict(trainer.data_args).items()},
+        "training_args": {k: public_value(v) for k, v in args.to_dict().items() if k != "logging_dir"},
+        "versions": library_versions(),
+        "num_processes": args.world_size,
+        "timings": {"train_seconds": train_seconds, "eval_seconds": time.perf_counter() - start},
+        "best_epoch": trainer.best["epoch"],
+        "validation": trainer.best["validation"],
+        "test": test.metrics,
+        "num_train_examples": len(trainer.train_dataset),
+        "num_test_examples": len(test.labels),
+        "history": epoch_history(trainer.state.log_history),
+    }, test
+
+
+def public_value(value: Any) -> Any:
+    """How results.json (and the card made from it) records a value: an absolute path becomes relative to the
+    working directory when inside it, else its last part; never a path of this machine."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(value)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import transformers
+
+    return {"rap_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "datasets": datasets.__version__, "accelerate": accelerate.__version__,
+            "python": sys.version.split()[0]}  # fmt: skip
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments) -> dict[str, Any] | None:
+    """Trains, tests and writes everything (model, processor, results.json, figures, card; Hub push when asked);
+    returns the results (None when stopped early)."""
+    from .outputs import write_run_outputs
+
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id org/name")
+    check_task(data_args, model_args)
+    check_output_dir(args)
+    trainer = build_trainer(model_args, data_args, args)
+    finished = train_and_test(trainer)
+    if finished is None:
+        return None
+    results, test = finished
+    if trainer.is_world_process_zero():
+        write_run_outputs(results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args)
+    trainer.save_model(args.output_dir)  # the best weights, processor, remote code; with --push_to_hub, the upload
+    return results
+
+
+__all__ = ["DataArguments", "ModelArguments", "RunArguments", "TrainingCollator", "build_trainer", "make_loader",
+           "model_and_processor", "prepare_splits", "run", "train_and_test"]
