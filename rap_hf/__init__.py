@@ -19,6 +19,7 @@ _IMPORT_STRUCTURE = {
     "data": ["load_dataset"],
     "encoders": ["build_model_and_processor"],
     "metrics": ["compute_ner_metrics", "compute_re_metrics"],
+    "model_card": ["RAPModelCardCallback", "RAPModelCardData"],
     "modeling_rap": [
         "RAPForMultimodalExtraction",
         "RAPForMultimodalNER",
@@ -40,6 +41,8 @@ __all__ = [
     "build_model_and_processor",
     "RAPTrainer",
     "RAPTrainingArguments",
+    "RAPModelCardData",
+    "RAPModelCardCallback",
     "compute_ner_metrics",
     "compute_re_metrics",
     "pipeline",
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from .data import load_dataset
     from .encoders import build_model_and_processor
     from .metrics import compute_ner_metrics, compute_re_metrics
+    from .model_card import RAPModelCardCallback, RAPModelCardData
     from .modeling_rap import (
         RAPForMultimodalExtraction,
         RAPForMultimodalNER,

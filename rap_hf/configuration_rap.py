@@ -20,6 +20,23 @@ RESNET101_DEPTHS = [3, 4, 23, 3]
 PAPER_ROUTING_LAYERS = {"ner": 4, "re": 3}
 # Default depth: 2 keeps RAP within 1.3x (training) / 1.2x (inference) of its text encoder (docs/benchmarks.md).
 DEFAULT_ROUTING_LAYERS = {"ner": 2, "re": 2}
+# Upper bounds of RAP's own sizes and depths, checked before any module is built: far beyond any real model (the paper
+# uses L = 4, N = 2, m_p = 8, d = 768), low enough that a damaged or mistyped config (routing_layers=10**6 builds
+# modules for minutes and gigabytes) fails at once, naming the field and the bound.
+MAX_ROUTING_LAYERS = 64
+MAX_GRAPH_ITERATIONS = 64
+MAX_PROMPT_LENGTH = 512
+MAX_NUM_CROPS = 64
+MAX_LAYER_SIZE = 65536  # widths: fusion_hidden_size, relevance_dim, the fusion/router/prompt sizes, prompt_source_length
+SIZE_BOUNDS = {
+    "routing_layers": (1, MAX_ROUTING_LAYERS, "MAX_ROUTING_LAYERS"),
+    "graph_iterations": (1, MAX_GRAPH_ITERATIONS, "MAX_GRAPH_ITERATIONS"),
+    "prompt_length": (1, MAX_PROMPT_LENGTH, "MAX_PROMPT_LENGTH"),
+    "num_crops": (0, MAX_NUM_CROPS, "MAX_NUM_CROPS"),
+    **{name: (1, MAX_LAYER_SIZE, "MAX_LAYER_SIZE") for name in (
+        "fusion_hidden_size", "relevance_dim", "fusion_num_heads", "fusion_intermediate_size", "router_hidden_size",
+        "prompt_hidden_size", "prompt_source_length", "vision_feature_size")},
+}  # fmt: skip
 
 
 def pooled_vision_width(vision_config: PreTrainedConfig) -> int:
@@ -244,18 +261,18 @@ class RAPConfig(PreTrainedConfig):
                 f"RAPConfig.fusion_units must be a non-empty subset of {list(FUSION_UNITS)} without repeats, "
                 f"got {self.fusion_units}"
             )
-        if self.routing_layers < 1:
-            raise ValueError(f"RAPConfig.routing_layers must be >= 1, got {self.routing_layers}")
+        for name, (low, high, constant) in SIZE_BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"RAPConfig.{name} must be an integer in [{low}, {high}] ({constant} in configuration_rap.py), "
+                    f"got {value!r}"
+                )
         if self.fusion_hidden_size % self.fusion_num_heads:
             raise ValueError(
                 f"RAPConfig.fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by "
                 f"fusion_num_heads ({self.fusion_num_heads})"
             )
-        for name in ("prompt_length", "prompt_source_length", "graph_iterations", "relevance_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RAPConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_crops < 0:
-            raise ValueError(f"RAPConfig.num_crops must be >= 0, got {self.num_crops}")
         if self.visual_objects == "crops" and self.num_crops < 1:
             raise ValueError("RAPConfig.visual_objects='crops' needs num_crops >= 1")
         threshold = self.relevance_negative_max_similarity

@@ -143,12 +143,14 @@ def build_model_and_processor(
     text_model: str = OFFLINE_TEXT_MODEL,
     vision_model: str | None = OFFLINE_VISION_MODEL,
     max_length: int = 128,
+    paper_architecture: bool = False,
     **config_kwargs,
 ):
     """A fresh RAP model around pretrained encoders and its processor: `task` "ner" (BIO `labels`) or "re" (relation
     `labels`); the encoders by name, folder or offline alias (`vision_model=None`: a randomly initialised ResNet-101;
     `multimodal=False` in `config_kwargs`: the text-only baseline). RE gets the entity markers in the tokenizer, their
-    ids in the config and the embeddings resized. `config_kwargs`: RAPConfig fields (e.g. `RAPConfig.paper_fields`)."""
+    ids in the config and the embeddings resized. `config_kwargs`: RAPConfig fields; `paper_architecture=True`: the
+    paper's architecture (`RAPConfig.paper_fields` at the text encoder's width), fields in `config_kwargs` win."""
     from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE
     from .processing_rap import RAPProcessor
 
@@ -166,7 +168,8 @@ def build_model_and_processor(
         config_kwargs["object_marker_token_id"] = marker_ids[processor.entity_markers[2]]
     config_kwargs.update(task=task, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     model_class = RAPForMultimodalNER if task == "ner" else RAPForMultimodalRE
-    model = model_class.from_text_vision_pretrained(text_model, vision_model or None, **config_kwargs)
+    model = model_class.from_text_vision_pretrained(text_model, vision_model or None, paper_architecture,
+                                                    **config_kwargs)  # fmt: skip
     if len(processor.tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(processor.tokenizer))
     return model, processor

@@ -657,6 +657,7 @@ class RAPPreTrainedModel(PreTrainedModel):
         cls,
         text_model_name_or_path: str,
         vision_model_name_or_path: str | None = None,
+        paper_architecture: bool = False,
         **config_kwargs,
     ) -> "RAPPreTrainedModel":
         """Builds a RAP model around a pretrained text encoder (and vision encoder), like
@@ -664,7 +665,8 @@ class RAPPreTrainedModel(PreTrainedModel):
         model with a pooled output, a `timm/...` model, or the vision tower of a CLIP-like checkpoint; with `rap_hf`
         installed the offline aliases `"minilm"` and `"efficientnet-lite0"` work too. New RAP layers are randomly
         initialised, the prefixes scaled to the text encoder's keys and values (`prompt_init_scale`); without a
-        vision path the vision encoder is randomly initialised with a warning (its features carry no semantics)."""
+        vision path the vision encoder is randomly initialised with a warning (its features carry no semantics).
+        `paper_architecture=True` builds the paper's architecture (`RAPConfig.paper_fields` at this encoder's width)."""
         text_path, vision_path = resolve_encoder_aliases(text_model_name_or_path, vision_model_name_or_path)
         text_encoder = AutoModel.from_pretrained(text_path, add_pooling_layer=False)
         text_encoder.config._name_or_path = public_name(text_model_name_or_path)
@@ -676,7 +678,8 @@ class RAPPreTrainedModel(PreTrainedModel):
             config_kwargs["vision_config"] = vision_encoder.config
         elif config_kwargs.get("multimodal", True):
             logger.warning("no vision encoder given: the RAP vision encoder is randomly initialised")
-        model = cls(RAPConfig(**config_kwargs))
+        # paper_architecture: the paper's fields for this encoder's width (`RAPConfig.paper_fields`); config_kwargs win
+        model = cls(RAPConfig.paper_architecture(**config_kwargs) if paper_architecture else RAPConfig(**config_kwargs))
         backbone = model.base_model
         load_encoder_weights(backbone.text_encoder, text_encoder.state_dict())
         if model.config.multimodal:

@@ -16,7 +16,9 @@ a checkpoint like `modeling_rap.py` does. See docs/inference.md for the full inp
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,9 @@ from typing import Any
 
 import regex
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.constants import is_offline_mode
 from PIL import Image
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
@@ -32,7 +37,7 @@ from transformers.utils import logging
 
 from .configuration_rap import RAPConfig
 from .modeling_rap import RAPForMultimodalExtraction
-from .processing_rap import RAPProcessor, load_image
+from .processing_rap import RAPProcessor, invalid_text, load_image
 
 logger = logging.get_logger(__name__)
 
@@ -162,9 +167,17 @@ def _span_from_string(text: str, words: list[Word], needle: str, role: str) -> S
     raise ValueError(f"{role} {needle!r} does not occur as whole words in the text {text!r}")
 
 
+def _offset(value: Any, name: str, role: str) -> int:
+    """An integer offset of a span; booleans (`True` is 1 to Python), floats and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{role} {name} must be an integer, got {value!r}")
+    return int(value)
+
+
 def resolve_span(spec: Any, text: str, words: list[Word], role: str) -> Span:
     """Word span of a subject/object given as a `(start, end)` word span, a string to find in the text, or an entity
-    dict as the NER pipeline returns it (its character offsets are used, so it may come from another word split)."""
+    dict as the NER pipeline returns it (its character offsets are used, so it may come from another word split).
+    Offsets must be integers (not booleans) inside the text."""
     if isinstance(spec, Span):
         start, end, entity_type = spec.start, spec.end, spec.type
     elif isinstance(spec, str):
@@ -172,7 +185,10 @@ def resolve_span(spec: Any, text: str, words: list[Word], role: str) -> Span:
     elif isinstance(spec, Mapping):
         entity_type = spec.get("type")
         if "start_char" in spec and "end_char" in spec:
-            start_char, end_char = int(spec["start_char"]), int(spec["end_char"])
+            start_char, end_char = (_offset(spec[key], key, role) for key in ("start_char", "end_char"))
+            if not 0 <= start_char < end_char <= len(text):
+                raise ValueError(f"{role} characters [{start_char}, {end_char}) are not inside the {len(text)} "
+                                 "characters of the text")  # fmt: skip
             if "text" in spec and text[start_char:end_char] != spec["text"]:
                 raise ValueError(
                     f"{role} {spec['text']!r} is not at characters [{start_char}, {end_char}) of the text "
@@ -181,16 +197,16 @@ def resolve_span(spec: Any, text: str, words: list[Word], role: str) -> Span:
             span = _span_from_chars(words, start_char, end_char, role)
             return Span(span.start, span.end, entity_type)
         if "start_word" in spec and "end_word" in spec:
-            start, end = int(spec["start_word"]), int(spec["end_word"])
+            start, end = _offset(spec["start_word"], "start_word", role), _offset(spec["end_word"], "end_word", role)
         elif "start" in spec and "end" in spec:  # the data builders' {"name", "start", "end"} entities
-            start, end = int(spec["start"]), int(spec["end"])
+            start, end = _offset(spec["start"], "start", role), _offset(spec["end"], "end", role)
         elif "text" in spec:
             span = _span_from_string(text, words, str(spec["text"]), role)
             return Span(span.start, span.end, entity_type)
         else:
             raise ValueError(f"{role} dict needs start_char/end_char, start_word/end_word or text, got {dict(spec)}")
-    elif isinstance(spec, Sequence) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
-        (start, end), entity_type = spec, None
+    elif isinstance(spec, Sequence) and len(spec) == 2 and all(isinstance(v, numbers.Integral) for v in spec):
+        (start, end), entity_type = (_offset(v, "word span", role) for v in spec), None
     else:
         raise TypeError(f"{role} must be a (start, end) word span, a string or an entity dict, got {spec!r}")
     if not 0 <= start < end <= len(words):
@@ -282,39 +298,152 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def _looks_local(path: str) -> bool:
-    return os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path) or not _HUB_ID.match(path)
+    """Whether `path` means a folder on this machine rather than a Hub id: absolute, starting with `.` or `~`,
+    existing, not of the Hub's `name` / `org/name` form (`a/b/c`, `runs/model/`, a backslash), or an `org/name` whose
+    `org` is a folder here (`runs/rap-ner` where `runs/` exists)."""
+    if os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path) or not _HUB_ID.match(path):
+        return True
+    return "/" in path and os.path.isdir(path.split("/")[0])
 
 
 def check_model_location(model_path: str | os.PathLike) -> str:
-    """Fails early, with a readable message, on a local model folder that does not exist or is not a checkpoint."""
+    """Fails early, with a one-line message saying what was looked for where, on a local model folder that does not
+    exist or is not a checkpoint, and (offline: `HF_HUB_OFFLINE` set) on a Hub id that is not in the local Hub cache.
+    A Hub id online is left to `from_pretrained`."""
     path = os.path.expanduser(os.fspath(model_path))
-    if not _looks_local(path):
-        return path  # a Hub id: from_pretrained reports its own errors
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"RAP model directory not found: {path!r}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(
+                f"{path!r} has no config.json: it is not a folder written by `save_pretrained` (model and processor)"
+            )
+        return path
+    where = os.path.abspath(path)
+    if _looks_local(path):
+        found = "it is a file, not a folder" if os.path.exists(path) else "no such folder"
+        raise FileNotFoundError(f"RAP model directory not found: {path!r} (looked for the folder {where}: {found})")
+    if is_offline_mode() and try_to_load_from_cache(path, "config.json") is None:
         raise FileNotFoundError(
-            f"{path!r} has no config.json: it is not a folder written by `save_pretrained` (model and processor)"
+            f"RAP model directory not found: {path!r} is neither a folder here ({where}) nor, with the Hub offline "
+            f"(HF_HUB_OFFLINE set), a model in the Hub cache ({hub_constants.HF_HUB_CACHE}); pass the path of the "
+            "folder written by `save_pretrained`, or download the model first"
         )
     return path
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _safetensors_shapes(file: str) -> dict[str, list[int]]:
+    """Tensor shapes from the header of a safetensors file; `OSError` naming the file when it is damaged (truncated,
+    not safetensors), checked before anything is allocated."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else None
+        if length is None or length > size - 8:
+            raise OSError(f"{file!r} is damaged: its {size} bytes cannot hold the safetensors header (truncated?)")
+        try:
+            header = json.loads(handle.read(length))
+            tensors = {name: info for name, info in header.items() if name != "__metadata__"}
+            shapes = {name: [int(n) for n in info["shape"]] for name, info in tensors.items()}
+            end = max((int(info["data_offsets"][1]) for info in tensors.values()), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise OSError(f"{file!r} is damaged: its header is not a safetensors header") from None
+    if 8 + length + end != size:
+        raise OSError(
+            f"{file!r} is damaged: its header describes {8 + length + end} bytes but the file has {size} "
+            "(truncated, or cut off while copying?)"
+        )
+    return shapes
+
+
+def _saved_shapes(folder: str) -> tuple[str, dict[str, list[int]]] | None:
+    """`(file, {weight: shape})` of a folder's safetensors weights (one file or an index of shards); None without."""
+    single, index = os.path.join(folder, "model.safetensors"), os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        return single, _safetensors_shapes(single)
+    if not os.path.isfile(index):
+        return None
+    try:
+        with open(index, encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise OSError(f"{index!r} is damaged: not a JSON index with a weight_map") from None
+    shapes: dict[str, list[int]] = {}
+    for shard in shards:
+        shard_file = os.path.join(folder, shard)
+        if not os.path.isfile(shard_file):
+            raise OSError(f"{shard_file!r} is missing (listed in {index!r})")
+        shapes.update(_safetensors_shapes(shard_file))
+    return index, shapes
+
+
+def check_weights(folder: str, config: RAPConfig) -> None:
+    """Compares the saved weights' shapes (safetensors headers only) with the model `config` builds (on the meta
+    device, nothing allocated): a damaged file or a config that does not match the weights (`num_labels` edited, sizes
+    of another model) fails here in one line naming the file and the field, not deep inside `from_pretrained`."""
+    saved = _saved_shapes(folder)
+    if saved is None:
+        return  # no safetensors: from_pretrained looks for other formats and reports what it does not find
+    file, shapes = saved
+    try:
+        with torch.device("meta"):
+            built = {name: list(t.shape) for name, t in RAPForMultimodalExtraction._from_config(config).state_dict().items()}
+    except Exception:  # noqa: BLE001 -- e.g. an optional dependency of the config (peft): from_pretrained will say
+        return
+    differing = [name for name in shapes if name in built and shapes[name] != built[name]]
+    if not differing:
+        return
+    config_file = os.path.join(folder, "config.json")
+    heads = [name for name in differing if name.split(".")[0] in ("classifier", "crf")]
+    labels = [name for name in heads if shapes[name][:1] != built[name][:1]]  # the label dimension differs
+    if labels:
+        name = labels[0]
+        raise ValueError(
+            f"{config_file!r}: num_labels is {config.num_labels} (its id2label) but {file!r} holds {shapes[name][0]} "
+            f"labels ({name!r} has shape {shapes[name]}, the config builds {built[name]})"
+        )
+    encoders = (("text_config", ".text_encoder."), ("vision_config", ".vision_encoder."))
+    # the encoders' sizes first: every RAP layer built on them differs too, and the sub-config is the field to name
+    found = [(key, name) for key, marker in encoders for name in differing if marker in f".{name}"]
+    part, name = (f" ({found[0][0]})", found[0][1]) if found else ("", differing[0])
+    raise ValueError(
+        f"{config_file!r} does not describe the weights in {file!r}{part}: {name!r} has shape {shapes[name]} there "
+        f"but the config builds {built[name]} ({len(differing)} weights differ; an edited config.json, or another "
+        "model's weights?)"
+    )
 
 
 def load_model_and_processor(
     model_path: str | os.PathLike, **model_kwargs
 ) -> tuple[torch.nn.Module, RAPProcessor]:
-    """The RAP task model and the `RAPProcessor` saved in one folder (or Hub repository)."""
+    """The RAP task model and the `RAPProcessor` saved in one folder (or Hub repository). Every failure is one line
+    naming the file or field: a missing folder, a damaged or mismatched `config.json` / `model.safetensors`, a
+    processor that does not belong to the model."""
     path = check_model_location(model_path)
     config_kwargs = {k: model_kwargs[k] for k in _CONFIG_KWARGS if k in model_kwargs}
+    local = os.path.isdir(path)
+    folder = os.path.join(path, config_kwargs.get("subfolder") or "")
+    config_name = os.path.join(folder, "config.json") if local else f"{path}/config.json"
     try:
         config_dict, _ = RAPConfig.get_config_dict(path, **config_kwargs)
         if config_dict.get("model_type") != RAPConfig.model_type:
-            raise ValueError(f"not a RAP model (model_type {config_dict.get('model_type')!r})")
+            raise ValueError(f"{path!r} does not hold a RAP model: not a RAP model "
+                             f"(model_type {config_dict.get('model_type')!r})")  # fmt: skip
         config = RAPConfig.from_pretrained(path, **config_kwargs)
     except OSError as error:
-        raise OSError(f"could not load a RAP model from {path!r}: {error}") from error
+        hint = "" if local else f" (no local folder {os.path.abspath(path)} either)"
+        raise OSError(f"could not load a RAP model from {path!r}: {_first_line(error)}{hint}") from None
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{path!r} does not hold a RAP model: {error}") from error
-    model = RAPForMultimodalExtraction.from_pretrained(path, config=config, **model_kwargs)
+        message = _first_line(error)
+        raise ValueError(message if "does not hold a RAP model" in message else f"{config_name!r}: {message}") from None
+    if local:
+        check_weights(folder, config)
+    try:
+        model = RAPForMultimodalExtraction.from_pretrained(path, config=config, **model_kwargs)
+    except Exception as error:  # noqa: BLE001 -- torch, transformers and safetensors each raise their own types
+        raise OSError(f"could not load the weights of {path!r}: {type(error).__name__}: {_first_line(error)}") from None
     processor = load_processor(path)
     # A folder without tokenizer.json still loads a tokenizer: special tokens only, every word [UNK].
     tokens, rows = len(processor.tokenizer), model.get_input_embeddings().num_embeddings
@@ -572,9 +701,18 @@ class RAPPipeline(ChunkPipeline):
         if has_text == has_tokens:
             raise ValueError("give exactly one of 'text' (a string) or 'tokens' (a list of words)")
         if has_tokens:
-            return words_from_tokens(fields["tokens"])
+            text, words = words_from_tokens(fields["tokens"])
+            problem = invalid_text(text)
+            if problem:  # name the token: the offset in the joined text means little to the caller
+                bad = next(i for i, word in enumerate(words) if invalid_text(word.text))
+                raise ValueError(f"tokens[{bad}] ({words[bad].text!r}) holds an invalid character: "
+                                 f"{invalid_text(words[bad].text)}")  # fmt: skip
+            return text, words
         if not isinstance(fields["text"], str):
             raise TypeError(f"text must be a string, got {type(fields['text']).__name__}")
+        problem = invalid_text(fields["text"])
+        if problem:
+            raise ValueError(f"text holds an invalid character: {problem}")
         return fields["text"], split_words(fields["text"], style)
 
     @staticmethod
@@ -594,8 +732,12 @@ class RAPPipeline(ChunkPipeline):
                 entities = entities.get("entities")
             if entities is None:
                 raise ValueError("pairs='all' needs entities= (the entity list the NER pipeline returned)")
-            spans = [resolve_span(entity, text, words, f"entity {i}") for i, entity in enumerate(entities)]
-            return [(s, o) for i, s in enumerate(spans) for j, o in enumerate(spans) if i != j], False
+            spans: dict[tuple[int, int], Span] = {}  # an entity listed twice is one entity (never its own pair)
+            for i, entity in enumerate(entities):
+                span = resolve_span(entity, text, words, f"entity {i}")
+                spans.setdefault((span.start, span.end), span)
+            unique = list(spans.values())
+            return [(s, o) for i, s in enumerate(unique) for j, o in enumerate(unique) if i != j], False
         if isinstance(pairs, (list, tuple)):
             resolved = []
             for i, pair in enumerate(pairs):

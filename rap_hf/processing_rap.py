@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,30 +55,75 @@ def default_image_processor(image_size: int = 224):
 
 
 def load_image(value: Any) -> Image.Image | None:
-    """Open an image given as PIL image, path, ``datasets`` dict (``{"bytes", "path"}``), array or ``None``.
+    """Open an image given as PIL image, path, ``datasets`` dict (``{"bytes", "path"}``), array or ``None``, as RGB.
 
     An array is ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` of a type ``Image.fromarray`` reads
     (``uint8``...) or of floats in [0, 1] (scaled to 0..255, as ``torchvision``'s ``ToTensor`` makes them); other
-    arrays raise ``ValueError`` saying what was found.
+    arrays raise ``ValueError`` saying what was found. 16-bit pictures (16-bit greyscale PNG/TIFF files, ``uint16``
+    arrays: modes ``I;16*``) are scaled from 0..65535 to 0..255 rather than clipped to white (see `to_rgb`).
+
+    A file is decoded here, completely, and closed before this returns (also when it is truncated or animated); a
+    path that is not a regular file (a FIFO, a device, a directory) raises ``OSError`` without reading it, since
+    reading a FIFO would wait for a writer forever.
     """
     if value is None:
         return None
     if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, (str, os.PathLike)):
-        image = Image.open(value)
-    elif isinstance(value, dict):
+        return to_rgb(value)
+    if isinstance(value, (str, os.PathLike)):
+        return _read_image_file(value)
+    if isinstance(value, dict):
         if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = Image.open(value["path"])
-        else:
-            return None
-    elif isinstance(value, np.ndarray):
-        image = _array_image(value)
-    else:
-        raise TypeError(f"cannot read an image from a {type(value).__name__}")
-    return image if image.mode == "RGB" else image.convert("RGB")
+            return _decoded_rgb(Image.open(io.BytesIO(value["bytes"])))
+        if value.get("path"):
+            return _read_image_file(value["path"])
+        return None
+    if isinstance(value, np.ndarray):
+        return to_rgb(_array_image(value))
+    raise TypeError(f"cannot read an image from a {type(value).__name__}")
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _read_image_file(path: str | os.PathLike) -> Image.Image:
+    """The RGB picture of an image file, decoded and with the file closed; only regular files are read."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer opens it (no effect on files)
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:
+        os.close(descriptor)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise OSError(f"{os.fspath(path)!r} is {kind}, not an image file")
+    with os.fdopen(descriptor, "rb") as handle:
+        return _decoded_rgb(Image.open(handle))
+
+
+def _decoded_rgb(image: Image.Image) -> Image.Image:
+    """`to_rgb` of an image opened from a file object, decoded now (first frame) so that the file may be closed."""
+    image.load()
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as RGB. 16-bit greyscale (modes ``I;16``, ``I;16B``, ...; also a 32-bit ``I`` picture read from a PNG
+    file, as older Pillow opens 16-bit PNGs, or with values above 255) is scaled from 0..65535 to 0..255: PIL's own
+    conversion clips it, so mid-grey 32768 would become white 255. Values outside 0..65535 raise ``ValueError``."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        array = np.asarray(image)
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if image.mode.startswith("I;16") or high > 255 or getattr(image, "format", None) == "PNG":
+            if low < 0 or high > 65535:
+                raise ValueError(f"a 32-bit integer image (mode I) must hold values in 0..65535, got {low}..{high}")
+            image = Image.fromarray(np.round(array.astype(np.float32) / 257.0).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def _array_image(array: np.ndarray) -> Image.Image:
@@ -96,6 +142,25 @@ def _array_image(array: np.ndarray) -> Image.Image:
             f"cannot read an image from a {array.dtype} array of shape {array.shape} ({error}); use [H, W] or "
             "[H, W, 3] with uint8 values in 0..255 or floats in [0, 1]"
         ) from None
+
+
+def invalid_text(text: str) -> str | None:
+    """Why `text` is not valid Unicode text (a lone surrogate, e.g. from JSON ``"\\ud800"``), or ``None``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"lone surrogate U+{ord(text[error.start]):04X} at character {error.start}: not valid Unicode text"
+    return None
+
+
+def invalid_word(words_batch: Sequence[Sequence[Any]]) -> str | None:
+    """The first word a tokenizer cannot take (not a string, or invalid Unicode), named by example and position."""
+    for row, words in enumerate(words_batch):
+        for index, word in enumerate(words):
+            problem = invalid_text(word) if isinstance(word, str) else f"not a string but {type(word).__name__}"
+            if problem:
+                return f"example {row}, word {index} ({word!r}): {problem}"
+    return None
 
 
 def pad_sequences(
@@ -234,7 +299,13 @@ class RAPProcessor(ProcessorMixin):
         words_batch = [list(words) for words in words_batch]
         kwargs = dict(is_split_into_words=True, add_special_tokens=add_special_tokens,
                       truncation=max_length is not None, max_length=max_length)  # fmt: skip
-        encoding = self.tokenizer(words_batch, **kwargs)
+        try:
+            encoding = self.tokenizer(words_batch, **kwargs)
+        except TypeError:  # the tokenizer's message names neither the example nor the word
+            problem = invalid_word(words_batch)
+            if problem:
+                raise ValueError(problem) from None
+            raise
         empty = [self._empty_words(encoding, row, len(words)) for row, words in enumerate(words_batch)]
         if any(empty):
             words_batch = [[self.tokenizer.unk_token if i in gone else word for i, word in enumerate(words)]
@@ -626,4 +697,5 @@ class RAPDataCollator:
 
 RAPProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["RAPProcessor", "RAPDataCollator", "default_image_processor", "load_image", "marker_order", "pad_batch"]
+__all__ = ["RAPProcessor", "RAPDataCollator", "default_image_processor", "load_image", "marker_order", "pad_batch",
+           "to_rgb"]

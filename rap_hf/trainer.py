@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .metrics import compute_ner_metrics, compute_re_metrics
+from .model_card import RAPModelCardCallback, RAPModelCardData, save_model_card
 from .modeling_rap import RAPPreTrainedModel
 from .pipelines import RAPPipeline, save_pipeline_code
 from .processing_rap import RAPDataCollator, RAPProcessor
@@ -263,12 +264,14 @@ class RAPTrainer(Trainer):
         args: `RAPTrainingArguments` (or plain `TrainingArguments`; then without warm-up unless asked).
         processing_class: the model's `RAPProcessor` (default: loaded from the model's folder, `model.name_or_path`).
         train_dataset, eval_dataset: builder splits or datasets with the same columns, raw or already tokenised.
+        model_card_data: what the model card (README.md, written by `save_model`) should say beyond what training
+            shows (repo id, dataset, command, ...); `RAPModelCardCallback` fills the rest while training.
         Every other argument as `transformers.Trainer`.
     """
 
     def __init__(self, model: RAPPreTrainedModel, args: TrainingArguments | None = None, train_dataset=None,
                  eval_dataset=None, processing_class: RAPProcessor | None = None, data_collator=None,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 model_card_data: RAPModelCardData | None = None, **kwargs: Any) -> None:  # fmt: skip
         self.task = model.config.task
         processing_class = processing_class or RAPProcessor.from_pretrained(model.name_or_path)
         self.processing_class = processing_class
@@ -288,6 +291,8 @@ class RAPTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch_losses: list[float] = []
         self.add_callback(BestModelCallback(self))
+        self.model_card_data = model_card_data if model_card_data is not None else RAPModelCardData()
+        self.add_callback(RAPModelCardCallback(self))
 
     # -- data ----------------------------------------------------------------------------------------------------------
     def prepare(self, dataset: datasets.Dataset | None, name: str = "split") -> datasets.Dataset | None:
@@ -394,8 +399,8 @@ class RAPTrainer(Trainer):
 
     # -- saving --------------------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`; in the final folder without the pickled arguments and with the pipeline code; then the
-        Hub push it would do."""
+        """`Trainer.save_model`; in the final folder without the pickled arguments and with the pipeline code and the
+        model card (README.md, from `model_card_data`); then the Hub push it would do."""
         super().save_model(output_dir, _internal_call=True)
         folder = Path(output_dir or self.args.output_dir)
         if folder.resolve() == Path(self.args.output_dir).resolve() and self.is_world_process_zero():
@@ -405,11 +410,12 @@ class RAPTrainer(Trainer):
             save_pipeline_code(RAPPipeline(model, self.processing_class, device=model.device), folder)
             if model.config.text_encoder_lora:
                 save_text_encoder_adapter(model, folder / TEXT_ENCODER_ADAPTER)
+            save_model_card(self.model_card_data, folder / "README.md")
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Upload RAP model", blocking=True)
 
     def create_model_card(self, *args, **kwargs) -> None:
-        """RAP writes its own card before pushing; the generic Trainer card would replace it."""
+        """RAP's card is written by `save_model` from `model_card_data`; the generic Trainer card would replace it."""
 
 
 class BestModelCallback(TrainerCallback):

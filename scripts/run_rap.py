@@ -16,21 +16,23 @@ from rap_hf.data import DataFormatError
 from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
 
-def parse_arguments():
+def parse_arguments(argv: list[str] | None = None):
+    """The three argument dataclasses from `argv` (default: the command line) or from one JSON/YAML file."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
-        path = Path(sys.argv[1]).resolve()
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(argv[0]).resolve()
         if path.suffix == ".json":
             return parser.parse_json_file(str(path))
         return parser.parse_yaml_file(str(path))
-    return parser.parse_args_into_dataclasses()
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    model_args, data_args, training_args = parse_arguments()
+    model_args, data_args, training_args = parse_arguments(argv)
     try:
         results = run(model_args, data_args, training_args)
     except (DataFormatError, FileNotFoundError, ValueError) as error:  # a bad argument or corpus: one line

@@ -1,12 +1,16 @@
 """Every entry point answers `--help` (exit 0, its options listed) and `scripts/run_rap.py` reports a bad argument or
-corpus in one line. Each call is `python ARGS` in a process of its own, as a user would start it."""
+corpus in one line: each script's `main(argv)` called as its command line calls it; the installed console script in a
+process of its own."""
 
+import contextlib
 import dataclasses
+import importlib.util
+import io
 import os
 import re
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,30 +43,47 @@ CLI_HELP = [
 ]
 
 
+def call_main(main, argv: list[str], folder: Path) -> dict:
+    """`main(argv)` of an entry point as its command line would run it: exit status, stdout, stderr."""
+    stdout, stderr, returncode, cwd = io.StringIO(), io.StringIO(), 0, os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main(argv)
+    except SystemExit as exit_:  # argparse and sys.exit: the status a shell sees
+        returncode = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        os.chdir(cwd)
+    return {"returncode": returncode, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def script_main(path: Path):
+    """The `main(argv)` of a script (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module.main
+
+
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict[tuple, dict]:
-    """{(kind, case): {returncode, stdout, stderr}} of every call of this module, each `python ARGS` in a process of
-    its own as a user starts it (two at a time)."""
-    calls = {("script", str(path.relative_to(REPO_ROOT))): ([str(path.relative_to(REPO_ROOT)), "--help"], REPO_ROOT)
-             for path in scripts_with_a_parser()}  # fmt: skip
-    calls.update({("cli", tuple(arguments)): (["-m", "rap_hf.cli", *arguments, "--help"], REPO_ROOT)
-                  for arguments, _ in CLI_HELP})  # fmt: skip
+    """{(kind, case): {returncode, stdout, stderr}}: every script's and the CLI's `main(argv)` in this interpreter;
+    the installed console script in a process of its own, as a user starts it."""
+    from rap_hf import cli
+
+    results = {("script", str(path.relative_to(REPO_ROOT))): call_main(script_main(path), ["--help"], REPO_ROOT)
+               for path in scripts_with_a_parser()}  # fmt: skip
+    results.update({("cli", tuple(arguments)): call_main(cli.main, [*arguments, "--help"], REPO_ROOT)
+                    for arguments, _ in CLI_HELP})  # fmt: skip
     console = shutil.which("rap-hf")
     if console and "python" in Path(console).read_text(errors="replace").split("\n", 1)[0]:  # pip's Python wrapper
-        calls[("console",)] = ([console, "predict", "--help"], REPO_ROOT)
-    folders = {}
+        done = run_python([console, "predict", "--help"], cwd=REPO_ROOT, env=ENV, timeout=300)
+        results[("console",)] = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    run_rap = script_main(REPO_ROOT / "scripts" / "run_rap.py")
     for index, (arguments, _) in enumerate(BAD_ARGUMENTS):
-        folders[index] = tmp_path_factory.mktemp(f"bad{index}")
-        script = str(REPO_ROOT / "scripts" / "run_rap.py")
-        calls[("bad", index)] = ([script, *arguments, "--output_dir", str(folders[index] / "out")], folders[index])
-
-    def start(argv_and_folder) -> dict:
-        done = run_python(argv_and_folder[0], cwd=argv_and_folder[1], env=ENV, timeout=600)
-        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(calls, pool.map(start, calls.values())))
-    for index, folder in folders.items():
+        folder = tmp_path_factory.mktemp(f"bad{index}")
+        results[("bad", index)] = call_main(run_rap, [*arguments, "--output_dir", str(folder / "out")], folder)
         results[("bad", index)]["folder"] = folder
     return results
 

@@ -1,4 +1,5 @@
-"""Model cards carry the run's real numbers in their metadata and keep the paper's numbers apart."""
+"""Model cards carry the run's real numbers in their metadata and keep the paper's numbers apart; RAPTrainer fills
+the card data while it trains and writes the card (README.md) with the model, listing only the changed arguments."""
 
 import importlib.util
 import json
@@ -8,17 +9,24 @@ from pathlib import Path
 import pytest
 import yaml
 from huggingface_hub import ModelCard
+from transformers import TrainerCallback
 
 from rap_hf.model_card import (
     DATASETS,
     NO_CHECKPOINT_NOTE,
     REPORTED_RESULTS,
+    RAPModelCardData,
+    config_changes,
     render_model_card,
     write_model_card,
 )
 
+from conftest import tiny_config
+from training_helpers import TINY_OVERRIDES, make_tiny_text_model
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTHORS = "Reported by the authors (Chen et al., Neurocomputing 2025)"
+MACHINE_PATH = re.compile(r"(^|[^\w.])/(work|tmp|root|home)/")
 
 
 def ner_results() -> dict:
@@ -181,7 +189,7 @@ def load_render_script():
 
 def test_render_script_with_and_without_results(tmp_path):
     script = load_render_script()
-    assert script.main(["--out-dir", str(tmp_path)]) == 0
+    assert script.main(["--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "no-runs")]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.md")) == ["mnre.md", "twitter2015.md", "twitter2017.md"]
     assert NO_CHECKPOINT_NOTE in (tmp_path / "mnre.md").read_text()
 
@@ -193,15 +201,25 @@ def test_render_script_with_and_without_results(tmp_path):
     assert model_index_metrics(text)[0]["f1"] == 85.95
 
 
+@pytest.fixture(scope="module")
+def rendered_by_script(tmp_path_factory) -> Path:
+    """What `python scripts/render_model_cards.py` writes today (cards from model_cards/runs/, else placeholders)."""
+    out = tmp_path_factory.mktemp("cards")
+    assert load_render_script().main(["--out-dir", str(out)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
-def test_committed_cards_match_the_renderer(dataset):
+def test_committed_cards_match_the_renderer(dataset, rendered_by_script):
     """Every card is what scripts/render_model_cards.py writes today: placeholders, or from model_cards/runs/."""
     text = (REPO_ROOT / "model_cards" / f"{dataset}.md").read_text(encoding="utf-8")
-    repo_id = f"{load_render_script().DEFAULT_ORG}/rap-{dataset}"
-    run = REPO_ROOT / "model_cards" / "runs" / f"{dataset}_results.json"
-    results = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else None
-    assert (NO_CHECKPOINT_NOTE in text) == (results is None)
-    assert text == render_model_card(results, repo_id, dataset=dataset)
+    has_run = (REPO_ROOT / "model_cards" / "runs" / f"{dataset}_results.json").is_file()
+    assert (NO_CHECKPOINT_NOTE in text) == (not has_run)
+    assert text == (rendered_by_script / f"{dataset}.md").read_text(encoding="utf-8")
+    if has_run:  # the arguments that differ from run_rap.py's defaults, not all of them
+        arguments = text.split("### Training arguments", 1)[1].split("###", 1)[0]
+        assert "| `learning_rate` |" in arguments and "`adam_beta1`" not in arguments
+        assert "`output_dir`" not in arguments
 
 
 def test_first_lines_and_metadata_say_what_the_run_was():
@@ -227,7 +245,7 @@ def test_first_lines_and_metadata_say_what_the_run_was():
 
 
 def test_no_machine_path_in_committed_cards_docs_and_results():
-    pattern = re.compile(r"(^|[^\w.])/(work|tmp|root|home)/")
+    pattern = MACHINE_PATH
     files = [*(REPO_ROOT / "model_cards").rglob("*.md"), *(REPO_ROOT / "model_cards").rglob("*.json"),
              *(REPO_ROOT / "docs").rglob("*.md"), REPO_ROOT / "README.md"]  # fmt: skip
     offenders = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in files
@@ -249,3 +267,112 @@ def test_card_states_how_the_run_differs_from_the_paper():
     line = next(line for line in text.splitlines() if "Not the paper's setting" in line)
     for difference in ("`minilm` instead of `bert-base-uncased`", "no images", "a subset", "3 epochs instead of 30"):
         assert difference in line
+
+
+def test_card_lists_only_the_training_arguments_that_differ_from_their_defaults(tmp_path):
+    from rap_hf.trainer import RAPTrainingArguments
+
+    results = ner_results()
+    results["training_args"] = RAPTrainingArguments(
+        output_dir=str(tmp_path / "run"), learning_rate=1e-4, feature_cache_dir=str(tmp_path / "features"),
+        report_to="none",
+    ).to_dict()  # fmt: skip
+    text = render_model_card(results, "org/rap-twitter2017")
+    arguments = text.split("### Training arguments", 1)[1].split("###", 1)[0]
+    assert "differ from the defaults of `RAPTrainingArguments`" in arguments
+    assert re.findall(r"^\| `(\w+)` \| `([^`]*)` \|$", arguments, re.M) == [("learning_rate", "0.0001")]
+    assert str(tmp_path) not in text and not MACHINE_PATH.search(text)
+
+
+def test_config_section_lists_the_fields_that_differ_from_rapconfig():
+    changes = config_changes(tiny_config().to_diff_dict())
+    assert changes["fusion_num_heads"] == 4 and changes["relevance_dim"] == 16
+    assert not {"text_config", "vision_config", "id2label", "graph_iterations", "relevance_gate"} & set(changes)
+    relation = config_changes(tiny_config("re").to_diff_dict())
+    assert "routing_layers" not in relation  # the RE default (3 layers) is RAPConfig's own, not a change
+
+
+# ------------------------------------------------------------------------ filled while RAPTrainer trains
+
+
+class CardSpy(TrainerCallback):
+    """What the card data held right after each evaluation (RAPTrainer's card callback runs before this one)."""
+
+    def __init__(self, card: RAPModelCardData):
+        self.card, self.seen = card, []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.seen.append((state.global_step, [entry["step"] for entry in self.card.history]))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, minilm, one_thread):
+    """A RAPTrainer of a tiny model, 2 updates with a validation after each, tested, saved with its card."""
+    from rap_hf import RAPTrainer, RAPTrainingArguments, build_model_and_processor, load_dataset
+
+    tmp_path = tmp_path_factory.mktemp("card_run")
+    corpus = load_dataset("twitter2017")
+    labels = corpus["train"].features["ner_tags"].feature.names
+    text_model = make_tiny_text_model(tmp_path_factory, minilm)
+    model, processor = build_model_and_processor("ner", labels, str(text_model), "", **json.loads(TINY_OVERRIDES))
+    args = RAPTrainingArguments(output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=2,
+                                eval_strategy="steps", eval_steps=1, report_to="none", save_strategy="no",
+                                feature_cache_dir=str(tmp_path / "features"))  # fmt: skip
+    card = RAPModelCardData(repo_id="org/rap-tiny", command="python train_tiny.py")
+    trainer = RAPTrainer(model=model, args=args, processing_class=processor, train_dataset=corpus["train"],
+                         eval_dataset=corpus["validation"], model_card_data=card)  # fmt: skip
+    spy = CardSpy(card)
+    trainer.add_callback(spy)
+    trainer.train()
+    test = trainer.evaluate(corpus["test"], metric_key_prefix="test")
+    trainer.save_model()
+    readme = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
+    return {"trainer": trainer, "card": card, "spy": spy, "test": test, "labels": labels, "tmp_path": tmp_path,
+            "text_model": text_model, "readme": readme}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_callback_fills_the_card_data_during_training(trained):
+    card, trainer = trained["card"], trained["trainer"]
+    # one more validation row right after each evaluation, not only at the end; the test evaluation adds none
+    assert trained["spy"].seen == [(1, [1]), (2, [1, 2]), (2, [1, 2])]
+    validations = [entry for entry in trainer.state.log_history if "eval_f1" in entry]
+    assert [entry["validation"]["f1"] for entry in card.history] == [entry["eval_f1"] for entry in validations]
+    assert card.task == "ner" and card.labels == trained["labels"] and card.dataset_id == "twitter2017"
+    assert card.text_encoder == trained["text_model"].name and card.vision_encoder == ""  # random vision encoder
+    assert card.num_train_examples == len(trainer.train_dataset) and card.trained
+    assert card.best_epoch == trainer.best["epoch"] and card.validation["f1"] == trainer.best["f1"]
+    assert card.test_metrics["f1"] == trained["test"]["test_f1"] and "per_type" in card.test_metrics
+    assert {"train_seconds", "eval_seconds"} <= set(card.timings) and card.versions["transformers"]
+    # only what differs from a default RAPTrainingArguments(), without this machine's paths
+    assert card.arguments_class == "RAPTrainingArguments"
+    changed = {name: card.training_arguments[name] for name in ("learning_rate", "max_steps", "eval_steps")}
+    assert changed == {"learning_rate": 1e-3, "max_steps": 2, "eval_steps": 1}
+    hidden = {"adam_beta1", "output_dir", "feature_cache_dir", "remove_unused_columns"}
+    assert not hidden & set(card.training_arguments)
+    assert card.config_changes["fusion_num_heads"] == 4 and "text_config" not in card.config_changes
+    # the user's own fields win over what training shows
+    assert card.repo_id == "org/rap-tiny" and card.command == "python train_tiny.py"
+
+
+@pytest.mark.slow
+def test_save_model_writes_a_card_the_hub_parses(trained):
+    text, test = trained["readme"], trained["test"]
+    card = ModelCard(text)
+    metrics, result, name = model_index_metrics(text)
+    assert metrics == {key: round(100 * test[f"test_{key}"], 2) for key in ("precision", "recall", "f1")}
+    assert name == "rap-tiny" and result["dataset"]["type"] == "twitter2017"
+    assert card.data.to_dict()["pipeline_tag"] == "token-classification"
+    assert 'AutoModel.from_pretrained("org/rap-tiny", trust_remote_code=True)' in card.text
+    assert f"| This checkpoint (rap-hf) | test | {100 * test['test_precision']:.2f} |" in text
+    assert f"| *{AUTHORS}* | test | 87.63 | 87.89 | 87.76 |" in text
+    assert "- **Not the paper's setting:**" in text and "instead of `bert-base-uncased`" in text
+    assert "### Training history" in text and "### Test scores per type" in text
+    arguments = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|$", text.split("### Training arguments", 1)[1]
+                                .split("###", 1)[0], re.M))  # fmt: skip
+    assert arguments["learning_rate"] == "0.001" and arguments["max_steps"] == "2"
+    assert "adam_beta1" not in arguments and "output_dir" not in arguments
+    assert str(trained["tmp_path"]) not in text and str(REPO_ROOT) not in text and not MACHINE_PATH.search(text)
+    # the generic transformers card is never written over it
+    trained["trainer"].create_model_card()
+    assert (trained["tmp_path"] / "run" / "README.md").read_text(encoding="utf-8") == text

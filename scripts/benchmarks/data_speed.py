@@ -206,7 +206,7 @@ def encoder_rows(results: dict[str, dict[str, float]], args: argparse.Namespace)
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_vision_model_arguments(parser)
     parser.add_argument("--text-model", default=OFFLINE_TEXT_MODEL, help="RAP's text encoder (default: minilm)")
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=8, help="batch size of the timed training epoch")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.images <= args.batch_size:

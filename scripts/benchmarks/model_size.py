@@ -83,11 +83,11 @@ def settings(vision_model: str, texts: list[str]) -> list[tuple[str, str, str, b
     return kept
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_vision_model_arguments(parser, compare=False)  # the encoder of the "default" row
     parser.add_argument("--tasks", nargs="+", default=["ner", "re"], choices=["ner", "re"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     texts = text_configs()
     heads = {"ner": (RAPForMultimodalNER, NER_LABELS), "re": (RAPForMultimodalRE, RE_LABELS)}

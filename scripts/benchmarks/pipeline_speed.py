@@ -90,7 +90,7 @@ def build_pipeline(text_model: str, vision_model: str):
     return pipeline(model, processor=processor, device="cpu"), text_params, vision_params
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_vision_model_arguments(parser)
     parser.add_argument("--text-model", default=None, help="BERT-family encoder folder (default: packaged MiniLM-L6)")
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=0, help="object crops per image (the paper uses 3)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 

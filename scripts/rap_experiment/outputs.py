@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rap_hf.model_card import RAPModelCardData
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +49,18 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
     return {name: str(path) for name, path in figures.items()}
 
 
-def write_run_outputs(results: dict[str, Any], test, model, output_dir: Path, args) -> None:
-    """Writes results.json, the figures and the model card next to the saved model in `output_dir`."""
-    from rap_hf.model_card import write_model_card
-
+def write_run_outputs(results: dict[str, Any], test, model, output_dir: Path, args,
+                      card_data: RAPModelCardData | None = None) -> None:  # fmt: skip
+    """Writes results.json and the figures next to the saved model in `output_dir`, and hands what the run learnt
+    after training (command, corpus folder, test scores, figures, timings) to the trainer's `card_data`; the card
+    itself (README.md) is written from it with the model by `RAPTrainer.save_model`."""
     figures = write_figures(test, model.config, output_dir / "figures") if args.make_figures else {}
     results["figures"] = {name: str(Path(path).relative_to(output_dir)) for name, path in figures.items()}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    repo_id = args.hub_model_id or f"your-org/rap-{results['dataset']}"
-    # links relative to the card (it sits next to figures/), so they work on the Hub and in any checkout
-    write_model_card(output_dir / "results.json", output_dir / "README.md", repo_id, figures=results["figures"])
-    logger.info("Model, results.json and model card (README.md) in %s", output_dir)
+    if card_data is not None:
+        # links relative to the card (it sits next to figures/), so they work on the Hub and in any checkout
+        card_data.figures = dict(results["figures"])
+        card_data.command, card_data.data_dir = results["command"], results["data_dir"]
+        card_data.test_metrics, card_data.timings = results["test"], dict(results["timings"])
+        card_data.results_file = "results.json"
+    logger.info("results.json and figures in %s", output_dir)

@@ -24,10 +24,10 @@ from typing import Any
 import datasets
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 
 from rap_hf import RAPConfig, __version__, load_dataset
-from rap_hf.encoders import OFFLINE_TEXT_MODEL, OFFLINE_VISION_MODEL, build_model_and_processor, resolve_text_model
+from rap_hf.encoders import OFFLINE_TEXT_MODEL, OFFLINE_VISION_MODEL, build_model_and_processor
 from rap_hf.trainer import (
     COMPLETE_MARKER,
     PAPER_DEFAULTS,
@@ -166,7 +166,7 @@ def resolve_training_defaults(task: str, args: RunArguments) -> RunArguments:
 
 
 def rap_config_kwargs(task: str, model_args: ModelArguments) -> dict[str, Any]:
-    """RAPConfig fields from the command line (only those set): options, LoRA, overrides, paper mode."""
+    """RAPConfig fields from the command line (only those set): options, LoRA, overrides."""
     kwargs = {name: getattr(model_args, name) for name, _, _ in config_options()}
     kwargs = {name: value for name, value in kwargs.items() if value is not None}
     if isinstance(kwargs.get("fusion_units"), str):
@@ -176,9 +176,6 @@ def rap_config_kwargs(task: str, model_args: ModelArguments) -> dict[str, Any]:
                                        "lora_dropout": model_args.lora_dropout,
                                        "target_modules": [m.strip() for m in model_args.lora_target_modules.split(",")]}
     kwargs.update(json.loads(model_args.config_overrides) if model_args.config_overrides else {})
-    if model_args.paper_architecture:  # explicit options and overrides still win
-        hidden = AutoConfig.from_pretrained(resolve_text_model(model_args.text_model)).hidden_size
-        kwargs = {**RAPConfig.paper_fields(task, hidden), **kwargs}
     return kwargs
 
 
@@ -213,7 +210,8 @@ def model_and_processor(task: str, dataset_dict: datasets.DatasetDict, model_arg
     """A fresh RAP model and its processor for the corpus labels and the command-line options."""
     config = {"multimodal": not model_args.text_only_baseline, **rap_config_kwargs(task, model_args)}
     return build_model_and_processor(task, corpus_labels(task, dataset_dict), model_args.text_model,
-                                     model_args.vision_model, max_length, **config)  # fmt: skip
+                                     model_args.vision_model, max_length, model_args.paper_architecture,
+                                     **config)  # fmt: skip
 
 
 def prepare_splits(dataset_dict, processor, task: str, data_args: DataArguments) -> datasets.DatasetDict:
@@ -333,9 +331,11 @@ def train_and_test(trainer: RAPTrainer) -> tuple[dict[str, Any], Predictions] | 
 
 
 def public_value(value: Any) -> Any:
-    """How results.json (and the card made from it) records a value: an absolute path becomes relative to the
-    working directory when inside it, else its last part; never a path of this machine."""
-    if not isinstance(value, str) or not os.path.isabs(value):
+    """How results.json (and the card made from it) records a value: a path of this machine becomes relative to the
+    working directory when inside it, else its last part. An absolute string under a top-level folder that does not
+    exist is not a path of this machine (the MNRE relation `/per/per/parent` is a label)."""
+    parts = Path(value).parts if isinstance(value, str) and os.path.isabs(value) else ()
+    if len(parts) < 2 or not Path(parts[0], parts[1]).exists():
         return value
     path = Path(value)
     try:
@@ -363,13 +363,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments
     check_task(data_args, model_args)
     check_output_dir(args)
     trainer = build_trainer(model_args, data_args, args)
+    # what only the command line knows goes on the card; RAPModelCardCallback fills the rest while training
+    card = trainer.model_card_data
+    card.repo_id = args.hub_model_id or f"your-org/rap-{data_args.dataset}"
+    card.dataset_id, card.max_train_samples = data_args.dataset, data_args.max_train_samples
+    card.text_only = data_args.text_only_data or model_args.text_only_baseline
     finished = train_and_test(trainer)
     if finished is None:
         return None
     results, test = finished
     if trainer.is_world_process_zero():
-        write_run_outputs(results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args)
-    trainer.save_model(args.output_dir)  # the best weights, processor, remote code; with --push_to_hub, the upload
+        write_run_outputs(results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args,
+                          card)  # fmt: skip
+    trainer.save_model(args.output_dir)  # best weights, processor, remote code, card; with --push_to_hub, the upload
     return results
 
 

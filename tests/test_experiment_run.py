@@ -1,0 +1,33 @@
+"""scripts/rap_experiment/run.py: how a run records its values, and its options generated from RAPConfig."""
+
+import dataclasses
+from pathlib import Path
+
+from rap_hf import RAPConfig
+
+from rap_experiment.run import ModelArguments, config_field_help, public_value, rap_config_kwargs
+
+
+def test_results_record_no_machine_path_but_keep_labels_that_look_like_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert public_value(str(tmp_path / "data")) == "data"  # inside the working folder: relative
+    assert public_value(str(Path(__file__).resolve())) == Path(__file__).name  # elsewhere: the last part
+    assert public_value("/per/per/parent") == "/per/per/parent"  # an MNRE relation, not a folder of this machine
+    assert public_value("/org/org/place_of_birth") == "/org/org/place_of_birth"
+    assert public_value(3) == 3 and public_value("minilm") == "minilm"
+
+
+def test_every_settable_rapconfig_field_is_an_option_with_its_docstring_help():
+    options = {field.name: field for field in dataclasses.fields(ModelArguments)}
+    own = set(vars(RAPConfig)["__annotations__"])
+    derived = {"text_config", "vision_config", "task", "multimodal", "text_encoder_lora", "vision_feature_size",
+               "subject_marker_token_id", "object_marker_token_id"}  # fmt: skip
+    assert own - derived <= set(options)
+    for name in own - derived:
+        assert options[name].default is None  # unset: RAPConfig's own default
+        assert options[name].metadata["help"].startswith(f"RAPConfig.{name}: ") and config_field_help(name), name
+    assert options["relevance_gate"].metadata["choices"] == ["tanh", "identity", "rectified", "veto"]
+    arguments = ModelArguments(routing_layers=3, fusion_units="rau, cfu", use_relevance_reasoning=False)
+    assert rap_config_kwargs("ner", arguments) == {"routing_layers": 3, "fusion_units": ["rau", "cfu"],
+                                                   "use_relevance_reasoning": False}  # fmt: skip
