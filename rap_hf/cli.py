@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import json
 import logging
 import os
@@ -119,6 +120,16 @@ def _configure_logging(verbose: bool) -> Callable[[], None]:
             hf_logging.enable_progress_bar()
 
     return restore
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """`--device` names a device this machine has, checked before a model is loaded (torch's own failure on
+    `--device cuda` without a GPU is a 40-line traceback)."""
+    from .pipelines import device_problem
+
+    problem = device_problem(args.device)
+    if problem:
+        raise CLIError(f"--device {args.device}: {problem}; use --device cpu")
 
 
 def _load_pipeline(model: str, args: argparse.Namespace, batch_size: int = 8):
@@ -298,33 +309,61 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _check_output_is_not_input(output: str, inputs: dict[str, str | None]) -> None:
+    """Refuses an `--output` that is one of the input files, however it is written (`dir/../in.jsonl`, a symbolic or
+    hard link): the rename at the end would replace the input with the predictions."""
+    for flag, path in inputs.items():
+        if path is None:
+            continue
+        same = os.path.realpath(output) == os.path.realpath(path)
+        if not same and os.path.exists(output) and os.path.exists(path):
+            same = os.path.samefile(output, path)
+        if same:
+            raise CLIError(f"--output {output!r} is the {flag} file {path!r}: writing the predictions would replace "
+                           "it; choose another --output")  # fmt: skip
+
+
 class _AtomicOutput:
     """`--output` written to a temporary file beside it and renamed into place only when everything succeeded, so a
-    failed run leaves an earlier file as it was and never a truncated one."""
+    failed run leaves an earlier file as it was and never a truncated one. A device or FIFO (`/dev/null`, a pipe) is
+    written directly: a rename would replace it with a file. Failing writes (a full disk) end in one `CLIError`."""
 
     def __init__(self, path: str):
         self.path = Path(path)
+        self.tmp: str | None = None
         try:
+            if self.path.is_dir():
+                raise CLIError(f"--output {path!r} is a directory; give a file name")
+            if self.path.exists() and not self.path.is_file():
+                self.handle: TextIO = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             descriptor, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
             os.chmod(self.tmp, self.path.stat().st_mode & 0o777 if self.path.exists() else _file_mode())
         except OSError as error:
-            raise CLIError(f"cannot write --output {path!r}: {error}") from error
-        self.handle: TextIO = os.fdopen(descriptor, "w", encoding="utf-8")
+            raise CLIError(f"cannot write --output {path!r}: {error}") from None
+        self.handle = os.fdopen(descriptor, "w", encoding="utf-8")
 
     def __enter__(self) -> TextIO:
         return self.handle
 
     def __exit__(self, error_type, error, traceback) -> None:
-        self.handle.close()
         try:
+            self.handle.close()  # flushes: a full disk may only show here
+        except OSError as close_error:
             if error_type is None:
-                os.replace(self.tmp, self.path)
-                return
-        except OSError as replace_error:
-            os.unlink(self.tmp)
-            raise CLIError(f"cannot write --output {os.fspath(self.path)!r}: {replace_error}") from replace_error
-        os.unlink(self.tmp)
+                error_type, error = type(close_error), close_error
+        if self.tmp is not None:
+            if error_type is None:
+                try:
+                    os.replace(self.tmp, self.path)
+                    return
+                except OSError as replace_error:
+                    error_type, error = type(replace_error), replace_error
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+        if error_type is not None and issubclass(error_type, OSError):
+            raise CLIError(f"cannot write --output {os.fspath(self.path)!r}: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -337,6 +376,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CLIError("--image/--crops/--subject/--object go with --text; put them into the JSONL lines instead")
     if args.batch_size < 1:
         raise CLIError("--batch-size must be >= 1")
+    if args.output is not None:
+        _check_output_is_not_input(args.output, {"--input": args.input})
+    _check_device(args)
     pipe = _load_pipeline(args.model, args, args.batch_size)
     if pipe.rap_task == "ner" and (args.pairs or args.ner_model or args.subject or args.object):
         raise CLIError("--pairs/--ner-model/--subject/--object are for RE models; this is an NER model")
@@ -391,6 +433,8 @@ def _write_predictions(pipe, lines: list[_Line], source: str, on_error: str, out
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    _check_output_is_not_input(args.out, {"--image": args.image})
+    _check_device(args)
     pipe = _load_pipeline(args.model, args)
     config = pipe.model.config
     if not config.multimodal:

@@ -27,15 +27,15 @@ MAX_ROUTING_LAYERS = 64
 MAX_GRAPH_ITERATIONS = 64
 MAX_PROMPT_LENGTH = 512
 MAX_NUM_CROPS = 64
-MAX_LAYER_SIZE = 65536  # widths: fusion_hidden_size, relevance_dim, the fusion/router/prompt sizes, prompt_source_length
+MAX_LAYER_SIZE = 65536  # widths: fusion_hidden_size, relevance_dim, fusion/router/prompt sizes, prompt_source_length
 SIZE_BOUNDS = {
     "routing_layers": (1, MAX_ROUTING_LAYERS, "MAX_ROUTING_LAYERS"),
     "graph_iterations": (1, MAX_GRAPH_ITERATIONS, "MAX_GRAPH_ITERATIONS"),
     "prompt_length": (1, MAX_PROMPT_LENGTH, "MAX_PROMPT_LENGTH"),
     "num_crops": (0, MAX_NUM_CROPS, "MAX_NUM_CROPS"),
-    **{name: (1, MAX_LAYER_SIZE, "MAX_LAYER_SIZE") for name in (
-        "fusion_hidden_size", "relevance_dim", "fusion_num_heads", "fusion_intermediate_size", "router_hidden_size",
-        "prompt_hidden_size", "prompt_source_length", "vision_feature_size")},
+    **dict.fromkeys(("fusion_hidden_size", "relevance_dim", "fusion_num_heads", "fusion_intermediate_size",
+                     "router_hidden_size", "prompt_hidden_size", "prompt_source_length", "vision_feature_size"),
+                    (1, MAX_LAYER_SIZE, "MAX_LAYER_SIZE")),
 }  # fmt: skip
 
 

@@ -27,13 +27,12 @@ from typing import Any
 
 import regex
 import torch
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.constants import is_offline_mode
 from PIL import Image
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
+from transformers.utils.hub import constants as hub_constants
+from transformers.utils.hub import is_offline_mode, try_to_load_from_cache
 
 from .configuration_rap import RAPConfig
 from .modeling_rap import RAPForMultimodalExtraction
@@ -306,7 +305,8 @@ def _looks_local(path: str) -> bool:
     return "/" in path and os.path.isdir(path.split("/")[0])
 
 
-def check_model_location(model_path: str | os.PathLike) -> str:
+def check_model_location(model_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                         revision: str | None = None) -> str:  # fmt: skip
     """Fails early, with a one-line message saying what was looked for where, on a local model folder that does not
     exist or is not a checkpoint, and (offline: `HF_HUB_OFFLINE` set) on a Hub id that is not in the local Hub cache.
     A Hub id online is left to `from_pretrained`."""
@@ -321,11 +321,11 @@ def check_model_location(model_path: str | os.PathLike) -> str:
     if _looks_local(path):
         found = "it is a file, not a folder" if os.path.exists(path) else "no such folder"
         raise FileNotFoundError(f"RAP model directory not found: {path!r} (looked for the folder {where}: {found})")
-    if is_offline_mode() and try_to_load_from_cache(path, "config.json") is None:
+    if is_offline_mode() and try_to_load_from_cache(path, "config.json", cache_dir, revision) is None:
         raise FileNotFoundError(
             f"RAP model directory not found: {path!r} is neither a folder here ({where}) nor, with the Hub offline "
-            f"(HF_HUB_OFFLINE set), a model in the Hub cache ({hub_constants.HF_HUB_CACHE}); pass the path of the "
-            "folder written by `save_pretrained`, or download the model first"
+            f"(HF_HUB_OFFLINE set), a model in the Hub cache ({cache_dir or hub_constants.HF_HUB_CACHE}); pass the "
+            "path of the folder written by `save_pretrained`, or download the model first"
         )
     return path
 
@@ -389,7 +389,8 @@ def check_weights(folder: str, config: RAPConfig) -> None:
     file, shapes = saved
     try:
         with torch.device("meta"):
-            built = {name: list(t.shape) for name, t in RAPForMultimodalExtraction._from_config(config).state_dict().items()}
+            model = RAPForMultimodalExtraction._from_config(config)
+        built = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
     except Exception:  # noqa: BLE001 -- e.g. an optional dependency of the config (peft): from_pretrained will say
         return
     differing = [name for name in shapes if name in built and shapes[name] != built[name]]
@@ -421,7 +422,7 @@ def load_model_and_processor(
     """The RAP task model and the `RAPProcessor` saved in one folder (or Hub repository). Every failure is one line
     naming the file or field: a missing folder, a damaged or mismatched `config.json` / `model.safetensors`, a
     processor that does not belong to the model."""
-    path = check_model_location(model_path)
+    path = check_model_location(model_path, model_kwargs.get("cache_dir"), model_kwargs.get("revision"))
     config_kwargs = {k: model_kwargs[k] for k in _CONFIG_KWARGS if k in model_kwargs}
     local = os.path.isdir(path)
     folder = os.path.join(path, config_kwargs.get("subfolder") or "")
@@ -463,11 +464,29 @@ def load_processor(path: str | os.PathLike) -> RAPProcessor:
     as_remote_code = __name__.startswith("transformers_modules.")
     try:
         return RAPProcessor.from_pretrained(path, **({"trust_remote_code": True} if as_remote_code else {}))
-    except (OSError, ValueError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 -- the tokenizers library raises its own types on damaged files
+        damaged = _damaged_json_file(path)
+        detail = f"{damaged!r} is not valid JSON (truncated?)" if damaged else _first_line(error)
         raise OSError(
-            f"could not load the RAPProcessor from {os.fspath(path)!r} ({error}); save it next to the model with "
+            f"could not load the RAPProcessor from {os.fspath(path)!r} ({detail}); save it next to the model with "
             "`processor.save_pretrained(folder)`"
-        ) from error
+        ) from None
+
+
+_PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _damaged_json_file(folder: str | os.PathLike) -> str | None:
+    """The first of a local folder's processor files that does not parse as JSON (a truncated copy), if any."""
+    for name in _PROCESSOR_FILES:
+        file = os.path.join(folder, name)
+        if os.path.isfile(file):
+            try:
+                with open(file, encoding="utf-8") as handle:
+                    json.load(handle)
+            except (OSError, ValueError):
+                return file
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -791,6 +810,27 @@ class RAPPipeline(ChunkPipeline):
 # ----------------------------------------------------------------------------------------------------------------------
 # Factory and transformers registration
 # ----------------------------------------------------------------------------------------------------------------------
+def device_problem(device: int | str | torch.device | None) -> str | None:
+    """Why `device` cannot run a model here (not a device name, no usable CUDA GPU, a GPU index beyond those
+    present), or None. Checked before a model is loaded: torch's own failure is a long traceback."""
+    if device is None or (isinstance(device, int) and not isinstance(device, bool) and device < 0):
+        return None  # the default, or transformers' -1 for the CPU
+    try:
+        resolved = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        return f"not a device ({_first_line(error)}); use 'cpu', 'cuda', 'cuda:1', ..."
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            return ("no usable CUDA GPU here (torch.cuda.is_available() is False: no GPU, no driver, or a CPU-only "
+                    "build of torch)")  # fmt: skip
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            return f"this machine has {count} CUDA GPU(s), numbered from 0"
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        return "the Apple MPS backend is not available here"
+    return None
+
+
 def pipeline(
     model_or_path: str | os.PathLike | torch.nn.Module,
     device: int | str | torch.device | None = None,
@@ -811,8 +851,14 @@ def pipeline(
         model_kwargs: passed to `from_pretrained` (e.g. `dtype=torch.bfloat16`, `revision=...`).
 
     Raises:
-        FileNotFoundError: a local folder that does not exist or holds no `config.json`.
+        FileNotFoundError: a local folder that does not exist or holds no `config.json`; offline (`HF_HUB_OFFLINE`),
+            a Hub id that is not in the Hub cache.
+        ValueError / OSError: a device this machine lacks; a damaged or mismatched `config.json`, `model.safetensors`
+            or processor (one line naming the file or field).
     """
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(f"device={device!r}: {problem}; use device='cpu'")
     if isinstance(model_or_path, (str, os.PathLike)):
         model, saved_processor = load_model_and_processor(model_or_path, **model_kwargs)
         processor = processor or saved_processor
@@ -844,4 +890,5 @@ __all__ = [
     "read_picture",
     "crf_marginals",
     "bio_entities",
+    "device_problem",
 ]

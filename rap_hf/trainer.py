@@ -42,6 +42,14 @@ logger = logging.getLogger(__name__)
 PAPER_DEFAULTS = {"ner": (8, 30, 3e-5), "re": (16, 15, 2e-5)}
 BEST_WEIGHTS = "rap_best_model.safetensors"  # in a checkpoint: the best weights so far, for an exact resume
 BEST_STATE = "rap_best.json"
+RESUME_ARGUMENTS = "rap_training_arguments.json"  # in a checkpoint: the arguments that change training, for a resume
+# Arguments that change what training computes: a resume must keep them (everything else is run-time: logging, saving,
+# evaluation batch size, epochs to extend, Hub options, ...).
+TRAINING_FIELDS = ("learning_rate", "new_params_learning_rate", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+                   "max_grad_norm", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args",
+                   "seed", "data_seed", "label_smoothing_factor", "bf16", "fp16", "eval_strategy",
+                   "metric_for_best_model", "greater_is_better")  # fmt: skip
 COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
 TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder
 
@@ -330,7 +338,11 @@ class RAPTrainer(Trainer):
         inputs.pop("example_index", None)
         outputs = model(**inputs)
         if model.training:
-            self.epoch_losses.append(float(outputs.loss.detach()))
+            loss = float(outputs.loss.detach())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"update {self.state.global_step + 1}: {non_finite_terms(outputs)}; "
+                                         "training stopped, nothing saved (lower the learning rate, check the inputs)")
+            self.epoch_losses.append(loss)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     # -- evaluation ----------------------------------------------------------------------------------------------------
@@ -388,12 +400,28 @@ class RAPTrainer(Trainer):
         """Writes the best weights and their scores into a checkpoint folder, then marks the checkpoint complete."""
         if self.best_state is not None:
             save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(folder / BEST_WEIGHTS))
-        (folder / BEST_STATE).write_text(json.dumps(self.best))
+        # the losses of the epoch so far: a resume inside an epoch logs that epoch's mean over all its updates
+        (folder / BEST_STATE).write_text(json.dumps({**self.best, "epoch_losses": self.epoch_losses}))
+        arguments = self.args.to_dict()
+        (folder / RESUME_ARGUMENTS).write_text(json.dumps({k: arguments.get(k) for k in TRAINING_FIELDS}, default=str))
         (folder / COMPLETE_MARKER).write_text("")
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`; a resume first checks that the model configuration and the arguments that change training
+        are the checkpoint's (one line listing the differences otherwise), then restores the best weights so far."""
+        if resume_from_checkpoint:
+            folder = Path(resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else
+                          latest_complete_checkpoint(Path(self.args.output_dir)) or "")  # fmt: skip
+            check_resume(self, folder)
+            if (folder / BEST_STATE).exists():
+                self.restore_best_from(folder)
+            resume_from_checkpoint = str(folder)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def restore_best_from(self, folder: Path) -> None:
         """Reads the best weights and scores a checkpoint holds (resume)."""
         self.best = json.loads((folder / BEST_STATE).read_text())
+        self.epoch_losses = list(self.best.pop("epoch_losses", []))
         if (folder / BEST_WEIGHTS).exists():
             self.best_state = load_file(str(folder / BEST_WEIGHTS))
 
@@ -401,6 +429,7 @@ class RAPTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`; in the final folder without the pickled arguments and with the pipeline code and the
         model card (README.md, from `model_card_data`); then the Hub push it would do."""
+        check_finite_weights(self.accelerator.unwrap_model(self.model))
         super().save_model(output_dir, _internal_call=True)
         folder = Path(output_dir or self.args.output_dir)
         if folder.resolve() == Path(self.args.output_dir).resolve() and self.is_world_process_zero():
@@ -424,25 +453,89 @@ class BestModelCallback(TrainerCallback):
     def __init__(self, trainer: RAPTrainer):
         self.trainer = trainer
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def _log_epoch_loss(self, state) -> None:
         losses = self.trainer.epoch_losses
         if losses:  # logged into trainer_state.json, so a resumed run keeps the losses of the epochs before
             state.log_history.append({"epoch": round(state.epoch), "epoch_loss": sum(losses) / len(losses),
                                       "step": state.global_step})  # fmt: skip
         self.trainer.epoch_losses = []
-        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         # transformers saves once more at the last step; a finished run has nothing to resume, so skip that write
         regular = args.save_strategy == "steps" and args.save_steps and state.global_step % args.save_steps == 0
         if state.global_step >= state.max_steps and args.save_strategy == "steps" and not regular:
             control.should_save = False
+        # A save on an epoch's last update would precede that epoch's evaluation: save after it instead.
+        epoch_end = state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-6
+        if control.should_save and epoch_end and args.eval_strategy == "epoch" and state.global_step < state.max_steps:
+            control.should_save, self.save_after_evaluation = False, True
         return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._log_epoch_loss(state)
+        if getattr(self, "save_after_evaluation", False):  # the Trainer evaluates, then saves
+            control.should_save, self.save_after_evaluation = True, False
+        return control
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        gradients = [p.grad for p in model.parameters() if p.grad is not None]
+        if gradients and not torch.isfinite(torch.nn.utils.get_total_norm(gradients)):
+            names = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+            raise FloatingPointError(f"update {state.global_step + 1}: non-finite gradient in {names[:3]}; training "
+                                     "stopped, nothing saved (lower the learning rate, check the inputs)")
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.trainer.save_best_into(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         return control
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Fields where two config dicts differ (nested sub-configs included; versions and source paths ignored)."""
+    ignored = {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype"}
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        if key in ignored:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key} ({old!r} -> {new!r})")
+    return differences
+
+
+def check_resume(trainer: RAPTrainer, folder: Path) -> None:
+    """Refuses a resume whose model configuration or training arguments differ from the checkpoint's."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint (no config.json)")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    saved = json.loads((folder / "config.json").read_text())
+    differences = config_differences(saved, json.loads(model.config.to_json_string()))
+    if (folder / RESUME_ARGUMENTS).is_file():
+        arguments = json.loads((folder / RESUME_ARGUMENTS).read_text())
+        current = json.loads(json.dumps({k: trainer.args.to_dict().get(k) for k in TRAINING_FIELDS}, default=str))
+        differences += [f"--{k} ({arguments.get(k)!r} -> {current[k]!r})" for k in TRAINING_FIELDS
+                        if k in arguments and arguments.get(k) != current[k]]  # fmt: skip
+    if differences:
+        raise ValueError(f"cannot resume from {folder}: the run differs from the checkpoint in {'; '.join(differences)}"
+                         " (resume with the checkpoint's settings, or start a new run in another --output_dir)")
+
+
+def non_finite_terms(outputs) -> str:
+    """Which loss terms of a RAP output are not finite (the task loss, L_router, the matching loss)."""
+    terms = {name: getattr(outputs, name, None) for name in ("task_loss", "router_loss", "relevance_matching_loss")}
+    values = {name: float(value.detach()) for name, value in terms.items() if value is not None}
+    bad = [f"{name} = {value}" for name, value in values.items() if not math.isfinite(value)]
+    return "non-finite loss: " + (", ".join(bad) if bad else f"loss = {float(outputs.loss.detach())}")
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    """Refuses to save a model with non-finite weights."""
+    state = model.state_dict()
+    bad = [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if bad:
+        raise FloatingPointError(f"{len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[:3]}): not saved")
 
 
 def latest_complete_checkpoint(output_dir: Path) -> Path | None:

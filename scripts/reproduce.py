@@ -215,12 +215,41 @@ class Plan:
         return [*launcher, *([] if on_gpu else ["--cpu"]), str(RUN_RAP), *self.arguments(spec)]
 
 
-def run_in_subprocesses(plan: Plan, specs: Sequence[RunSpec], jobs: int, gpus: Sequence[str]) -> None:
-    """`jobs` runs at a time, each its own `accelerate launch` (one GPU each when --gpus is given)."""
+def check_corpora(data_dir: str | None, datasets: Sequence[str]) -> None:
+    """Every corpus the runs need is where run_rap.py will look (the split files, MNRE's relation list), checked before
+    anything is launched: a wrong --data_dir otherwise fails every run, one after the other. Raises `SystemExit`
+    naming each missing corpus."""
+    if data_dir is None:
+        return  # the bundled sample
+    from rap_hf.data import resolve_mnre_layout, resolve_twitter_layout
+
+    if not Path(data_dir).is_dir():
+        raise SystemExit(f"error: --data_dir {data_dir} is not a directory; nothing was started")
+    problems = []
+    for dataset in dict.fromkeys(datasets):
+        try:
+            if dataset == "mnre":
+                layout = resolve_mnre_layout(data_dir)
+                layout.rel2id_file()
+            else:
+                layout = resolve_twitter_layout(data_dir, dataset)
+            for split in ("train", "validation", "test"):
+                layout.split_file(split)
+        except FileNotFoundError as error:  # the message names the corpus and where it was looked for
+            problems.append(str(error))
+    if problems:
+        raise SystemExit(f"error: --data_dir {data_dir} lacks corpora the runs need, nothing was started: "
+                         + "; ".join(problems))  # fmt: skip
+
+
+def run_in_subprocesses(plan: Plan, specs: Sequence[RunSpec], jobs: int, gpus: Sequence[str]) -> list[RunSpec]:
+    """`jobs` runs at a time, each its own `accelerate launch` (one GPU each when --gpus is given); returns the runs
+    that failed."""
     slots: Queue[str | None] = Queue()
     for index in range(jobs):
         slots.put(gpus[index % len(gpus)] if gpus else None)
     (plan.root / "logs").mkdir(parents=True, exist_ok=True)
+    failed: list[RunSpec] = []
 
     def one(spec: RunSpec) -> None:
         gpu = slots.get()
@@ -232,6 +261,8 @@ def run_in_subprocesses(plan: Plan, specs: Sequence[RunSpec], jobs: int, gpus: S
                 done = subprocess.run(plan.command(spec, gpu is not None), stdout=stream, stderr=subprocess.STDOUT,
                                       env=env, cwd=REPO_ROOT)  # fmt: skip
             status = "done" if done.returncode == 0 else f"FAILED (exit {done.returncode}, see {log})"
+            if done.returncode != 0:
+                failed.append(spec)
             logging.info("%s %s seed %d: %s in %.0f s", spec.dataset, spec.name, spec.seed, status,
                          time.perf_counter() - start)  # fmt: skip
         finally:
@@ -239,6 +270,7 @@ def run_in_subprocesses(plan: Plan, specs: Sequence[RunSpec], jobs: int, gpus: S
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(one, specs))
+    return [spec for spec in specs if spec in failed]  # in grid order
 
 
 def run_in_process(plan: Plan, specs: Sequence[RunSpec]) -> None:
@@ -345,7 +377,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
 
 
 def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
-    plan = Plan(Path(args.output_dir), args.text_model, args.vision_model, args.data_dir,
+    # absolute: the runs start in the repository root, and a --data_dir relative to where this was called must hold
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    plan = Plan(Path(args.output_dir), args.text_model, args.vision_model, data_dir,
                 args.architecture == "paper", extra)  # fmt: skip
     if args.smoke and not args.dry_run:
         plan.text_model = save_tiny_text_model(plan.root / "tiny_text_model")
@@ -369,12 +403,14 @@ def main(argv: Sequence[str] | None = None) -> str:
               f"{args.seconds_per_step:g} s per step, +{EVAL_OVERHEAD - 1:.0%} for evaluation)\n")  # fmt: skip
         print(gpu_hours(specs, args.seconds_per_step))
         return ""
+    check_corpora(plan.data_dir, [spec.dataset for spec in specs])
     pending = [spec for spec in specs if not (spec.folder(plan.root) / "results.json").exists()]
     logging.info("%d runs, %d already finished", len(specs), len(specs) - len(pending))
+    failed: list[RunSpec] = []
     if args.smoke:
         run_in_process(plan, pending)
     else:
-        run_in_subprocesses(plan, pending, args.jobs or max(1, len(gpus)), gpus)
+        failed = run_in_subprocesses(plan, pending, args.jobs or max(1, len(gpus)), gpus)
     vision = "tiny random ResNet" if args.smoke else plan.vision_model or "random init (RAPConfig's vision_config)"
     setting = (f"Text encoder `{plan.text_model if not args.smoke else 'tiny random BERT'}`, vision encoder "
                f"`{vision}`, {args.architecture} architecture, seeds {seeds}"
@@ -382,6 +418,11 @@ def main(argv: Sequence[str] | None = None) -> str:
                f"{'; SMOKE run on the bundled sample' if args.smoke else ''}.")  # fmt: skip
     report = write_report(plan, tables, specs, setting)
     print(report)
+    if failed:  # the report holds what finished; the exit status says that not everything did
+        names = ", ".join(f"{spec.dataset} {spec.name} seed {spec.seed}" for spec in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise SystemExit(f"error: {len(failed)} of {len(pending)} runs failed ({names}{more}); their logs are in "
+                         f"{plan.root / 'logs'}")  # fmt: skip
     return report
 
 

@@ -5,8 +5,11 @@ With no argument it trains on the bundled Twitter-2017-format sample with the of
 Arguments come from three dataclasses (see `--help`) or from a JSON/YAML file: `run_rap.py config.yaml`.
 """
 
+import contextlib
+import importlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -28,13 +31,57 @@ def parse_arguments(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def check_hub_access(args) -> None:
+    """`--push_to_hub` needs a token and the network: refused before anything is built or trained, in one line."""
+    if not args.push_to_hub:
+        return
+    from huggingface_hub import constants, get_token
+
+    if not (args.hub_token or get_token()):
+        raise ValueError("--push_to_hub needs a Hugging Face token with write access: run `hf auth login`, or set "
+                         "HF_TOKEN (or pass --hub_token)")  # fmt: skip
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("--push_to_hub cannot upload while HF_HUB_OFFLINE is set: unset it (and check the network "
+                         "connection), or leave out --push_to_hub")  # fmt: skip
+
+
+def _hub_error_types() -> tuple[type[BaseException], ...]:
+    """huggingface_hub's HTTP errors and those of the HTTP client it uses (httpx2/httpx, or requests)."""
+    from huggingface_hub import errors
+
+    types: list[type[BaseException]] = [errors.HfHubHTTPError, errors.OfflineModeIsEnabled]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        with contextlib.suppress(ImportError, AttributeError):
+            types.append(getattr(importlib.import_module(module), name))
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def hub_errors_as_value_errors(args) -> Iterator[None]:
+    """With `--push_to_hub`, a failing Hub request (creating the repository when the trainer starts, the upload at the
+    end) becomes one `ValueError` naming the cause and the fix, instead of a long traceback."""
+    if not args.push_to_hub:
+        yield
+        return
+    try:
+        yield
+    except _hub_error_types() as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"--push_to_hub: the Hugging Face Hub request failed ({type(error).__name__}: {first}); check the network "
+            f"connection and that your token (`hf auth login` or HF_TOKEN) may write to {args.hub_model_id}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     model_args, data_args, training_args = parse_arguments(argv)
     try:
-        results = run(model_args, data_args, training_args)
+        check_hub_access(training_args)
+        with hub_errors_as_value_errors(training_args):
+            results = run(model_args, data_args, training_args)
     except (DataFormatError, FileNotFoundError, ValueError) as error:  # a bad argument or corpus: one line
         logging.getLogger("run_rap").debug("traceback", exc_info=True)
         print(f"error: {error}", file=sys.stderr)

@@ -564,3 +564,38 @@ def test_detached_gate_leaves_beta_to_the_matching_loss():
     assert coupled["task"] > 0 and detached["task"] == 0
     assert detached["fusion"] > 0 and detached["matching"] > 0
     assert detached["matching"] == pytest.approx(coupled["matching"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reliability round 3, item 8: sizes and depths are bounded before anything is built
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "field, value, bound",
+    [("routing_layers", 10**6, "MAX_ROUTING_LAYERS"), ("graph_iterations", 1000, "MAX_GRAPH_ITERATIONS"),
+     ("prompt_length", 10**4, "MAX_PROMPT_LENGTH"), ("relevance_dim", 10**6, "MAX_LAYER_SIZE"),
+     ("fusion_hidden_size", 2**20, "MAX_LAYER_SIZE"), ("fusion_intermediate_size", 10**7, "MAX_LAYER_SIZE"),
+     ("prompt_source_length", 10**7, "MAX_LAYER_SIZE"), ("num_crops", 10**5, "MAX_NUM_CROPS"),
+     ("routing_layers", 0, "MAX_ROUTING_LAYERS"), ("prompt_length", 0, "MAX_PROMPT_LENGTH")],
+)  # fmt: skip
+def test_config_refuses_absurd_sizes_naming_the_field_and_the_bound(field, value, bound):
+    import time
+
+    from rap_hf import configuration_rap
+
+    expected = rf"RAPConfig\.{field} must be an integer in \[\d+, {getattr(configuration_rap, bound)}\] \({bound}"
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=expected) as info:
+        tiny_config("ner", **{field: value})
+    assert f"got {value}" in str(info.value) and time.perf_counter() - start < 5  # nothing was built
+
+
+def test_config_bounds_leave_room_for_real_models():
+    from rap_hf import configuration_rap as bounds
+
+    assert (bounds.MAX_ROUTING_LAYERS, bounds.MAX_GRAPH_ITERATIONS, bounds.MAX_PROMPT_LENGTH) == (64, 64, 512)
+    assert bounds.MAX_LAYER_SIZE == 65536
+    config = tiny_config("ner", routing_layers=64, graph_iterations=64, prompt_length=512, prompt_source_length=4096,
+                         relevance_dim=65536, num_crops=0)  # fmt: skip
+    assert config.routing_layers == 64 and config.prompt_length == 512
+    paper = RAPConfig.paper_architecture(task="ner")  # bert-base sizes: d = 768, L = 4
+    assert paper.fusion_hidden_size == 768 and paper.routing_layers == 4

@@ -296,9 +296,7 @@ def train_and_test(trainer: RAPTrainer) -> tuple[dict[str, Any], Predictions] | 
     """Trains (or resumes), then tests the best validation model once: (results, test predictions); None when
     stopped by `--stop_after_epoch`."""
     args = trainer.args
-    checkpoint = resolve_resume(args)
-    if checkpoint is not None:
-        trainer.restore_best_from(checkpoint)
+    checkpoint = resolve_resume(args)  # the trainer checks it against this run and restores its best weights
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - start

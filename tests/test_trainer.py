@@ -1,0 +1,92 @@
+"""rap_hf/trainer.py: a non-finite loss stops training and nothing non-finite is saved; a resume from any complete
+checkpoint (an epoch's last update or mid-epoch) equals the uninterrupted run; a resume with another configuration is
+refused with the fields that differ."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rap_hf import RAPForMultimodalNER, RAPProcessor, RAPTrainer, RAPTrainingArguments, load_dataset
+
+from conftest import tiny_config
+from training_helpers import make_tiny_text_model, run_script_in_process
+
+EPOCHS = ("--dataset", "twitter2017", "--num_train_epochs", "3", "--seed", "5", "--save_total_limit", "10")
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory, minilm) -> Path:
+    return make_tiny_text_model(tmp_path_factory, minilm)
+
+
+def tiny_trainer(tmp_path: Path, tiny_text_model: Path, **arguments) -> RAPTrainer:
+    corpus = load_dataset("twitter2017", text_only=True)
+    labels = corpus["train"].features["ner_tags"].feature.names
+    config = tiny_config("ner", id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                         prompt_source_length=128, multimodal=False)  # fmt: skip
+    model = RAPForMultimodalNER(config)
+    processor = RAPProcessor.from_text_model(str(tiny_text_model))
+    model.resize_token_embeddings(len(processor.tokenizer))
+    args = RAPTrainingArguments(output_dir=str(tmp_path / "run"), save_strategy="no", disable_tqdm=True, **arguments)
+    return RAPTrainer(model=model, args=args, processing_class=processor, train_dataset=corpus["train"],
+                      eval_dataset=corpus["validation"])  # fmt: skip
+
+
+def test_a_non_finite_loss_stops_training_at_its_update_and_nothing_is_saved(tmp_path, tiny_text_model):
+    trainer = tiny_trainer(tmp_path, tiny_text_model, max_steps=3)
+    with torch.no_grad():
+        trainer.model.crf.transitions[0, 0] = float("nan")  # what a diverged update leaves behind
+    with pytest.raises(FloatingPointError, match=r"update 1: non-finite loss: task_loss = nan"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    with pytest.raises(FloatingPointError, match="weight tensors hold NaN.*crf.transitions"):
+        trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final" / "model.safetensors").exists()
+
+
+def copy_up_to(source: Path, target: Path, checkpoint: str) -> None:
+    """A copy of an interrupted run's folder that holds only `checkpoint` (as if the run had been killed after it)."""
+    target.mkdir(parents=True)
+    shutil.copytree(source / checkpoint, target / checkpoint)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", ["checkpoint-10", "checkpoint-7"], ids=["epoch end", "mid-epoch"])
+def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(tmp_path, tiny_text_model, checkpoint):
+    # the sample's 40 tweets at batch 8: 5 updates per epoch; saving every 5 (or every 7) updates puts a checkpoint on
+    # the second epoch's last update (or in the middle of the second epoch)
+    save_steps = "5" if checkpoint == "checkpoint-10" else "7"
+    full = run_script_in_process(tmp_path / "full", tiny_text_model, *EPOCHS, "--save_steps", save_steps)
+    assert (tmp_path / "full" / checkpoint / "rap_checkpoint_complete").exists()
+    copy_up_to(tmp_path / "full", tmp_path / "cut", checkpoint)
+    resumed = run_script_in_process(tmp_path / "cut", tiny_text_model, *EPOCHS, "--save_steps", save_steps,
+                                    "--resume_from_checkpoint", "latest")  # fmt: skip
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]  # no epoch's evaluation lost
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
+    assert [h["validation"] for h in resumed["history"]] == [h["validation"] for h in full["history"]]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
+    from safetensors.torch import load_file
+
+    weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in ("full", "cut")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+
+
+@pytest.mark.slow
+def test_resume_with_another_configuration_is_refused_with_the_fields(tmp_path, tiny_text_model):
+    run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", "--stop_after_epoch", "1")
+    resume = ("--resume_from_checkpoint", "latest")
+    for changed, field in ((("--path_regularization_weight", "0"), "path_regularization_weight (1.5 -> 0.0)"),
+                           (("--prompt_length", "4"), "prompt_length (8 -> 4)"),
+                           (("--learning_rate", "1e-4"), "--learning_rate (0.001 -> 0.0001)")):  # fmt: skip
+        refused = run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", *resume,
+                                        *changed, expect_failure=True)  # fmt: skip
+        assert "cannot resume from" in refused["stderr"] and field in refused["stderr"], refused["stderr"]
+        assert refused["stderr"].count("\n") == 0  # one line
+    # run-time options may change: more epochs, other logging
+    extended = run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", *resume,
+                                     "--logging_steps", "2", "--num_train_epochs", "4")  # fmt: skip
+    assert [h["epoch"] for h in extended["history"]] == [1, 2, 3, 4]
