@@ -16,6 +16,7 @@ a checkpoint like `modeling_rap.py` does. See docs/inference.md for the full inp
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
@@ -388,8 +389,8 @@ def check_weights(folder: str, config: RAPConfig) -> None:
         return  # no safetensors: from_pretrained looks for other formats and reports what it does not find
     file, shapes = saved
     try:
-        with torch.device("meta"):
-            model = RAPForMultimodalExtraction._from_config(config)
+        with torch.device("meta"):  # a copy: _from_config writes dtypes into the config it is given
+            model = RAPForMultimodalExtraction._from_config(copy.deepcopy(config))
         built = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
     except Exception:  # noqa: BLE001 -- e.g. an optional dependency of the config (peft): from_pretrained will say
         return
@@ -818,7 +819,7 @@ def device_problem(device: int | str | torch.device | None) -> str | None:
     try:
         resolved = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
     except (RuntimeError, TypeError, ValueError) as error:
-        return f"not a device ({_first_line(error)}); use 'cpu', 'cuda', 'cuda:1', ..."
+        return f"not a device name such as cpu, cuda or cuda:1 ({_first_line(error)})"
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             return ("no usable CUDA GPU here (torch.cuda.is_available() is False: no GPU, no driver, or a CPU-only "

@@ -215,16 +215,16 @@ class Plan:
         return [*launcher, *([] if on_gpu else ["--cpu"]), str(RUN_RAP), *self.arguments(spec)]
 
 
-def check_corpora(data_dir: str | None, datasets: Sequence[str]) -> None:
-    """Every corpus the runs need is where run_rap.py will look (the split files, MNRE's relation list), checked before
-    anything is launched: a wrong --data_dir otherwise fails every run, one after the other. Raises `SystemExit`
-    naming each missing corpus."""
+def missing_corpora(data_dir: str | None, datasets: Sequence[str]) -> str | None:
+    """What is missing of the corpora the runs need (the split files where run_rap.py will look, MNRE's relation list),
+    in one line, or None: checked before anything is launched, since a wrong --data_dir otherwise fails every run,
+    one after the other."""
     if data_dir is None:
-        return  # the bundled sample
+        return None  # the bundled sample
     from rap_hf.data import resolve_mnre_layout, resolve_twitter_layout
 
     if not Path(data_dir).is_dir():
-        raise SystemExit(f"error: --data_dir {data_dir} is not a directory; nothing was started")
+        return f"--data_dir {data_dir} is not a directory; nothing was started"
     problems = []
     for dataset in dict.fromkeys(datasets):
         try:
@@ -238,8 +238,14 @@ def check_corpora(data_dir: str | None, datasets: Sequence[str]) -> None:
         except FileNotFoundError as error:  # the message names the corpus and where it was looked for
             problems.append(str(error))
     if problems:
-        raise SystemExit(f"error: --data_dir {data_dir} lacks corpora the runs need, nothing was started: "
-                         + "; ".join(problems))  # fmt: skip
+        return f"--data_dir {data_dir} lacks corpora the runs need, nothing was started: " + "; ".join(problems)
+    return None
+
+
+def fail(message: str, status: int) -> None:
+    """Ends the program with `error: <message>` on standard error and a non-zero exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
 
 
 def run_in_subprocesses(plan: Plan, specs: Sequence[RunSpec], jobs: int, gpus: Sequence[str]) -> list[RunSpec]:
@@ -403,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> str:
               f"{args.seconds_per_step:g} s per step, +{EVAL_OVERHEAD - 1:.0%} for evaluation)\n")  # fmt: skip
         print(gpu_hours(specs, args.seconds_per_step))
         return ""
-    check_corpora(plan.data_dir, [spec.dataset for spec in specs])
+    missing = missing_corpora(plan.data_dir, [spec.dataset for spec in specs])
+    if missing:
+        fail(missing, 2)
     pending = [spec for spec in specs if not (spec.folder(plan.root) / "results.json").exists()]
     logging.info("%d runs, %d already finished", len(specs), len(specs) - len(pending))
     failed: list[RunSpec] = []
@@ -421,8 +429,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if failed:  # the report holds what finished; the exit status says that not everything did
         names = ", ".join(f"{spec.dataset} {spec.name} seed {spec.seed}" for spec in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        raise SystemExit(f"error: {len(failed)} of {len(pending)} runs failed ({names}{more}); their logs are in "
-                         f"{plan.root / 'logs'}")  # fmt: skip
+        fail(f"{len(failed)} of {len(pending)} runs failed ({names}{more}); their logs are in {plan.root / 'logs'}", 1)
     return report
 
 
