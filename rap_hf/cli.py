@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("stop", "record"),
         default="stop",
         help="--input line that cannot be read or predicted: stop naming it, leaving --output untouched (default), "
-        "or write {\"line\": N, \"error\": \"...\"} for it and predict the other lines",
+        'or write {"line": N, "error": "..."} for it and predict the other lines',
     )
     predict.set_defaults(handler=run_predict)
 
@@ -157,8 +157,12 @@ def _resolve_path(value: Any, base_dir: Path) -> Any:
     return str(candidate) if candidate.exists() else value
 
 
-_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
-              (codecs.BOM_UTF16_BE, "UTF-16"))  # fmt: skip
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
 @dataclass
@@ -319,8 +323,10 @@ def _check_output_is_not_input(output: str, inputs: dict[str, str | None]) -> No
         if not same and os.path.exists(output) and os.path.exists(path):
             same = os.path.samefile(output, path)
         if same:
-            raise CLIError(f"--output {output!r} is the {flag} file {path!r}: writing the predictions would replace "
-                           "it; choose another --output")  # fmt: skip
+            raise CLIError(
+                f"--output {output!r} is the {flag} file {path!r}: writing the predictions would replace "
+                "it; choose another --output"
+            )
 
 
 class _AtomicOutput:

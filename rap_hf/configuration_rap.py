@@ -33,10 +33,20 @@ SIZE_BOUNDS = {
     "graph_iterations": (1, MAX_GRAPH_ITERATIONS, "MAX_GRAPH_ITERATIONS"),
     "prompt_length": (1, MAX_PROMPT_LENGTH, "MAX_PROMPT_LENGTH"),
     "num_crops": (0, MAX_NUM_CROPS, "MAX_NUM_CROPS"),
-    **dict.fromkeys(("fusion_hidden_size", "relevance_dim", "fusion_num_heads", "fusion_intermediate_size",
-                     "router_hidden_size", "prompt_hidden_size", "prompt_source_length", "vision_feature_size"),
-                    (1, MAX_LAYER_SIZE, "MAX_LAYER_SIZE")),
-}  # fmt: skip
+    **dict.fromkeys(
+        (
+            "fusion_hidden_size",
+            "relevance_dim",
+            "fusion_num_heads",
+            "fusion_intermediate_size",
+            "router_hidden_size",
+            "prompt_hidden_size",
+            "prompt_source_length",
+            "vision_feature_size",
+        ),
+        (1, MAX_LAYER_SIZE, "MAX_LAYER_SIZE"),
+    ),
+}
 
 
 def pooled_vision_width(vision_config: PreTrainedConfig) -> int:
@@ -54,8 +64,9 @@ def timm_pooled_width(vision_config: PreTrainedConfig) -> int:
     import torch
 
     with torch.device("meta"):
-        model = timm.create_model(vision_config.architecture, pretrained=False, num_classes=0,
-                                  **(vision_config.model_args or {}))  # fmt: skip
+        model = timm.create_model(
+            vision_config.architecture, pretrained=False, num_classes=0, **(vision_config.model_args or {})
+        )
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 

@@ -119,9 +119,12 @@ def efficientnet_image_processor():
     from transformers.image_utils import PILImageResampling
 
     return ConvNextImageProcessorPil(
-        size={"shortest_edge": 224}, crop_pct=0.875, resample=PILImageResampling.BICUBIC,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )  # fmt: skip
+        size={"shortest_edge": 224},
+        crop_pct=0.875,
+        resample=PILImageResampling.BICUBIC,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
 
 
 def load_image_processor(name_or_path: str | None, default_image_size: int = 224):
@@ -158,9 +161,11 @@ def build_model_and_processor(
         vision_model = None
     vision_path = resolve_vision_model(vision_model) if vision_model else None
     processor = RAPProcessor.from_text_model(
-        resolve_text_model(text_model), image_processor=load_image_processor(vision_path), max_length=max_length,
+        resolve_text_model(text_model),
+        image_processor=load_image_processor(vision_path),
+        max_length=max_length,
         num_crops=config_kwargs.get("num_crops", 3),
-    )  # fmt: skip
+    )
     config_kwargs.setdefault("prompt_source_length", max(max_length, 128))
     if task == "re":
         marker_ids = processor.marker_ids
@@ -168,16 +173,22 @@ def build_model_and_processor(
         config_kwargs["object_marker_token_id"] = marker_ids[processor.entity_markers[2]]
     config_kwargs.update(task=task, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     model_class = RAPForMultimodalNER if task == "ner" else RAPForMultimodalRE
-    model = model_class.from_text_vision_pretrained(text_model, vision_model or None, paper_architecture,
-                                                    **config_kwargs)  # fmt: skip
+    model = model_class.from_text_vision_pretrained(
+        text_model, vision_model or None, paper_architecture, **config_kwargs
+    )
     if len(processor.tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(processor.tokenizer))
     return model, processor
 
 
 # Smoke-test sizes (CI runs of the real training code): a ResNet of two tiny stages and a 2-layer random BERT.
-TINY_VISION_CONFIG = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
-                      "layer_type": "basic"}  # fmt: skip
+TINY_VISION_CONFIG = {
+    "model_type": "resnet",
+    "embedding_size": 8,
+    "hidden_sizes": [8, 16],
+    "depths": [1, 1],
+    "layer_type": "basic",
+}
 
 
 def save_tiny_text_model(folder: str | os.PathLike, tokenizer: str = OFFLINE_TEXT_MODEL) -> str:
@@ -205,10 +216,16 @@ def benchmark_vision_path(name: str) -> str | None:
 
 def add_vision_model_arguments(parser, compare: bool = True) -> None:
     """`--vision_model` (and, with `compare`, `--compare`: a second encoder timed side by side) of the benchmarks."""
-    parser.add_argument("--vision_model", "--vision-model", default=OFFLINE_VISION_MODEL,
-                        help=f"vision encoder: {OFFLINE_VISION_MODEL} (default), {RANDOM_RESNET_101} (random, the "
-                             "paper's ResNet-101 layout) or any name/folder resolve_vision_model accepts")  # fmt: skip
+    parser.add_argument(
+        "--vision_model",
+        "--vision-model",
+        default=OFFLINE_VISION_MODEL,
+        help=f"vision encoder: {OFFLINE_VISION_MODEL} (default), {RANDOM_RESNET_101} (random, the "
+        "paper's ResNet-101 layout) or any name/folder resolve_vision_model accepts",
+    )
     if compare:
-        parser.add_argument("--compare", default=RANDOM_RESNET_101,
-                            help=f"second vision encoder measured side by side (default {RANDOM_RESNET_101}; "
-                                 "'none' skips it)")  # fmt: skip
+        parser.add_argument(
+            "--compare",
+            default=RANDOM_RESNET_101,
+            help=f"second vision encoder measured side by side (default {RANDOM_RESNET_101}; 'none' skips it)",
+        )

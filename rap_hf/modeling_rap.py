@@ -300,8 +300,11 @@ class ScaledDotProductMultiheadAttention(nn.Module):
             q = F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d])
             k, v = F.linear(key, self.in_proj_weight[d:], self.in_proj_bias[d:]).chunk(2, dim=-1)
         attended = F.scaled_dot_product_attention(
-            self.split_heads(q), self.split_heads(k), self.split_heads(v),
-            attn_mask=~key_padding_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,
+            self.split_heads(q),
+            self.split_heads(k),
+            self.split_heads(v),
+            attn_mask=~key_padding_mask[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(attended.transpose(1, 2).flatten(2))
 
@@ -433,9 +436,16 @@ def path_regularization_loss(routing_weights: torch.Tensor, semantics: torch.Ten
 
 
 def relevance_matching_loss(
-    score_fn, text, text_mask, visual, visual_mask, matched_scores, negatives: int = 3,
-    image_features: torch.Tensor | None = None, max_similarity: float | None = None,
-) -> torch.Tensor:  # fmt: skip
+    score_fn,
+    text,
+    text_mask,
+    visual,
+    visual_mask,
+    matched_scores,
+    negatives: int = 3,
+    image_features: torch.Tensor | None = None,
+    max_similarity: float | None = None,
+) -> torch.Tensor:
     """Image-text matching on beta's logit (beyond the paper): own image = 1, other images of the batch = 0.
 
     Each sample with an image is scored against the images of `negatives` other such samples (the next ones, in
@@ -871,9 +881,17 @@ class RAPModel(RAPPreTrainedModel):
             gate = gate.detach()
         matching = None
         if self.training and self.config.relevance_matching_weight > 0:
-            matching = relevance_matching_loss(self.relevance_reasoning, text, text_mask, visual, visual_mask, scores,
-                                               self.config.relevance_matching_negatives, image_features,
-                                               self.config.relevance_negative_max_similarity)  # fmt: skip
+            matching = relevance_matching_loss(
+                self.relevance_reasoning,
+                text,
+                text_mask,
+                visual,
+                visual_mask,
+                scores,
+                self.config.relevance_matching_negatives,
+                image_features,
+                self.config.relevance_negative_max_similarity,
+            )
         return relevance, gate, matching
 
     def forward(
@@ -1062,7 +1080,6 @@ class RAPForMultimodalRE(RAPPreTrainedModel):
             logits=logits,
             **analysis_fields(backbone),
         )
-
 
 
 __all__ = [

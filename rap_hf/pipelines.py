@@ -187,8 +187,10 @@ def resolve_span(spec: Any, text: str, words: list[Word], role: str) -> Span:
         if "start_char" in spec and "end_char" in spec:
             start_char, end_char = (_offset(spec[key], key, role) for key in ("start_char", "end_char"))
             if not 0 <= start_char < end_char <= len(text):
-                raise ValueError(f"{role} characters [{start_char}, {end_char}) are not inside the {len(text)} "
-                                 "characters of the text")  # fmt: skip
+                raise ValueError(
+                    f"{role} characters [{start_char}, {end_char}) are not inside the {len(text)} "
+                    "characters of the text"
+                )
             if "text" in spec and text[start_char:end_char] != spec["text"]:
                 raise ValueError(
                     f"{role} {spec['text']!r} is not at characters [{start_char}, {end_char}) of the text "
@@ -306,8 +308,9 @@ def _looks_local(path: str) -> bool:
     return "/" in path and os.path.isdir(path.split("/")[0])
 
 
-def check_model_location(model_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                         revision: str | None = None) -> str:  # fmt: skip
+def check_model_location(
+    model_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, revision: str | None = None
+) -> str:
     """Fails early, with a one-line message saying what was looked for where, on a local model folder that does not
     exist or is not a checkpoint, and (offline: `HF_HUB_OFFLINE` set) on a Hub id that is not in the local Hub cache.
     A Hub id online is left to `from_pretrained`."""
@@ -417,9 +420,7 @@ def check_weights(folder: str, config: RAPConfig) -> None:
     )
 
 
-def load_model_and_processor(
-    model_path: str | os.PathLike, **model_kwargs
-) -> tuple[torch.nn.Module, RAPProcessor]:
+def load_model_and_processor(model_path: str | os.PathLike, **model_kwargs) -> tuple[torch.nn.Module, RAPProcessor]:
     """The RAP task model and the `RAPProcessor` saved in one folder (or Hub repository). Every failure is one line
     naming the file or field: a missing folder, a damaged or mismatched `config.json` / `model.safetensors`, a
     processor that does not belong to the model."""
@@ -431,8 +432,9 @@ def load_model_and_processor(
     try:
         config_dict, _ = RAPConfig.get_config_dict(path, **config_kwargs)
         if config_dict.get("model_type") != RAPConfig.model_type:
-            raise ValueError(f"{path!r} does not hold a RAP model: not a RAP model "
-                             f"(model_type {config_dict.get('model_type')!r})")  # fmt: skip
+            raise ValueError(
+                f"{path!r} does not hold a RAP model: not a RAP model (model_type {config_dict.get('model_type')!r})"
+            )
         config = RAPConfig.from_pretrained(path, **config_kwargs)
     except OSError as error:
         hint = "" if local else f" (no local folder {os.path.abspath(path)} either)"
@@ -505,9 +507,12 @@ def save_pipeline_code(pipe: RAPPipeline, save_directory: str | os.PathLike) -> 
 
     os.makedirs(save_directory, exist_ok=True)
     pipe.model.config.custom_pipelines = {
-        TASK_NAME: {"impl": f"{type(pipe).__module__.split('.')[-1]}.{type(pipe).__name__}", "pt": ("AutoModel",),
-                    "type": "multimodal"}
-    }  # fmt: skip
+        TASK_NAME: {
+            "impl": f"{type(pipe).__module__.split('.')[-1]}.{type(pipe).__name__}",
+            "pt": ("AutoModel",),
+            "type": "multimodal",
+        }
+    }
     custom_object_save(pipe, save_directory)
     pipe.model.config.save_pretrained(save_directory)
 
@@ -578,8 +583,14 @@ class RAPPipeline(ChunkPipeline):
         for unused in ("tokenizer", "feature_extractor", "image_processor", "video_processor"):
             kwargs.pop(unused, None)
         # transformers' pad_collate_fn batches the chunks: tokenizer padding, images concatenated
-        super().__init__(model=model, processor=processor, tokenizer=processor.tokenizer,
-                         image_processor=processor.image_processor, batch_size=batch_size, **kwargs)  # fmt: skip
+        super().__init__(
+            model=model,
+            processor=processor,
+            tokenizer=processor.tokenizer,
+            image_processor=processor.image_processor,
+            batch_size=batch_size,
+            **kwargs,
+        )
         self.model.eval()
         self.rap_task = config.task
         self.word_splitting = word_splitting or DEFAULT_WORD_SPLITTING[self.rap_task]
@@ -628,12 +639,18 @@ class RAPPipeline(ChunkPipeline):
         encoded = self.processor.encode_re([words or ["."]] * len(spans), *zip(*spans))
         for row in range(len(spans)):
             single = self.processor.pad({key: values[row : row + 1] for key, values in encoded.items()})
-            yield {**single, **visual, "rap_input": parsed, "pair": row if pairs else None,
-                   "is_last": row == len(spans) - 1}  # fmt: skip
+            yield {
+                **single,
+                **visual,
+                "rap_input": parsed,
+                "pair": row if pairs else None,
+                "is_last": row == len(spans) - 1,
+            }
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
-        passed = {key: model_inputs.pop(key) for key in ("rap_input", "pair", "is_last", "word_ids")
-                  if key in model_inputs}  # fmt: skip
+        passed = {
+            key: model_inputs.pop(key) for key in ("rap_input", "pair", "is_last", "word_ids") if key in model_inputs
+        }
         outputs = self.model(**model_inputs)
         batch = model_inputs["input_ids"].shape[0]
         mask = model_inputs.get("image_mask")
@@ -661,14 +678,19 @@ class RAPPipeline(ChunkPipeline):
         has_beta, routed = config.multimodal and config.use_relevance_reasoning, config.multimodal
 
         def common(output: dict[str, Any]) -> dict[str, Any]:  # tensors keep the chunk's batch dimension of 1
-            return {"relevance": float(output["relevance"][0]) if has_beta else None,
-                    "routing_weights": [float(v) for v in output["routing_weights"][0].tolist()] if routed else None,
-                    "image_used": bool(output["image_used"][0]) and routed}  # fmt: skip
+            return {
+                "relevance": float(output["relevance"][0]) if has_beta else None,
+                "routing_weights": [float(v) for v in output["routing_weights"][0].tolist()] if routed else None,
+                "image_used": bool(output["image_used"][0]) and routed,
+            }
 
         if self.rap_task == "ner":
             return {"entities": self._entities(first, rap_input), **common(first)}
-        relations = [{**self._relation(output, rap_input), **common(output)} for output in all_outputs
-                     if output["pair"] is not None]  # fmt: skip
+        relations = [
+            {**self._relation(output, rap_input), **common(output)}
+            for output in all_outputs
+            if output["pair"] is not None
+        ]
         return relations[0] if rap_input.single_pair else relations
 
     def _relation(self, output: dict[str, Any], rap_input: RAPInput) -> dict[str, Any]:
@@ -725,8 +747,9 @@ class RAPPipeline(ChunkPipeline):
             problem = invalid_text(text)
             if problem:  # name the token: the offset in the joined text means little to the caller
                 bad = next(i for i, word in enumerate(words) if invalid_text(word.text))
-                raise ValueError(f"tokens[{bad}] ({words[bad].text!r}) holds an invalid character: "
-                                 f"{invalid_text(words[bad].text)}")  # fmt: skip
+                raise ValueError(
+                    f"tokens[{bad}] ({words[bad].text!r}) holds an invalid character: {invalid_text(words[bad].text)}"
+                )
             return text, words
         if not isinstance(fields["text"], str):
             raise TypeError(f"text must be a string, got {type(fields['text']).__name__}")
@@ -764,9 +787,11 @@ class RAPPipeline(ChunkPipeline):
                 if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                     raise ValueError(f"pairs[{i}] must be a (subject, object) pair, got {pair!r}")
                 resolved.append(
-                    (resolve_span(pair[0], text, words, f"pairs[{i}] subject"),
-                     resolve_span(pair[1], text, words, f"pairs[{i}] object"))
-                )  # fmt: skip
+                    (
+                        resolve_span(pair[0], text, words, f"pairs[{i}] subject"),
+                        resolve_span(pair[1], text, words, f"pairs[{i}] object"),
+                    )
+                )
             return resolved, False
         if pairs is not None:
             raise ValueError(f"pairs must be 'all' or a list of (subject, object) pairs, got {pairs!r}")
@@ -786,8 +811,9 @@ class RAPPipeline(ChunkPipeline):
     def _entities(self, outputs: dict[str, Any], input_: RAPInput) -> list[dict[str, Any]]:
         word_ids, starts = outputs["word_ids"], outputs["word_start_mask"][0].tolist()
         kept = [word for word, start in zip(word_ids, starts) if start]  # word index of each predicted position
-        tags = self.processor.post_process_ner(outputs["predictions"], [word_ids], [len(input_.words)],
-                                               id2label=self.id2label)[0]  # fmt: skip
+        tags = self.processor.post_process_ner(
+            outputs["predictions"], [word_ids], [len(input_.words)], id2label=self.id2label
+        )[0]
         confidence = [1.0] * len(input_.words)
         for position, word in enumerate(kept):  # the marginal probability of each kept word's decoded tag
             confidence[word] = float(outputs["marginals"][0, position, int(outputs["predictions"][0, position])])
@@ -799,13 +825,18 @@ class RAPPipeline(ChunkPipeline):
         entities = []
         for entity_type, start, end in bio_entities(tags):
             span = input_.span_info(Span(start, end))
-            entities.append({
-                "text": span["text"], "type": entity_type,
-                "start_word": start, "end_word": end, "start_char": span["start_char"], "end_char": span["end_char"],
-                "score": math.fsum(confidence[start:end]) / (end - start),
-            })  # fmt: skip
+            entities.append(
+                {
+                    "text": span["text"],
+                    "type": entity_type,
+                    "start_word": start,
+                    "end_word": end,
+                    "start_char": span["start_char"],
+                    "end_char": span["end_char"],
+                    "score": math.fsum(confidence[start:end]) / (end - start),
+                }
+            )
         return entities
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -822,8 +853,10 @@ def device_problem(device: int | str | torch.device | None) -> str | None:
         return f"not a device name such as cpu, cuda or cuda:1 ({_first_line(error)})"
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            return ("no usable CUDA GPU here (torch.cuda.is_available() is False: no GPU, no driver, or a CPU-only "
-                    "build of torch)")  # fmt: skip
+            return (
+                "no usable CUDA GPU here (torch.cuda.is_available() is False: no GPU, no driver, or a CPU-only "
+                "build of torch)"
+            )
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             return f"this machine has {count} CUDA GPU(s), numbered from 0"

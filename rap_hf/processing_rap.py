@@ -83,8 +83,13 @@ def load_image(value: Any) -> Image.Image | None:
     raise TypeError(f"cannot read an image from a {type(value).__name__}")
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _read_image_file(path: str | os.PathLike) -> Image.Image:
@@ -283,8 +288,16 @@ class RAPProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions",
-                "pixel_values", "visual_features", "image_mask"]  # fmt: skip
+        return [
+            "input_ids",
+            "attention_mask",
+            "token_type_ids",
+            "word_start_mask",
+            "entity_positions",
+            "pixel_values",
+            "visual_features",
+            "image_mask",
+        ]
 
     # ------------------------------------------------------------------------------------------------------------
     # text
@@ -297,8 +310,12 @@ class RAPProcessor(ProcessorMixin):
         `max_length` by the tokenizer). A word that tokenizes to nothing (e.g. a zero-width character) is encoded as
         the unknown token, so that every word keeps a first sub-token (and its label)."""
         words_batch = [list(words) for words in words_batch]
-        kwargs = dict(is_split_into_words=True, add_special_tokens=add_special_tokens,
-                      truncation=max_length is not None, max_length=max_length)  # fmt: skip
+        kwargs = dict(
+            is_split_into_words=True,
+            add_special_tokens=add_special_tokens,
+            truncation=max_length is not None,
+            max_length=max_length,
+        )
         try:
             encoding = self.tokenizer(words_batch, **kwargs)
         except TypeError:  # the tokenizer's message names neither the example nor the word
@@ -308,8 +325,10 @@ class RAPProcessor(ProcessorMixin):
             raise
         empty = [self._empty_words(encoding, row, len(words)) for row, words in enumerate(words_batch)]
         if any(empty):
-            words_batch = [[self.tokenizer.unk_token if i in gone else word for i, word in enumerate(words)]
-                           for words, gone in zip(words_batch, empty)]  # fmt: skip
+            words_batch = [
+                [self.tokenizer.unk_token if i in gone else word for i, word in enumerate(words)]
+                for words, gone in zip(words_batch, empty)
+            ]
             encoding = self.tokenizer(words_batch, **kwargs)
         return encoding
 
@@ -339,8 +358,9 @@ class RAPProcessor(ProcessorMixin):
             if tags and not all(isinstance(t, (int, np.integer)) for t in tags):
                 raise TypeError(f"example {index}: ner_tags must be label ids (ints), got {list(tags)[:3]}...")
         encoding = self.encode_words(tokens, max_length)
-        out: dict[str, list] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "word_start_mask",
-                                                 "word_ids")}  # fmt: skip
+        out: dict[str, list] = {
+            k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "word_start_mask", "word_ids")
+        }
         if ner_tags is not None:
             out["labels"] = []
         cut_examples = cut_words = 0
@@ -359,8 +379,10 @@ class RAPProcessor(ProcessorMixin):
                 tags = ner_tags[index]
                 out["labels"].append([int(tags[w]) if f else IGNORE_INDEX for w, f in zip(word_ids, first)])
         if cut_examples:
-            logger.warning(f"NER: {cut_examples} of {len(tokens)} texts longer than max_length={max_length} were "
-                           f"truncated; {cut_words} words lost (their predictions are 'O')")  # fmt: skip
+            logger.warning(
+                f"NER: {cut_examples} of {len(tokens)} texts longer than max_length={max_length} were "
+                f"truncated; {cut_words} words lost (their predictions are 'O')"
+            )
         return out
 
     def _marked_words(self, words: Sequence[str], subject: tuple[int, int], obj: tuple[int, int]) -> list[str]:
@@ -419,8 +441,10 @@ class RAPProcessor(ProcessorMixin):
         max_length = max_length or self.max_length
         budget = max_length - self.tokenizer.num_special_tokens_to_add()
         if budget < 6:
-            raise ValueError(f"max_length={max_length} has no room for the 4 entity markers and one token of each "
-                             f"entity (needs at least {self.tokenizer.num_special_tokens_to_add() + 6})")  # fmt: skip
+            raise ValueError(
+                f"max_length={max_length} has no room for the 4 entity markers and one token of each "
+                f"entity (needs at least {self.tokenizer.num_special_tokens_to_add() + 6})"
+            )
         if not len(tokens) == len(subject_spans) == len(object_spans):
             raise ValueError("tokens, subject_spans and object_spans must have the same length")
         marked = []
@@ -443,8 +467,10 @@ class RAPProcessor(ProcessorMixin):
             cut += any(i not in keep for entity in entities for i in entity)
             windows.append([words[i] for i in keep])
         if cut:
-            logger.warning(f"RE: in {cut} of {len(tokens)} texts the entities alone exceed max_length={max_length}; "
-                           "their ends were cut")  # fmt: skip
+            logger.warning(
+                f"RE: in {cut} of {len(tokens)} texts the entities alone exceed max_length={max_length}; "
+                "their ends were cut"
+            )
         encoding = self.encode_words(windows)
         subject_id, object_id = self.tokenizer.convert_tokens_to_ids([self.entity_markers[0], self.entity_markers[2]])
         out = {"input_ids": [list(ids) for ids in encoding["input_ids"]]}
@@ -628,21 +654,25 @@ def pad_batch(
         text = [{key: list(e[key]) for key in _TOKENIZER_FIELDS if key in first} for e in examples]
         batch: dict[str, Any] = dict(tokenizer.pad(text, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"))
     else:
-        batch = {key: pad_sequences([e[key] for e in examples], pad_token_id if value is None else value,
-                                    pad_to_multiple_of) for key, value in _SEQUENCE_FIELDS.items()
-                 if key in first and key in _TOKENIZER_FIELDS}  # fmt: skip
+        batch = {
+            key: pad_sequences([e[key] for e in examples], pad_token_id if value is None else value, pad_to_multiple_of)
+            for key, value in _SEQUENCE_FIELDS.items()
+            if key in first and key in _TOKENIZER_FIELDS
+        }
     length = batch["input_ids"].shape[1] if "input_ids" in batch else None
     if "word_start_mask" in first:
-        batch["word_start_mask"] = pad_sequences([e["word_start_mask"] for e in examples], 0, pad_to_multiple_of,
-                                                 length, side)  # fmt: skip
+        batch["word_start_mask"] = pad_sequences(
+            [e["word_start_mask"] for e in examples], 0, pad_to_multiple_of, length, side
+        )
     if "labels" in first:
         if isinstance(first["labels"], (int, np.integer)) or (
             isinstance(first["labels"], torch.Tensor) and first["labels"].dim() == 0
         ):
             batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
         else:
-            batch["labels"] = pad_sequences([e["labels"] for e in examples], IGNORE_INDEX, pad_to_multiple_of,
-                                            length, side)  # fmt: skip
+            batch["labels"] = pad_sequences(
+                [e["labels"] for e in examples], IGNORE_INDEX, pad_to_multiple_of, length, side
+            )
     if "entity_positions" in first:
         positions = torch.tensor([list(e["entity_positions"]) for e in examples], dtype=torch.long)
         if side == "left":  # the markers moved right by the padding put in front
@@ -680,8 +710,9 @@ class RAPDataCollator:
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tokenizer = self.processor.tokenizer if self.processor is not None else None
-        batch = pad_batch(features, tokenizer, self.pad_token_id or 0, self.pad_to_multiple_of,
-                          keep_word_ids=self.return_word_ids)  # fmt: skip
+        batch = pad_batch(
+            features, tokenizer, self.pad_token_id or 0, self.pad_to_multiple_of, keep_word_ids=self.return_word_ids
+        )
         first = features[0]
         has_visual = "visual_features" in first or "pixel_values" in first
         if not has_visual and ("image" in first or "crops" in first):
@@ -697,5 +728,12 @@ class RAPDataCollator:
 
 RAPProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["RAPProcessor", "RAPDataCollator", "default_image_processor", "load_image", "marker_order", "pad_batch",
-           "to_rgb"]
+__all__ = [
+    "RAPProcessor",
+    "RAPDataCollator",
+    "default_image_processor",
+    "load_image",
+    "marker_order",
+    "pad_batch",
+    "to_rgb",
+]

@@ -45,11 +45,30 @@ BEST_STATE = "rap_best.json"
 RESUME_ARGUMENTS = "rap_training_arguments.json"  # in a checkpoint: the arguments that change training, for a resume
 # Arguments that change what training computes: a resume must keep them (everything else is run-time: logging, saving,
 # evaluation batch size, epochs to extend, Hub options, ...).
-TRAINING_FIELDS = ("learning_rate", "new_params_learning_rate", "per_device_train_batch_size",
-                   "gradient_accumulation_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
-                   "max_grad_norm", "warmup_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args",
-                   "seed", "data_seed", "label_smoothing_factor", "bf16", "fp16", "eval_strategy",
-                   "metric_for_best_model", "greater_is_better")  # fmt: skip
+TRAINING_FIELDS = (
+    "learning_rate",
+    "new_params_learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "optim",
+    "optim_args",
+    "seed",
+    "data_seed",
+    "label_smoothing_factor",
+    "bf16",
+    "fp16",
+    "eval_strategy",
+    "metric_for_best_model",
+    "greater_is_better",
+)
 COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
 TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder
 
@@ -82,8 +101,10 @@ class RAPTrainingArguments(TrainingArguments):
     )
     feature_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Where cached visual features go (shared by runs, keyed by encoder and image content); "
-                  "default: $RAP_HF_CACHE/visual_features or ~/.cache/huggingface/rap_hf/visual_features"},
+        metadata={
+            "help": "Where cached visual features go (shared by runs, keyed by encoder and image content); "
+            "default: $RAP_HF_CACHE/visual_features or ~/.cache/huggingface/rap_hf/visual_features"
+        },
     )
 
     # Fields this class and its subclasses add to `TrainingArguments` and RAP's code reads (not dataclass fields).
@@ -178,13 +199,27 @@ def tokenize_split(dataset: datasets.Dataset, processor: RAPProcessor, task: str
     if "input_ids" in dataset.column_names:
         return dataset
     return dataset.map(
-        processor.preprocess, batched=True, fn_kwargs={"task": task}, desc=f"Tokenising {name}",
+        processor.preprocess,
+        batched=True,
+        fn_kwargs={"task": task},
+        desc=f"Tokenising {name}",
         new_fingerprint=hash_text(dataset._fingerprint, tokenization_fingerprint(processor, task)),
-    )  # fmt: skip
+    )
 
 
-MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "entity_positions", "labels",
-                 "example_index", "image", "crops", "visual_features", "image_mask"}  # fmt: skip
+MODEL_COLUMNS = {
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "word_start_mask",
+    "entity_positions",
+    "labels",
+    "example_index",
+    "image",
+    "crops",
+    "visual_features",
+    "image_mask",
+}
 
 
 class TrainingCollator(RAPDataCollator):
@@ -243,17 +278,26 @@ def score_predictions(predictions, indices, dataset, task: str, processor: RAPPr
     rows = dataset.select(indices.tolist())
     if task == "ner":
         gold = [[labels[t] for t in tags] for tags in rows["ner_tags"]]
-        pred = processor.post_process_ner(np.asarray(values)[order].tolist(), rows["word_ids"],
-                                          [len(g) for g in gold], id2label=dict(enumerate(labels)))  # fmt: skip
+        pred = processor.post_process_ner(
+            np.asarray(values)[order].tolist(),
+            rows["word_ids"],
+            [len(g) for g in gold],
+            id2label=dict(enumerate(labels)),
+        )
         metrics = compute_ner_metrics(pred, gold)
     else:
         gold = [labels[r] for r in rows["relation"]]
         pred = [labels[int(v)] for v in np.asarray(values)[order]]
         metrics = compute_re_metrics(pred, gold, labels)
     routing = np.asarray(routing)[order]
-    return Predictions(metrics, gold, pred, [float(b) for b in np.asarray(relevance)[order]],
-                       routing.tolist() if routing.size else [[] for _ in order],
-                       [bool(u) for u in np.asarray(image_used)[order]])  # fmt: skip
+    return Predictions(
+        metrics,
+        gold,
+        pred,
+        [float(b) for b in np.asarray(relevance)[order]],
+        routing.tolist() if routing.size else [[] for _ in order],
+        [bool(u) for u in np.asarray(image_used)[order]],
+    )
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, float]:
@@ -277,9 +321,17 @@ class RAPTrainer(Trainer):
         Every other argument as `transformers.Trainer`.
     """
 
-    def __init__(self, model: RAPPreTrainedModel, args: TrainingArguments | None = None, train_dataset=None,
-                 eval_dataset=None, processing_class: RAPProcessor | None = None, data_collator=None,
-                 model_card_data: RAPModelCardData | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: RAPPreTrainedModel,
+        args: TrainingArguments | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class: RAPProcessor | None = None,
+        data_collator=None,
+        model_card_data: RAPModelCardData | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.task = model.config.task
         processing_class = processing_class or RAPProcessor.from_pretrained(model.name_or_path)
         self.processing_class = processing_class
@@ -290,8 +342,15 @@ class RAPTrainer(Trainer):
         data_collator = data_collator or TrainingCollator(processor=processing_class, num_crops=model.config.num_crops)
         if isinstance(args, TrainingArguments):
             args.remove_unused_columns = False  # the collator picks the model columns
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processing_class, data_collator=data_collator, **kwargs)  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
         self.compute_metrics = self._compute_metrics
         self.scored_dataset: datasets.Dataset | None = None
         self.last_predictions: Predictions | None = None
@@ -321,8 +380,12 @@ class RAPTrainer(Trainer):
         """Runs the frozen vision encoder once per picture and stores its features with the dataset."""
         from .data.features import VisualFeatureCache
 
-        cache = VisualFeatureCache(feature_cache_dir(self.args), model=self.model.base_model,
-                                   processor=self.processing_class, device=self.args.device)  # fmt: skip
+        cache = VisualFeatureCache(
+            feature_cache_dir(self.args),
+            model=self.model.base_model,
+            processor=self.processing_class,
+            device=self.args.device,
+        )
         with self.args.main_process_first(desc="visual features"):  # rank 0 fills the cache, the others read it
             return cache.attach(dataset)
 
@@ -340,8 +403,10 @@ class RAPTrainer(Trainer):
         if model.training:
             loss = float(outputs.loss.detach())
             if not math.isfinite(loss):
-                raise FloatingPointError(f"update {self.state.global_step + 1}: {non_finite_terms(outputs)}; "
-                                         "training stopped, nothing saved (lower the learning rate, check the inputs)")
+                raise FloatingPointError(
+                    f"update {self.state.global_step + 1}: {non_finite_terms(outputs)}; "
+                    "training stopped, nothing saved (lower the learning rate, check the inputs)"
+                )
             self.epoch_losses.append(loss)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
@@ -363,8 +428,14 @@ class RAPTrainer(Trainer):
 
     def _compute_metrics(self, evaluation) -> dict[str, float]:
         model = self.accelerator.unwrap_model(self.model)
-        self.last_predictions = score_predictions(evaluation.predictions, evaluation.label_ids, self.scored_dataset,
-                                                  self.task, self.processing_class, model.config.id2label)  # fmt: skip
+        self.last_predictions = score_predictions(
+            evaluation.predictions,
+            evaluation.label_ids,
+            self.scored_dataset,
+            self.task,
+            self.processing_class,
+            model.config.id2label,
+        )
         return summary(self.last_predictions.metrics)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -410,8 +481,11 @@ class RAPTrainer(Trainer):
         """`Trainer.train`; a resume first checks that the model configuration and the arguments that change training
         are the checkpoint's (one line listing the differences otherwise), then restores the best weights so far."""
         if resume_from_checkpoint:
-            folder = Path(resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else
-                          latest_complete_checkpoint(Path(self.args.output_dir)) or "")  # fmt: skip
+            folder = Path(
+                resume_from_checkpoint
+                if isinstance(resume_from_checkpoint, str)
+                else latest_complete_checkpoint(Path(self.args.output_dir)) or ""
+            )
             check_resume(self, folder)
             if (folder / BEST_STATE).exists():
                 self.restore_best_from(folder)
@@ -456,8 +530,9 @@ class BestModelCallback(TrainerCallback):
     def _log_epoch_loss(self, state) -> None:
         losses = self.trainer.epoch_losses
         if losses:  # logged into trainer_state.json, so a resumed run keeps the losses of the epochs before
-            state.log_history.append({"epoch": round(state.epoch), "epoch_loss": sum(losses) / len(losses),
-                                      "step": state.global_step})  # fmt: skip
+            state.log_history.append(
+                {"epoch": round(state.epoch), "epoch_loss": sum(losses) / len(losses), "step": state.global_step}
+            )
         self.trainer.epoch_losses = []
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -481,8 +556,10 @@ class BestModelCallback(TrainerCallback):
         gradients = [p.grad for p in model.parameters() if p.grad is not None]
         if gradients and not torch.isfinite(torch.nn.utils.get_total_norm(gradients)):
             names = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
-            raise FloatingPointError(f"update {state.global_step + 1}: non-finite gradient in {names[:3]}; training "
-                                     "stopped, nothing saved (lower the learning rate, check the inputs)")
+            raise FloatingPointError(
+                f"update {state.global_step + 1}: non-finite gradient in {names[:3]}; training "
+                "stopped, nothing saved (lower the learning rate, check the inputs)"
+            )
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -515,11 +592,16 @@ def check_resume(trainer: RAPTrainer, folder: Path) -> None:
     if (folder / RESUME_ARGUMENTS).is_file():
         arguments = json.loads((folder / RESUME_ARGUMENTS).read_text())
         current = json.loads(json.dumps({k: trainer.args.to_dict().get(k) for k in TRAINING_FIELDS}, default=str))
-        differences += [f"--{k} ({arguments.get(k)!r} -> {current[k]!r})" for k in TRAINING_FIELDS
-                        if k in arguments and arguments.get(k) != current[k]]  # fmt: skip
+        differences += [
+            f"--{k} ({arguments.get(k)!r} -> {current[k]!r})"
+            for k in TRAINING_FIELDS
+            if k in arguments and arguments.get(k) != current[k]
+        ]
     if differences:
-        raise ValueError(f"cannot resume from {folder}: the run differs from the checkpoint in {'; '.join(differences)}"
-                         " (resume with the checkpoint's settings, or start a new run in another --output_dir)")
+        raise ValueError(
+            f"cannot resume from {folder}: the run differs from the checkpoint in {'; '.join(differences)}"
+            " (resume with the checkpoint's settings, or start a new run in another --output_dir)"
+        )
 
 
 def non_finite_terms(outputs) -> str:

@@ -73,9 +73,7 @@ def routing_vector_size(num_units: int, num_layers: int) -> int:
     return num_units * num_units * (num_layers - 1) + num_units
 
 
-def split_routing_weights(
-    routing_weights: Any, num_units: int, num_layers: int
-) -> tuple[list[np.ndarray], np.ndarray]:
+def split_routing_weights(routing_weights: Any, num_units: int, num_layers: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Splits a routing vector into its (L-1) inter-layer ``U x U`` blocks and the ``U`` final weights.
 
     Layout of the vector (the model writes it in this order):
@@ -99,9 +97,7 @@ def split_routing_weights(
     if not np.all(np.isfinite(weights)):
         raise ValueError("The routing vector holds NaN or infinite values.")
     block = num_units * num_units
-    transitions = [
-        weights[t * block : (t + 1) * block].reshape(num_units, num_units) for t in range(num_layers - 1)
-    ]
+    transitions = [weights[t * block : (t + 1) * block].reshape(num_units, num_units) for t in range(num_layers - 1)]
     return transitions, weights[(num_layers - 1) * block :]
 
 

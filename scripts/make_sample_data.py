@@ -45,14 +45,52 @@ CODE = {
 TYPES = tuple(CODE)
 
 NAMES = {
-    "PER": ["Maria Lopez", "James Carter", "Aisha Khan", "Tom Becker", "Lena Park", "Omar Haddad", "Nina Rossi",
-            "Kofi Mensah", "Ivy Chen", "Paul Dubois", "Sara Novak", "Leo Grant"],
-    "LOC": ["Riverton", "North Hallow", "Lake Mira", "Port Elling", "Greyford", "Saltmarsh Bay", "Eastwick",
-            "Mount Carrow", "Bellhaven", "Dunmore"],
-    "ORG": ["Crescent Bank", "Bluefin FC", "Nordex Labs", "Harbor Times", "Vela Motors", "Kestrel Air",
-            "Oakline University", "Pioneer Radio", "Quartz Systems"],
-    "MISC": ["Summer Jam Festival", "Galaxy Cup", "Winter Lights Parade", "Solar Week", "Iron Trail Marathon",
-             "Harvest Fair", "Neon Nights"],
+    "PER": [
+        "Maria Lopez",
+        "James Carter",
+        "Aisha Khan",
+        "Tom Becker",
+        "Lena Park",
+        "Omar Haddad",
+        "Nina Rossi",
+        "Kofi Mensah",
+        "Ivy Chen",
+        "Paul Dubois",
+        "Sara Novak",
+        "Leo Grant",
+    ],
+    "LOC": [
+        "Riverton",
+        "North Hallow",
+        "Lake Mira",
+        "Port Elling",
+        "Greyford",
+        "Saltmarsh Bay",
+        "Eastwick",
+        "Mount Carrow",
+        "Bellhaven",
+        "Dunmore",
+    ],
+    "ORG": [
+        "Crescent Bank",
+        "Bluefin FC",
+        "Nordex Labs",
+        "Harbor Times",
+        "Vela Motors",
+        "Kestrel Air",
+        "Oakline University",
+        "Pioneer Radio",
+        "Quartz Systems",
+    ],
+    "MISC": [
+        "Summer Jam Festival",
+        "Galaxy Cup",
+        "Winter Lights Parade",
+        "Solar Week",
+        "Iron Trail Marathon",
+        "Harvest Fair",
+        "Neon Nights",
+    ],
 }
 # Topics: a phrase in the text and a scene in a relevant image; an unrelated image shows another topic's scene.
 TOPICS = {
@@ -77,8 +115,20 @@ SCENES = {
     "concert": [(12, 10, 15), (230, 70, 200), (70, 220, 230)],
 }
 # Names that fit every type: only the image can tell which one is meant (hard samples).
-AMBIGUOUS = ["Jordan", "Phoenix", "Morgan", "Sierra", "Harper", "Austin", "Dakota", "Aurora", "Orion", "Savannah",
-             "Camden", "Sydney"]
+AMBIGUOUS = [
+    "Jordan",
+    "Phoenix",
+    "Morgan",
+    "Sierra",
+    "Harper",
+    "Austin",
+    "Dakota",
+    "Aurora",
+    "Orion",
+    "Savannah",
+    "Camden",
+    "Sydney",
+]
 HANDLES = ["@newsbot", "@citydesk", "@fanzone", "@dailypics", "@localnow", "@sportsline"]
 
 NER_EASY = [
@@ -111,8 +161,13 @@ RE_VISUAL = {
     "/per/loc/place_of_residence": "LOC",
     "/per/misc/nationality": "MISC",
 }
-RE_HARD = ["{A} and {B} #throwback", "{A} with {B} today", "Still thinking about {A} and {B}", "{A} \u2764 {B}",
-           "Best day ever : {A} , {B}"]
+RE_HARD = [
+    "{A} and {B} #throwback",
+    "{A} with {B} today",
+    "Still thinking about {A} and {B}",
+    "{A} \u2764 {B}",
+    "Best day ever : {A} , {B}",
+]
 # Easy relations: a trigger word states the relation; (template, relation, subject type, object type).
 RE_EASY = [
     ("{A} , the proud mother of {B}", "/per/per/parent", "PER", "PER"),
@@ -124,12 +179,30 @@ RE_EASY = [
     ("{B} held in {A} this year", "/misc/loc/held_on", "LOC", "MISC"),
 ]
 RELATIONS = [
-    "None", "/per/per/parent", "/per/per/siblings", "/per/per/couple", "/per/per/neighbor", "/per/per/peer",
-    "/per/per/charges", "/per/per/alumi", "/per/per/alternate_names", "/per/org/member_of",
-    "/per/loc/place_of_residence", "/per/loc/place_of_birth", "/org/org/alternate_names", "/org/org/subsidiary",
-    "/org/loc/locate_at", "/loc/loc/contain", "/per/misc/present_in", "/per/misc/awarded", "/per/misc/race",
-    "/per/misc/religion", "/per/misc/nationality", "/misc/misc/part_of", "/misc/loc/held_on",
-]  # fmt: skip
+    "None",
+    "/per/per/parent",
+    "/per/per/siblings",
+    "/per/per/couple",
+    "/per/per/neighbor",
+    "/per/per/peer",
+    "/per/per/charges",
+    "/per/per/alumi",
+    "/per/per/alternate_names",
+    "/per/org/member_of",
+    "/per/loc/place_of_residence",
+    "/per/loc/place_of_birth",
+    "/org/org/alternate_names",
+    "/org/org/subsidiary",
+    "/org/loc/locate_at",
+    "/loc/loc/contain",
+    "/per/misc/present_in",
+    "/per/misc/awarded",
+    "/per/misc/race",
+    "/per/misc/religion",
+    "/per/misc/nationality",
+    "/misc/misc/part_of",
+    "/misc/loc/held_on",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -184,8 +257,9 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, i
     elif kind == "triangle":
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=colour)
     else:  # diamond
-        draw.polygon([((x0 + x1) // 2, y0), (x1, (y0 + y1) // 2), ((x0 + x1) // 2, y1), (x0, (y0 + y1) // 2)],
-                     fill=colour)  # fmt: skip
+        draw.polygon(
+            [((x0 + x1) // 2, y0), (x1, (y0 + y1) // 2), ((x0 + x1) // 2, y1), (x0, (y0 + y1) // 2)], fill=colour
+        )
 
 
 def shapes_image(rng: np.random.Generator, types: list[str], topic: str, size: int) -> tuple[Image.Image, list[tuple]]:
@@ -472,17 +546,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--sizes", type=int, nargs=3, default=(40, 16, 16), metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--unrelated-share", type=float, default=KIND_SHARES["easy_unrelated"],
-                        help="percent of all tweets that are easy and carry an unrelated image (taken from the easy "
-                        "tweets with a relevant one)")  # fmt: skip
-    parser.add_argument("--misleading-share", type=float, default=MISLEADING_SHARE,
-                        help="fraction of the unrelated images that also show a shape of a random type")
+    parser.add_argument(
+        "--unrelated-share",
+        type=float,
+        default=KIND_SHARES["easy_unrelated"],
+        help="percent of all tweets that are easy and carry an unrelated image (taken from the easy "
+        "tweets with a relevant one)",
+    )
+    parser.add_argument(
+        "--misleading-share",
+        type=float,
+        default=MISLEADING_SHARE,
+        help="fraction of the unrelated images that also show a shape of a random type",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.misleading_share <= 1:
         parser.error(f"--misleading-share must lie in [0, 1], got {args.misleading_share}")
     try:
-        design = Design.with_unrelated_share(args.unrelated_share, image_size=args.image_size,
-                                             misleading_share=args.misleading_share)  # fmt: skip
+        design = Design.with_unrelated_share(
+            args.unrelated_share, image_size=args.image_size, misleading_share=args.misleading_share
+        )
     except ValueError as error:
         parser.error(str(error))
     if args.out.exists():

@@ -35,8 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", action="append", default=[], help="results.json of a run (repeatable).")
     parser.add_argument("--out-dir", default=str(REPO_ROOT / "model_cards"), help="Where the cards are written.")
-    parser.add_argument("--runs-dir", default=str(REPO_ROOT / "model_cards" / "runs"),
-                        help="Run records <dataset>_results.json of the cards written without --results.")  # fmt: skip
+    parser.add_argument(
+        "--runs-dir",
+        default=str(REPO_ROOT / "model_cards" / "runs"),
+        help="Run records <dataset>_results.json of the cards written without --results.",
+    )
     parser.add_argument("--org", default=DEFAULT_ORG, help="Hub organisation; the repo id is <org>/rap-<dataset>.")
     parser.add_argument("--repo-id", default=None, help="Full repo id (only with a single --results).")
     parser.add_argument(
@@ -75,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     for dataset, results_path in runs:
         repo_id = args.repo_id or f"{args.org}/rap-{dataset}"
         results = results_path if results_path.is_file() else None
-        write_model_card(results, out_dir / f"{dataset}.md", repo_id, figures, dataset=dataset,
-                         base_model=args.base_model, arguments_class=RunArguments)  # fmt: skip
+        write_model_card(
+            results,
+            out_dir / f"{dataset}.md",
+            repo_id,
+            figures,
+            dataset=dataset,
+            base_model=args.base_model,
+            arguments_class=RunArguments,
+        )
     return 0
 
 

@@ -56,12 +56,34 @@ TRAIN_SIZES = {"twitter2015": 4000, "twitter2017": 3373, "mnre": 12247}
 PAPER_BATCH = {"ner": 8, "re": 16}
 PAPER_EPOCHS = {"ner": 30, "re": 15}
 EVAL_OVERHEAD = 1.15  # validation after every epoch plus the test pass, relative to training steps alone
-SMOKE_OPTIONS = ["--num_train_epochs", "1", "--max_train_samples", "8", "--max_eval_samples", "8",
-                 "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--make_figures", "False",
-                 "--learning_rate", "1e-3", "--new_params_learning_rate", "1e-3", "--save_strategy", "no",
-                 "--max_length", "64"]  # fmt: skip
-SMOKE_OVERRIDES = {"vision_config": TINY_VISION_CONFIG, "fusion_num_heads": 4, "relevance_dim": 16,
-                   "prompt_source_length": 64}  # fmt: skip
+SMOKE_OPTIONS = [
+    "--num_train_epochs",
+    "1",
+    "--max_train_samples",
+    "8",
+    "--max_eval_samples",
+    "8",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--make_figures",
+    "False",
+    "--learning_rate",
+    "1e-3",
+    "--new_params_learning_rate",
+    "1e-3",
+    "--save_strategy",
+    "no",
+    "--max_length",
+    "64",
+]
+SMOKE_OVERRIDES = {
+    "vision_config": TINY_VISION_CONFIG,
+    "fusion_num_heads": 4,
+    "relevance_dim": 16,
+    "prompt_source_length": 64,
+}
 
 # The authors' numbers, in percent: Table 3 and 4 as (P, R, F1), Tables 5 and 6 as F1.
 PAPER_TABLE3 = {
@@ -130,20 +152,43 @@ def _dataset_of_title(title: str) -> str:
 
 
 TABLES = {
-    3: PaperTable(3, "Main results (text-only baseline: BERT-CRF for NER, BERT for MRE)",
-                  ("Text-only baseline", "RAP"), DATASETS, PRF,
-                  lambda row, dataset: (dataset, {"text_only_baseline": True} if row != "RAP" else {}),
-                  PAPER_TABLE3),
-    4: PaperTable(4, "Number of routing layers L", tuple(f"L = {n}" for n in range(1, 7)), DATASETS, PRF,
-                  lambda row, dataset: (dataset, {"routing_layers": int(row.split()[-1])}), PAPER_TABLE4),
-    5: PaperTable(5, "Ablations: RAP without the module or unit named by the column (F1)",
-                  tuple(DATASET_TITLES.values()), tuple(ABLATIONS), ("f1",),
-                  lambda row, column: (_dataset_of_title(row), ABLATIONS[column]), PAPER_TABLE5),
-    6: PaperTable(6, "Path-regularisation weight γ (F1)", tuple(DATASET_TITLES.values()),
-                  tuple(f"γ = {g:g}" for g in GAMMAS), ("f1",),
-                  lambda row, column: (_dataset_of_title(row), {"path_regularization_weight": float(column[4:])}),
-                  PAPER_TABLE6),
-}  # fmt: skip
+    3: PaperTable(
+        3,
+        "Main results (text-only baseline: BERT-CRF for NER, BERT for MRE)",
+        ("Text-only baseline", "RAP"),
+        DATASETS,
+        PRF,
+        lambda row, dataset: (dataset, {"text_only_baseline": True} if row != "RAP" else {}),
+        PAPER_TABLE3,
+    ),
+    4: PaperTable(
+        4,
+        "Number of routing layers L",
+        tuple(f"L = {n}" for n in range(1, 7)),
+        DATASETS,
+        PRF,
+        lambda row, dataset: (dataset, {"routing_layers": int(row.split()[-1])}),
+        PAPER_TABLE4,
+    ),
+    5: PaperTable(
+        5,
+        "Ablations: RAP without the module or unit named by the column (F1)",
+        tuple(DATASET_TITLES.values()),
+        tuple(ABLATIONS),
+        ("f1",),
+        lambda row, column: (_dataset_of_title(row), ABLATIONS[column]),
+        PAPER_TABLE5,
+    ),
+    6: PaperTable(
+        6,
+        "Path-regularisation weight γ (F1)",
+        tuple(DATASET_TITLES.values()),
+        tuple(f"γ = {g:g}" for g in GAMMAS),
+        ("f1",),
+        lambda row, column: (_dataset_of_title(row), {"path_regularization_weight": float(column[4:])}),
+        PAPER_TABLE6,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -165,9 +210,13 @@ class RunSpec:
 def canonical_switches(dataset: str, switches: dict[str, Any], paper_architecture: bool) -> tuple:
     """Switches without those equal to the default, so that one setting reached from two tables is one run."""
     task = TASK_OF_DATASET[dataset]
-    defaults = {"path_regularization_weight": RAPConfig.path_regularization_weight, "use_relevance_reasoning": True,
-                "fusion_units": ",".join(FUSION_UNITS), "text_only_baseline": False,
-                "routing_layers": (PAPER_ROUTING_LAYERS if paper_architecture else DEFAULT_ROUTING_LAYERS)[task]}
+    defaults = {
+        "path_regularization_weight": RAPConfig.path_regularization_weight,
+        "use_relevance_reasoning": True,
+        "fusion_units": ",".join(FUSION_UNITS),
+        "text_only_baseline": False,
+        "routing_layers": (PAPER_ROUTING_LAYERS if paper_architecture else DEFAULT_ROUTING_LAYERS)[task],
+    }
     return tuple(sorted((key, value) for key, value in switches.items() if value != defaults[key]))
 
 
@@ -199,8 +248,20 @@ class Plan:
     def arguments(self, spec: RunSpec) -> list[str]:
         """run_rap.py's arguments for `spec` (resuming a cut-off run, replacing one that left nothing usable)."""
         folder = spec.folder(self.root)
-        argv = ["--dataset", spec.dataset, "--output_dir", str(folder), "--seed", str(spec.seed), "--text_model",
-                self.text_model, "--vision_model", self.vision_model, "--report_to", "none"]  # fmt: skip
+        argv = [
+            "--dataset",
+            spec.dataset,
+            "--output_dir",
+            str(folder),
+            "--seed",
+            str(spec.seed),
+            "--text_model",
+            self.text_model,
+            "--vision_model",
+            self.vision_model,
+            "--report_to",
+            "none",
+        ]
         argv += ["--data_dir", self.data_dir] if self.data_dir else []
         argv += ["--paper_architecture", "True"] if self.paper_architecture else []
         for key, value in spec.switches:
@@ -264,13 +325,15 @@ def run_in_subprocesses(plan: Plan, specs: Sequence[RunSpec], jobs: int, gpus: S
             log = plan.root / "logs" / f"{spec.dataset}-{spec.name}-seed{spec.seed}.log"
             start = time.perf_counter()
             with open(log, "w") as stream:
-                done = subprocess.run(plan.command(spec, gpu is not None), stdout=stream, stderr=subprocess.STDOUT,
-                                      env=env, cwd=REPO_ROOT)  # fmt: skip
+                done = subprocess.run(
+                    plan.command(spec, gpu is not None), stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+                )
             status = "done" if done.returncode == 0 else f"FAILED (exit {done.returncode}, see {log})"
             if done.returncode != 0:
                 failed.append(spec)
-            logging.info("%s %s seed %d: %s in %.0f s", spec.dataset, spec.name, spec.seed, status,
-                         time.perf_counter() - start)  # fmt: skip
+            logging.info(
+                "%s %s seed %d: %s in %.0f s", spec.dataset, spec.name, spec.seed, status, time.perf_counter() - start
+            )
         finally:
             slots.put(gpu)
 
@@ -299,10 +362,17 @@ def collect(plan: Plan, specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
         results_file = spec.folder(plan.root) / "results.json"
         if results_file.exists():
             results = json.loads(results_file.read_text())
-            records.append({"dataset": spec.dataset, "run": spec.name, "seed": spec.seed,
-                            **{metric: 100 * results["test"][metric] for metric in PRF},
-                            "best_epoch": results["best_epoch"], "train_seconds": results["timings"]["train_seconds"],
-                            "folder": str(spec.folder(Path(".")))})  # fmt: skip
+            records.append(
+                {
+                    "dataset": spec.dataset,
+                    "run": spec.name,
+                    "seed": spec.seed,
+                    **{metric: 100 * results["test"][metric] for metric in PRF},
+                    "best_epoch": results["best_epoch"],
+                    "train_seconds": results["timings"]["train_seconds"],
+                    "folder": str(spec.folder(Path("."))),
+                }
+            )
     return records
 
 
@@ -318,8 +388,9 @@ def table_markdown(table: PaperTable, records: Sequence[dict[str, Any]], paper_a
     """The paper's layout, two lines per row: the authors' numbers, then ours (mean ± sd over seeds)."""
     header = ["", "source"] + [
         f"{DATASET_TITLES.get(column, column)} {metric[0].upper() if len(table.metrics) > 1 else 'F1'}"
-        for column in table.columns for metric in table.metrics
-    ]  # fmt: skip
+        for column in table.columns
+        for metric in table.metrics
+    ]
     lines = []
     for row in table.rows:
         theirs, mine = [row, "paper (authors)"], ["", "rap-hf (ours)"]
@@ -370,28 +441,46 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     parser.add_argument("--output_dir", default="reproduce")
     parser.add_argument("--text_model", default=PAPER_TEXT_MODEL)
     parser.add_argument("--vision_model", default=PAPER_VISION_MODEL)
-    parser.add_argument("--architecture", choices=["paper", "default"], default="paper",
-                        help="paper: RAPConfig.paper_fields (--paper_architecture); default: rap-hf's faster defaults")
+    parser.add_argument(
+        "--architecture",
+        choices=["paper", "default"],
+        default="paper",
+        help="paper: RAPConfig.paper_fields (--paper_architecture); default: rap-hf's faster defaults",
+    )
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per --gpus entry, else 1)")
     parser.add_argument("--gpus", default="", help="comma list of GPU ids; each run gets one")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and the GPU-hour estimate")
-    parser.add_argument("--seconds_per_step", type=float, default=0.15,
-                        help="GPU seconds per optimizer step for the estimate (an assumption: measure yours)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="bundled sample, tiny random encoders, 1 epoch, seed 0, in this process (CI)")
+    parser.add_argument(
+        "--seconds_per_step",
+        type=float,
+        default=0.15,
+        help="GPU seconds per optimizer step for the estimate (an assumption: measure yours)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="bundled sample, tiny random encoders, 1 epoch, seed 0, in this process (CI)",
+    )
     return parser.parse_known_args(argv)
 
 
 def make_plan(args: argparse.Namespace, extra: list[str]) -> Plan:
     # absolute: the runs start in the repository root, and a --data_dir relative to where this was called must hold
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    plan = Plan(Path(args.output_dir), args.text_model, args.vision_model, data_dir,
-                args.architecture == "paper", extra)  # fmt: skip
+    plan = Plan(
+        Path(args.output_dir), args.text_model, args.vision_model, data_dir, args.architecture == "paper", extra
+    )
     if args.smoke and not args.dry_run:
         plan.text_model = save_tiny_text_model(plan.root / "tiny_text_model")
         plan.vision_model, plan.data_dir = "", None
-        plan.extra = [*SMOKE_OPTIONS, "--config_overrides", json.dumps(SMOKE_OVERRIDES),
-                      "--feature_cache_dir", str(plan.root / "features"), *extra]  # fmt: skip
+        plan.extra = [
+            *SMOKE_OPTIONS,
+            "--config_overrides",
+            json.dumps(SMOKE_OVERRIDES),
+            "--feature_cache_dir",
+            str(plan.root / "features"),
+            *extra,
+        ]
     return plan
 
 
@@ -405,8 +494,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     gpus = [gpu for gpu in args.gpus.split(",") if gpu]
     if args.dry_run:
         print("\n".join(" ".join(plan.command(spec, bool(gpus))) for spec in specs))
-        print(f"\n{len(specs)} runs (estimate: paper batch sizes and epochs, full training sets, "
-              f"{args.seconds_per_step:g} s per step, +{EVAL_OVERHEAD - 1:.0%} for evaluation)\n")  # fmt: skip
+        print(
+            f"\n{len(specs)} runs (estimate: paper batch sizes and epochs, full training sets, "
+            f"{args.seconds_per_step:g} s per step, +{EVAL_OVERHEAD - 1:.0%} for evaluation)\n"
+        )
         print(gpu_hours(specs, args.seconds_per_step))
         return ""
     missing = missing_corpora(plan.data_dir, [spec.dataset for spec in specs])
@@ -420,10 +511,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     else:
         failed = run_in_subprocesses(plan, pending, args.jobs or max(1, len(gpus)), gpus)
     vision = "tiny random ResNet" if args.smoke else plan.vision_model or "random init (RAPConfig's vision_config)"
-    setting = (f"Text encoder `{plan.text_model if not args.smoke else 'tiny random BERT'}`, vision encoder "
-               f"`{vision}`, {args.architecture} architecture, seeds {seeds}"
-               f"{', options ' + ' '.join(extra) if extra else ''}"
-               f"{'; SMOKE run on the bundled sample' if args.smoke else ''}.")  # fmt: skip
+    setting = (
+        f"Text encoder `{plan.text_model if not args.smoke else 'tiny random BERT'}`, vision encoder "
+        f"`{vision}`, {args.architecture} architecture, seeds {seeds}"
+        f"{', options ' + ' '.join(extra) if extra else ''}"
+        f"{'; SMOKE run on the bundled sample' if args.smoke else ''}."
+    )
     report = write_report(plan, tables, specs, setting)
     print(report)
     if failed:  # the report holds what finished; the exit status says that not everything did

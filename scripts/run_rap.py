@@ -38,11 +38,15 @@ def check_hub_access(args) -> None:
     from huggingface_hub import constants, get_token
 
     if not (args.hub_token or get_token()):
-        raise ValueError("--push_to_hub needs a Hugging Face token with write access: run `hf auth login`, or set "
-                         "HF_TOKEN (or pass --hub_token)")  # fmt: skip
+        raise ValueError(
+            "--push_to_hub needs a Hugging Face token with write access: run `hf auth login`, or set "
+            "HF_TOKEN (or pass --hub_token)"
+        )
     if constants.HF_HUB_OFFLINE:
-        raise ValueError("--push_to_hub cannot upload while HF_HUB_OFFLINE is set: unset it (and check the network "
-                         "connection), or leave out --push_to_hub")  # fmt: skip
+        raise ValueError(
+            "--push_to_hub cannot upload while HF_HUB_OFFLINE is set: unset it (and check the network "
+            "connection), or leave out --push_to_hub"
+        )
 
 
 def _hub_error_types() -> tuple[type[BaseException], ...]:
@@ -90,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     test = results["test"]
     out = Path(training_args.output_dir)
-    print(f"\nTest ({data_args.dataset}): P {100 * test['precision']:.2f}  R {100 * test['recall']:.2f}  "
-          f"F1 {100 * test['f1']:.2f}  (best epoch {results['best_epoch']})")
+    print(
+        f"\nTest ({data_args.dataset}): P {100 * test['precision']:.2f}  R {100 * test['recall']:.2f}  "
+        f"F1 {100 * test['f1']:.2f}  (best epoch {results['best_epoch']})"
+    )
     print(f"Model:       {out}")
     print(f"Results:     {out / 'results.json'}")
     print(f"Model card:  {out / 'README.md'}")

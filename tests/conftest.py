@@ -39,8 +39,13 @@ def pytest_configure(config) -> None:
     thread here and in every process it starts (two workers with two threads each on a 2-core machine would fight
     over the cores and run several times slower)."""
     session = Path(tempfile.mkdtemp(prefix="rap_hf_tests_"))
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAP_HF_TEST_SESSION=str(session),
-                      HF_HUB_CACHE=str(session / "hub"), HF_MODULES_CACHE=str(session / "modules"))  # fmt: skip
+    os.environ.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RAP_HF_TEST_SESSION=str(session),
+        HF_HUB_CACHE=str(session / "hub"),
+        HF_MODULES_CACHE=str(session / "modules"),
+    )
     if os.environ.get("PYTEST_XDIST_WORKER"):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = "1"
@@ -112,12 +117,14 @@ def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0
     return inputs
 
 
-def run_python(argv: list[str], cwd: Path | str, env: dict | None = None, timeout: float = 600,
-               input: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_python(
+    argv: list[str], cwd: Path | str, env: dict | None = None, timeout: float = 600, input: str | None = None
+) -> subprocess.CompletedProcess:
     """`python *argv` in a process of its own, as a user starts it (one torch thread unless `env` says otherwise)."""
     env = {"OMP_NUM_THREADS": "1", **(env if env is not None else os.environ)}
-    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, input=input, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def minilm_path() -> Path | None:

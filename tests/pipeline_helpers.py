@@ -28,9 +28,13 @@ NER_TRAIN_STEPS = 80
 def tiny_rap_config(processor: RAPProcessor, task: str, labels: list[str], **overrides) -> RAPConfig:
     kwargs = dict(
         text_config=dict(
-            model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            model_type="bert",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
             vocab_size=len(processor.tokenizer),
-        ),  # fmt: skip
+        ),
         vision_config=dict(TINY_VISION),
         task=task,
         fusion_num_heads=4,

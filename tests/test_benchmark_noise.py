@@ -75,11 +75,13 @@ def test_derangement_is_seeded_and_crosses_groups():
 
 
 def test_shuffled_and_missing_images_move_only_the_visual_columns():
-    dataset = datasets.Dataset.from_dict({
-        "input_ids": [[1], [2], [3], [4]],
-        "visual_features": [[[1.0]], [[2.0]], [[0.0]], [[4.0]]],
-        "image_mask": [[1], [1], [0], [1]],
-    })  # fmt: skip
+    dataset = datasets.Dataset.from_dict(
+        {
+            "input_ids": [[1], [2], [3], [4]],
+            "visual_features": [[[1.0]], [[2.0]], [[0.0]], [[4.0]]],
+            "image_mask": [[1], [1], [0], [1]],
+        }
+    )
     shuffled = shuffled_images(dataset, seed=0)
     assert shuffled["input_ids"] == dataset["input_ids"]
     assert shuffled["image_mask"][2] == [0] and shuffled["visual_features"][2] == [[0.0]]  # no image stays without

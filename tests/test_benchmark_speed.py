@@ -25,8 +25,11 @@ def test_main_table_has_every_variant_with_ratios_to_the_floor(smoke):
     for row, raw in zip(rows, report["rows"]):
         milliseconds, ratio = number(row[4]), number(row[5])
         assert math.isfinite(milliseconds) and milliseconds == pytest.approx(1000 * raw["median_s"], abs=0.06)
-        floor = next(r for r in report["rows"] if r["variant"] == "floor" and r["task"] == raw["task"]
-                     and r["mode"] == raw["mode"])  # fmt: skip
+        floor = next(
+            r
+            for r in report["rows"]
+            if r["variant"] == "floor" and r["task"] == raw["task"] and r["mode"] == raw["mode"]
+        )
         assert len(raw["round_s"]) == len(floor["round_s"]) == 2  # --smoke: 2 turns
         turns = sorted(mine / theirs for mine, theirs in zip(raw["round_s"], floor["round_s"]))
         assert ratio == pytest.approx(sum(turns) / 2, abs=0.006)  # median of the per-turn ratios
@@ -55,8 +58,9 @@ def test_variants_take_turns_in_abba_order_and_long_steps_are_timed_once():
 
         return run
 
-    results = speed.measure({"floor": step("floor", 0.02), "rap": step("rap", 0.02)}, "cpu", min_run_time=0.04,
-                            rounds=4)  # fmt: skip  (0.01 s per round: every step is longer, so each is timed once)
+    results = speed.measure(
+        {"floor": step("floor", 0.02), "rap": step("rap", 0.02)}, "cpu", min_run_time=0.04, rounds=4
+    )  # 0.01 s per round: every step is longer, so each is timed once
     assert calls == ["floor", "rap"] + ["floor", "rap", "rap", "floor"] * 2  # warm-up, then ABBA turns
     for result in results.values():
         assert result["runs"] == len(result["round_s"]) == 4
@@ -71,8 +75,9 @@ def test_short_steps_are_timed_with_autorange_at_the_threads_set():
     seen, threads = [], torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        results = speed.measure({"floor": lambda: seen.append(torch.get_num_threads())}, "cpu", min_run_time=0.2,
-                                rounds=2)  # fmt: skip
+        results = speed.measure(
+            {"floor": lambda: seen.append(torch.get_num_threads())}, "cpu", min_run_time=0.2, rounds=2
+        )
     finally:
         torch.set_num_threads(threads)
     assert len(seen) > 1 + 2 * 10 and results["floor"]["runs"] >= 2  # many calls per turn (blocks of them), not one
@@ -84,8 +89,13 @@ def test_profile_names_every_stage_of_rap(smoke):
     rows = table_rows(stdout, "### RAP per stage")
     assert [(row[1], row[2]) for row in rows] == [("NER", "train"), ("NER", "infer"), ("RE", "train"), ("RE", "infer")]
     for profile in report["profiles"]:
-        assert set(profile["stages_ms"]) == {"rap.text_features", "rap.relevance", "rap.fusion", "rap.prompts",
-                                             "rap.prefixed_encoder"}  # fmt: skip
+        assert set(profile["stages_ms"]) == {
+            "rap.text_features",
+            "rap.relevance",
+            "rap.fusion",
+            "rap.prompts",
+            "rap.prefixed_encoder",
+        }
         assert profile["stages_ms"]["rap.prefixed_encoder"] > 0 and profile["stages_ms"]["rap.fusion"] > 0
 
 

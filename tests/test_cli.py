@@ -37,8 +37,11 @@ def inputs(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`python -m rap_hf.cli ARGS` in a process of its own (tests/warm_python.py)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     return run_python(["-m", "rap_hf.cli", *args], cwd=REPO_ROOT, env=env, timeout=120)
 
 
@@ -51,9 +54,15 @@ def test_jsonl_round_trip_in_a_subprocess(folders, inputs, tmp_path):
     assert [record["line"] for record in records] == [1, 3, 4, 5]
     sources = [json.loads(line) for line in inputs.read_text(encoding="utf-8").splitlines() if line]
     expected = pipeline(folders["ner"], device="cpu")(
-        [{**s, "image": str(tmp_path / s["image"]) if s.get("image") == "red.png" else s.get("image"),
-          "crops": [str(tmp_path / c) for c in s.get("crops", [])]} for s in sources]
-    )  # fmt: skip
+        [
+            {
+                **s,
+                "image": str(tmp_path / s["image"]) if s.get("image") == "red.png" else s.get("image"),
+                "crops": [str(tmp_path / c) for c in s.get("crops", [])],
+            }
+            for s in sources
+        ]
+    )
     for record, source, prediction in zip(records, sources, expected):
         text = source.get("text") or " ".join(source["tokens"])
         assert record["text"] == text
@@ -81,8 +90,17 @@ def test_single_text_prints_json(folders, capsys):
 
 def test_relation_from_the_command_line(folders, capsys):
     text = "Bill Cosby 's star on Hollywood Walk of Fame"
-    args = ["predict", "--model", str(folders["re"]), "--text", text, "--subject", "Bill Cosby", "--object",
-            "Hollywood Walk of Fame"]  # fmt: skip
+    args = [
+        "predict",
+        "--model",
+        str(folders["re"]),
+        "--text",
+        text,
+        "--subject",
+        "Bill Cosby",
+        "--object",
+        "Hollywood Walk of Fame",
+    ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["subject"]["text"] == "Bill Cosby" and result["object"]["end_word"] == 9
@@ -91,17 +109,29 @@ def test_relation_from_the_command_line(folders, capsys):
 
 def test_all_pairs_with_an_ner_model(folders, tmp_path, capsys):
     text = "Vela Motors announces new headquarters in Bellhaven"
-    entities = [{"text": "Vela Motors", "start_char": 0, "end_char": 11}, {"text": "Bellhaven", "start_char": 42,
-                                                                             "end_char": 51}]  # fmt: skip
+    entities = [
+        {"text": "Vela Motors", "start_char": 0, "end_char": 11},
+        {"text": "Bellhaven", "start_char": 42, "end_char": 51},
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"text": text, "entities": entities}) + "\n" + json.dumps({"text": text}) + "\n")
-    args = ["predict", "--model", str(folders["re"]), "--ner-model", str(folders["ner"]), "--pairs", "all",
-            "--input", str(path)]  # fmt: skip
+    args = [
+        "predict",
+        "--model",
+        str(folders["re"]),
+        "--ner-model",
+        str(folders["ner"]),
+        "--pairs",
+        "all",
+        "--input",
+        str(path),
+    ]
     assert main(args) == 0
     given, found = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert [(r["subject"]["text"], r["object"]["text"]) for r in given["relations"]] == [
-        ("Vela Motors", "Bellhaven"), ("Bellhaven", "Vela Motors"),
-    ]  # fmt: skip
+        ("Vela Motors", "Bellhaven"),
+        ("Bellhaven", "Vela Motors"),
+    ]
     ner_entities = pipeline(folders["ner"], device="cpu")(text)["entities"]
     expected = [(s["text"], o["text"]) for s in ner_entities for o in ner_entities if s is not o]
     assert [(r["subject"]["text"], r["object"]["text"]) for r in found["relations"]] == expected
@@ -114,10 +144,13 @@ def test_all_pairs_with_an_ner_model(folders, tmp_path, capsys):
         (['{"text": "a"}', '["a"]'], "ner", "bad.jsonl:2: expected a JSON object"),
         (['{"text": "a"}', "", '{"txt": "b"}'], "ner", "bad.jsonl:3: unknown input key(s) ['txt']"),
         (['{"text": "a", "tokens": ["a"]}'], "ner", "bad.jsonl:1: give exactly one of 'text'"),
-        (['{"text": "a b", "subject": "a", "object": "b"}', '{"text": "a b", "subject": "c", "object": "b"}'], "re",
-         "bad.jsonl:2: subject 'c' does not occur"),
+        (
+            ['{"text": "a b", "subject": "a", "object": "b"}', '{"text": "a b", "subject": "c", "object": "b"}'],
+            "re",
+            "bad.jsonl:2: subject 'c' does not occur",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_jsonl_lines_are_named(folders, tmp_path, capsys, lines, model, message):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -143,8 +176,17 @@ def test_explain_draws_the_routing_paths(folders, tmp_path, capsys):
     image = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (200, 20, 20)).save(image)
     figure = tmp_path / "figs" / "routing.png"
-    args = ["explain", "--model", str(folders["ner"]), "--text", "Kevin Durant visits Oracle Arena", "--image",
-            str(image), "--out", str(figure)]  # fmt: skip
+    args = [
+        "explain",
+        "--model",
+        str(folders["ner"]),
+        "--text",
+        "Kevin Durant visits Oracle Arena",
+        "--image",
+        str(image),
+        "--out",
+        str(figure),
+    ]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["figure"] == str(figure) and printed["prediction"]["image_used"] is True
@@ -182,8 +224,17 @@ def test_failed_prediction_keeps_the_earlier_output_file(folders, tmp_path, caps
 def test_on_error_record_writes_an_error_record_and_keeps_the_other_lines(folders, tmp_path, caplog):
     path = write_jsonl(tmp_path / "in.jsonl", [*BAD_IMAGE_LINES, "not json", {"txt": "a"}])
     out = tmp_path / "out.jsonl"
-    args = ["predict", "--model", str(folders["ner"]), "--input", str(path), "--output", str(out), "--on-error",
-            "record"]  # fmt: skip
+    args = [
+        "predict",
+        "--model",
+        str(folders["ner"]),
+        "--input",
+        str(path),
+        "--output",
+        str(out),
+        "--on-error",
+        "record",
+    ]
     assert main(args) == 0
     assert "3 of 5 input lines failed" in caplog.text
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -82,8 +82,18 @@ def test_generator_shares_of_unrelated_and_misleading_images(tmp_path):
     """scripts/make_sample_data.py --unrelated-share / --misleading-share (the relevance benchmark's corpus design)."""
     from benchmark_helpers import run_main_in_process
 
-    arguments = ["--out", str(tmp_path / "corpus"), "--sizes", "100", "4", "4", "--unrelated-share", "8",
-                 "--misleading-share", "1"]  # fmt: skip
+    arguments = [
+        "--out",
+        str(tmp_path / "corpus"),
+        "--sizes",
+        "100",
+        "4",
+        "4",
+        "--unrelated-share",
+        "8",
+        "--misleading-share",
+        "1",
+    ]
     assert run_main_in_process("../make_sample_data.py", *arguments)[0] == 0
     manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
     assert manifest["kind_shares_percent"]["easy_unrelated"] == 8 and manifest["misleading_share"] == 1
@@ -292,8 +302,10 @@ def mnre_corpus(tmp_path):
         picture(root / "img_vg" / "train" / "crops" / f"0_pred_yolo_crop_{k}.png", (0, 40 * k, 0))
     picture(root / "img_vg" / "train" / "crops" / "1_pred_yolo_crop_0.png")
     picture(root / "img_vg" / "val" / "crops" / "0_pred_yolo_crop_0.png")
-    torch.save({0: [f"0_pred_yolo_crop_{k}.png" for k in range(4)], "1": ["1_pred_yolo_crop_0.png"]},
-               txt / "mre_train_dict.pth")  # fmt: skip
+    torch.save(
+        {0: [f"0_pred_yolo_crop_{k}.png" for k in range(4)], "1": ["1_pred_yolo_crop_0.png"]},
+        txt / "mre_train_dict.pth",
+    )
     torch.save({0: ["0_pred_yolo_crop_0.png"]}, txt / "mre_dev_dict.pth")
     return tmp_path
 
@@ -392,8 +404,9 @@ def test_embedded_images_survive_moving_the_corpus_and_parquet_export(sample_cop
     assert all(image.size == (64, 64) for image in split["image"] if image is not None)
     assert sum(len(crops) for crops in split["crops"]) > 0
     split.to_parquet(str(tmp_path / "train.parquet"))
-    back = datasets.load_dataset("parquet", data_files=str(tmp_path / "train.parquet"), split="train",
-                                 cache_dir=str(tmp_path / "parquet-cache"))  # fmt: skip
+    back = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "train.parquet"), split="train", cache_dir=str(tmp_path / "parquet-cache")
+    )
     assert [image is None for image in back["image"]] == [image is None for image in split["image"]]
     assert all(np.asarray(a).tolist() == np.asarray(b).tolist() for a, b in zip(back["crops"][0], split["crops"][0]))
 

@@ -237,8 +237,6 @@ def test_crop_dict_with_tensors_or_other_values_is_refused(tmp_path):
         load_crop_dict(path)
 
 
-
-
 def test_whitespace_line_between_tweets_is_a_separator(tmp_path):
     path = write(tmp_path / "train.txt", "IMGID:1\na\tO\n \nIMGID:2\nb\tO\n")
     assert [(s.image_id, s.tokens) for s in read_twitter_file(path)] == [("1", ["a"]), ("2", ["b"])]

@@ -113,9 +113,11 @@ def test_mnre_markers_point_at_the_entities_whole_corpus(mnre_columns, processor
     shifted = checked = 0
     for tokens, subjects, objects, word_pieces in mnre_columns:
         encoded = processor.encode_re(
-            tokens, [(s["start"], s["end"]) for s in subjects], [(o["start"], o["end"]) for o in objects],
+            tokens,
+            [(s["start"], s["end"]) for s in subjects],
+            [(o["start"], o["end"]) for o in objects],
             max_length=max_length,
-        )  # fmt: skip
+        )
         for words, subject, obj, ids, positions in zip(
             tokens, subjects, objects, encoded["input_ids"], encoded["entity_positions"]
         ):

@@ -35,8 +35,9 @@ from rap_hf.encoders import (
 
 from conftest import tiny_config
 
-SMALL = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32,
-             patch_size=8)  # fmt: skip
+SMALL = dict(
+    hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8
+)
 FAMILIES = {
     "resnet": ResNetConfig(embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic"),
     "convnext": ConvNextConfig(hidden_sizes=[8, 12], depths=[1, 1], num_stages=2),
@@ -76,21 +77,37 @@ def test_rap_runs_on_every_vision_family(family, one_thread):
     model = RAPForMultimodalRE(config).eval()
     model.rap.vision_encoder.load_state_dict(encoder.state_dict())
     torch.testing.assert_close(model.get_image_features(pixels), pooled)
-    batch = dict(input_ids=torch.randint(5, 99, (2, 7)), entity_positions=torch.tensor([[1, 3], [2, 4]]),
-                 pixel_values=torch.rand(2, 4, 3, 32, 32), image_mask=torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]),
-                 labels=torch.tensor([0, 2]))  # fmt: skip
+    batch = dict(
+        input_ids=torch.randint(5, 99, (2, 7)),
+        entity_positions=torch.tensor([[1, 3], [2, 4]]),
+        pixel_values=torch.rand(2, 4, 3, 32, 32),
+        image_mask=torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]),
+        labels=torch.tensor([0, 2]),
+    )
     out = model(**batch)
     assert torch.isfinite(out.loss) and ((out.relevance > 0) & (out.relevance < 1)).all()
 
 
 def test_clip_checkpoint_gives_its_vision_tower(tmp_path, minilm, one_thread):
-    clip = CLIPModel(CLIPConfig(text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                                 intermediate_size=32, vocab_size=99, bos_token_id=0,
-                                                 eos_token_id=1),
-                                vision_config=dict(SMALL), projection_dim=8))  # fmt: skip
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                vocab_size=99,
+                bos_token_id=0,
+                eos_token_id=1,
+            ),
+            vision_config=dict(SMALL),
+            projection_dim=8,
+        )
+    )
     clip.save_pretrained(tmp_path / "clip")
-    model = RAPForMultimodalRE.from_text_vision_pretrained(str(minilm), str(tmp_path / "clip"), task="re",
-                                                          num_labels=3, fusion_num_heads=4)  # fmt: skip
+    model = RAPForMultimodalRE.from_text_vision_pretrained(
+        str(minilm), str(tmp_path / "clip"), task="re", num_labels=3, fusion_num_heads=4
+    )
     assert model.config.vision_config.model_type == "clip_vision_model" and model.config.vision_feature_size == 16
     expected = {k.removeprefix("vision_model."): v for k, v in clip.state_dict().items() if k.startswith("vision_")}
     loaded = model.rap.vision_encoder.state_dict()
@@ -144,14 +161,16 @@ def test_aliases_pass_other_names_through(minilm):
 def test_rap_from_the_aliases_end_to_end(efficientnet, one_thread):
     from rap_hf import RAPForMultimodalNER, RAPProcessor
 
-    model = RAPForMultimodalNER.from_text_vision_pretrained("minilm", "efficientnet-lite0", task="ner",
-                                                           num_labels=3, routing_layers=1)  # fmt: skip
+    model = RAPForMultimodalNER.from_text_vision_pretrained(
+        "minilm", "efficientnet-lite0", task="ner", num_labels=3, routing_layers=1
+    )
     assert model.config.vision_config.model_type == "timm_wrapper" and model.config.vision_feature_size == 1280
     assert len(model.config.vision_config.to_dict().get("label_names", [])) < 10  # no ImageNet labels in RAP configs
     saved = model.config.to_json_string()
     assert "/tmp" not in saved and "site-packages" not in saved and '"minilm"' in saved  # names, not machine paths
-    processor = RAPProcessor.from_text_model(resolve_text_model("minilm"), image_processor=load_image_processor(
-        efficientnet))
+    processor = RAPProcessor.from_text_model(
+        resolve_text_model("minilm"), image_processor=load_image_processor(efficientnet)
+    )
     image = Image.new("RGB", (80, 60), (200, 40, 40))
     batch = processor(tokens=[["Jordan", "tonight"]], images=[image], return_tensors="pt")
     assert batch["pixel_values"].shape[-2:] == (224, 224)

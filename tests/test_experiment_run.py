@@ -21,13 +21,24 @@ def test_results_record_no_machine_path_but_keep_labels_that_look_like_paths(tmp
 def test_every_settable_rapconfig_field_is_an_option_with_its_docstring_help():
     options = {field.name: field for field in dataclasses.fields(ModelArguments)}
     own = set(vars(RAPConfig)["__annotations__"])
-    derived = {"text_config", "vision_config", "task", "multimodal", "text_encoder_lora", "vision_feature_size",
-               "subject_marker_token_id", "object_marker_token_id"}  # fmt: skip
+    derived = {
+        "text_config",
+        "vision_config",
+        "task",
+        "multimodal",
+        "text_encoder_lora",
+        "vision_feature_size",
+        "subject_marker_token_id",
+        "object_marker_token_id",
+    }
     assert own - derived <= set(options)
     for name in own - derived:
         assert options[name].default is None  # unset: RAPConfig's own default
         assert options[name].metadata["help"].startswith(f"RAPConfig.{name}: ") and config_field_help(name), name
     assert options["relevance_gate"].metadata["choices"] == ["tanh", "identity", "rectified", "veto"]
     arguments = ModelArguments(routing_layers=3, fusion_units="rau, cfu", use_relevance_reasoning=False)
-    assert rap_config_kwargs("ner", arguments) == {"routing_layers": 3, "fusion_units": ["rau", "cfu"],
-                                                   "use_relevance_reasoning": False}  # fmt: skip
+    assert rap_config_kwargs("ner", arguments) == {
+        "routing_layers": 3,
+        "fusion_units": ["rau", "cfu"],
+        "use_relevance_reasoning": False,
+    }

@@ -18,8 +18,11 @@ import pytest
 from conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-       "OMP_NUM_THREADS": "1"}  # fmt: skip
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    "OMP_NUM_THREADS": "1",
+}
 # Options given to add_argument as string literals: what a script's --help must list.
 OPTION = re.compile(r"""add_argument\(\s*["'](--[\w-]+)["']""")
 
@@ -33,9 +36,11 @@ def scripts_with_a_parser() -> list[Path]:
 BAD_ARGUMENTS = [
     (["--dataset", "nope"], "error: --dataset must be one of ['mnre', 'twitter2015', 'twitter2017'], got 'nope'"),
     (["--data_dir", "/does/not/exist"], "error: data_dir /does/not/exist is not a directory"),
-    (["--dataset", "mnre", "--config_overrides", '{"task": "ner"}'],
-     "error: --config_overrides sets task 'ner' but --dataset mnre is a re corpus"),
-]  # fmt: skip
+    (
+        ["--dataset", "mnre", "--config_overrides", '{"task": "ner"}'],
+        "error: --config_overrides sets task 'ner' but --dataset mnre is a re corpus",
+    ),
+]
 CLI_HELP = [
     ([], ["predict", "explain"]),
     (["predict"], ["--model", "--input", "--output", "--on-error", "--batch-size", "--pairs", "--ner-model"]),
@@ -72,10 +77,13 @@ def outputs(tmp_path_factory) -> dict[tuple, dict]:
     the installed console script in a process of its own, as a user starts it."""
     from rap_hf import cli
 
-    results = {("script", str(path.relative_to(REPO_ROOT))): call_main(script_main(path), ["--help"], REPO_ROOT)
-               for path in scripts_with_a_parser()}  # fmt: skip
-    results.update({("cli", tuple(arguments)): call_main(cli.main, [*arguments, "--help"], REPO_ROOT)
-                    for arguments, _ in CLI_HELP})  # fmt: skip
+    results = {
+        ("script", str(path.relative_to(REPO_ROOT))): call_main(script_main(path), ["--help"], REPO_ROOT)
+        for path in scripts_with_a_parser()
+    }
+    results.update(
+        {("cli", tuple(arguments)): call_main(cli.main, [*arguments, "--help"], REPO_ROOT) for arguments, _ in CLI_HELP}
+    )
     console = shutil.which("rap-hf")
     if console and "python" in Path(console).read_text(errors="replace").split("\n", 1)[0]:  # pip's Python wrapper
         done = run_python([console, "predict", "--help"], cwd=REPO_ROOT, env=ENV, timeout=300)

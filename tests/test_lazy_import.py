@@ -12,10 +12,23 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-       "OMP_NUM_THREADS": "1"}  # fmt: skip
-HEAVY = ("torch", "torchvision", "datasets", "timm", "transformers", "rap_hf.modeling_rap", "rap_hf.pipelines",
-         "rap_hf.processing_rap", "rap_hf.configuration_rap", "rap_hf.data")  # fmt: skip
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    "OMP_NUM_THREADS": "1",
+}
+HEAVY = (
+    "torch",
+    "torchvision",
+    "datasets",
+    "timm",
+    "transformers",
+    "rap_hf.modeling_rap",
+    "rap_hf.pipelines",
+    "rap_hf.processing_rap",
+    "rap_hf.configuration_rap",
+    "rap_hf.data",
+)
 
 # Prints {"name": value} facts of one interpreter as JSON on its last line. `registration()` reads transformers' auto
 # mappings before it imports any rap_hf module itself (an import of the RAP classes would register them).
@@ -127,8 +140,17 @@ def test_import_loads_no_heavy_module(facts):
 
 def test_dir_and_all_list_the_public_names(facts):
     public = facts["public names"]
-    documented = {"RAPConfig", "RAPForMultimodalNER", "RAPForMultimodalRE", "RAPProcessor", "RAPTrainer",
-                  "RAPTrainingArguments", "build_model_and_processor", "load_dataset", "pipeline"}  # README's API
+    documented = {
+        "RAPConfig",
+        "RAPForMultimodalNER",
+        "RAPForMultimodalRE",
+        "RAPProcessor",
+        "RAPTrainer",
+        "RAPTrainingArguments",
+        "build_model_and_processor",
+        "load_dataset",
+        "pipeline",
+    }  # README's API
     assert len(public["all"]) == len(set(public["all"])) and documented <= set(public["all"])
     assert set(public["all"]) | {"register_auto_classes", "__version__"} <= set(public["dir"])
     assert public["unknown attribute"] is False
@@ -173,8 +195,14 @@ def test_cli_help_imports_no_torch(facts):
 
 def test_console_module_help_imports_no_torch():
     """`python -m rap_hf.cli --help` as a user starts it; `-X importtime` lists every module it imported."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "rap_hf.cli", "--help"], cwd=REPO_ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "rap_hf.cli", "--help"],
+        cwd=REPO_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stdout.startswith("usage: rap-hf"), done.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert not {name for name in imported if name.split(".")[0] in ("torch", "datasets", "transformers")}
@@ -184,8 +212,14 @@ def test_console_module_help_imports_no_torch():
 def test_import_time_benchmark_smoke(tmp_path):
     script = REPO_ROOT / "scripts" / "benchmarks" / "import_time.py"
     report_path = tmp_path / "import_time.json"
-    done = subprocess.run([sys.executable, str(script), "--runs", "1", "--warmup", "0", "--json", str(report_path)],
-                          cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), "--runs", "1", "--warmup", "0", "--json", str(report_path)],
+        cwd=REPO_ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert list(report["commands"]) == ["import transformers", "import rap_hf", "rap-hf --help"]

@@ -224,18 +224,28 @@ def test_committed_cards_match_the_renderer(dataset, rendered_by_script):
 
 def test_first_lines_and_metadata_say_what_the_run_was():
     results = ner_results()
-    results.update(num_train_examples=40, data_dir="bundled sample",
-                   model_args={"text_model": "minilm", "vision_model": "efficientnet-lite0"})  # fmt: skip
+    results.update(
+        num_train_examples=40,
+        data_dir="bundled sample",
+        model_args={"text_model": "minilm", "vision_model": "efficientnet-lite0"},
+    )
     text = render_model_card(results, "org/rap-twitter2017")
     status = next(line for line in text.splitlines() if line.startswith("> **Status:**"))
-    for fact in ("bundled **synthetic** sample", "40 training examples", "with images", "30 epochs",
-                 "MiniLM-L6", "ImageNet-pretrained EfficientNet-Lite0"):  # fmt: skip
+    for fact in (
+        "bundled **synthetic** sample",
+        "40 training examples",
+        "with images",
+        "30 epochs",
+        "MiniLM-L6",
+        "ImageNet-pretrained EfficientNet-Lite0",
+    ):
         assert fact in status, fact
     metadata = yaml_front_matter(text)
     assert metadata["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert "synthetic" in metadata["model-index"][0]["results"][0]["dataset"]["name"]
-    random_vision = render_model_card({**results, "model_args": {"text_model": "bert-base-uncased",
-                                                                 "vision_model": ""}}, "org/x")  # fmt: skip
+    random_vision = render_model_card(
+        {**results, "model_args": {"text_model": "bert-base-uncased", "vision_model": ""}}, "org/x"
+    )
     assert "**randomly initialised** ResNet-101" in random_vision.split("## Model description")[0]
     assert yaml_front_matter(random_vision)["base_model"] == "bert-base-uncased"
     # "How to use": the pipeline and the AutoModel + processor forward of the task
@@ -246,11 +256,18 @@ def test_first_lines_and_metadata_say_what_the_run_was():
 
 def test_no_machine_path_in_committed_cards_docs_and_results():
     pattern = MACHINE_PATH
-    files = [*(REPO_ROOT / "model_cards").rglob("*.md"), *(REPO_ROOT / "model_cards").rglob("*.json"),
-             *(REPO_ROOT / "docs").rglob("*.md"), REPO_ROOT / "README.md"]  # fmt: skip
-    offenders = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in files
-                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-                 if pattern.search(line)]  # fmt: skip
+    files = [
+        *(REPO_ROOT / "model_cards").rglob("*.md"),
+        *(REPO_ROOT / "model_cards").rglob("*.json"),
+        *(REPO_ROOT / "docs").rglob("*.md"),
+        REPO_ROOT / "README.md",
+    ]
+    offenders = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not offenders, offenders
 
 
@@ -258,9 +275,11 @@ def test_card_states_how_the_run_differs_from_the_paper():
     assert "Not the paper's setting" not in render_model_card(ner_results(), "org/rap-twitter2017")
     results = ner_results()
     results.update(
-        num_train_examples=1000, data_dir="../shared/data",
-        data_args={"max_train_samples": 1000, "text_only_data": True}, model_args={"text_model": "minilm"},
-    )  # fmt: skip
+        num_train_examples=1000,
+        data_dir="../shared/data",
+        data_args={"max_train_samples": 1000, "text_only_data": True},
+        model_args={"text_model": "minilm"},
+    )
     results["training_args"]["num_train_epochs"] = 3
     text = render_model_card(results, "org/rap-twitter2017")
     assert "1,000 training examples (a subset: `max_train_samples=1000`) from `../shared/data`; images not used" in text
@@ -274,9 +293,11 @@ def test_card_lists_only_the_training_arguments_that_differ_from_their_defaults(
 
     results = ner_results()
     results["training_args"] = RAPTrainingArguments(
-        output_dir=str(tmp_path / "run"), learning_rate=1e-4, feature_cache_dir=str(tmp_path / "features"),
+        output_dir=str(tmp_path / "run"),
+        learning_rate=1e-4,
+        feature_cache_dir=str(tmp_path / "features"),
         report_to="none",
-    ).to_dict()  # fmt: skip
+    ).to_dict()
     text = render_model_card(results, "org/rap-twitter2017")
     arguments = text.split("### Training arguments", 1)[1].split("###", 1)[0]
     assert "differ from the defaults of `RAPTrainingArguments`" in arguments
@@ -315,20 +336,41 @@ def trained(tmp_path_factory, minilm, one_thread):
     labels = corpus["train"].features["ner_tags"].feature.names
     text_model = make_tiny_text_model(tmp_path_factory, minilm)
     model, processor = build_model_and_processor("ner", labels, str(text_model), "", **json.loads(TINY_OVERRIDES))
-    args = RAPTrainingArguments(output_dir=str(tmp_path / "run"), learning_rate=1e-3, max_steps=2,
-                                eval_strategy="steps", eval_steps=1, report_to="none", save_strategy="no",
-                                feature_cache_dir=str(tmp_path / "features"))  # fmt: skip
+    args = RAPTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        learning_rate=1e-3,
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        report_to="none",
+        save_strategy="no",
+        feature_cache_dir=str(tmp_path / "features"),
+    )
     card = RAPModelCardData(repo_id="org/rap-tiny", command="python train_tiny.py")
-    trainer = RAPTrainer(model=model, args=args, processing_class=processor, train_dataset=corpus["train"],
-                         eval_dataset=corpus["validation"], model_card_data=card)  # fmt: skip
+    trainer = RAPTrainer(
+        model=model,
+        args=args,
+        processing_class=processor,
+        train_dataset=corpus["train"],
+        eval_dataset=corpus["validation"],
+        model_card_data=card,
+    )
     spy = CardSpy(card)
     trainer.add_callback(spy)
     trainer.train()
     test = trainer.evaluate(corpus["test"], metric_key_prefix="test")
     trainer.save_model()
     readme = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
-    return {"trainer": trainer, "card": card, "spy": spy, "test": test, "labels": labels, "tmp_path": tmp_path,
-            "text_model": text_model, "readme": readme}  # fmt: skip
+    return {
+        "trainer": trainer,
+        "card": card,
+        "spy": spy,
+        "test": test,
+        "labels": labels,
+        "tmp_path": tmp_path,
+        "text_model": text_model,
+        "readme": readme,
+    }
 
 
 @pytest.mark.slow
@@ -368,8 +410,9 @@ def test_save_model_writes_a_card_the_hub_parses(trained):
     assert f"| *{AUTHORS}* | test | 87.63 | 87.89 | 87.76 |" in text
     assert "- **Not the paper's setting:**" in text and "instead of `bert-base-uncased`" in text
     assert "### Training history" in text and "### Test scores per type" in text
-    arguments = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|$", text.split("### Training arguments", 1)[1]
-                                .split("###", 1)[0], re.M))  # fmt: skip
+    arguments = dict(
+        re.findall(r"^\| `(\w+)` \| `([^`]*)` \|$", text.split("### Training arguments", 1)[1].split("###", 1)[0], re.M)
+    )
     assert arguments["learning_rate"] == "0.001" and arguments["max_steps"] == "2"
     assert "adam_beta1" not in arguments and "output_dir" not in arguments
     assert str(trained["tmp_path"]) not in text and str(REPO_ROOT) not in text and not MACHINE_PATH.search(text)

@@ -140,9 +140,7 @@ def test_routing_matches_eq17_reference():
 def test_path_regularization_matches_eq22():
     g, cls = torch.rand(3, 6, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     cos = torch.nn.functional.cosine_similarity
-    terms = [
-        (cos(g[x], g[y], dim=0) - cos(cls[x], cls[y], dim=0)) ** 2 for x in range(3) for y in range(3) if x != y
-    ]
+    terms = [(cos(g[x], g[y], dim=0) - cos(cls[x], cls[y], dim=0)) ** 2 for x in range(3) for y in range(3) if x != y]
     torch.testing.assert_close(path_regularization_loss(g, cls), torch.stack(terms).sum())  # Eq. 22 as written
     assert path_regularization_loss(g[:1], cls[:1]).item() == 0.0
 
@@ -229,8 +227,9 @@ def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
 
 def test_relevance_matching_loss_skips_foreign_images_like_the_own_one():
     torch.manual_seed(0)
-    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0,
-                      relevance_negative_max_similarity=0.99).train()  # fmt: skip
+    model = model_for(
+        "re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0, relevance_negative_max_similarity=0.99
+    ).train()
     batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
     batch["image_mask"][1] = batch["image_mask"][0]
     batch["visual_features"][1] = 2 * batch["visual_features"][0]  # the same picture, brighter: cosine 1
@@ -254,8 +253,15 @@ def test_text_feature_pass_runs_without_dropout_in_training():
     batch = tiny_batch("ner")
     first, second = model(**batch).last_hidden_state, model(**batch).last_hidden_state
     assert not torch.allclose(first, second)  # the prompted pass does run dropout
-    cls = [model.rap(batch["input_ids"], batch["attention_mask"], visual_features=batch["visual_features"],
-                     image_mask=batch["image_mask"]).text_cls for _ in range(2)]  # fmt: skip
+    cls = [
+        model.rap(
+            batch["input_ids"],
+            batch["attention_mask"],
+            visual_features=batch["visual_features"],
+            image_mask=batch["image_mask"],
+        ).text_cls
+        for _ in range(2)
+    ]
     torch.testing.assert_close(cls[0], cls[1])  # E_t and the [CLS] target of Eq. 22 do not
     assert model.rap.text_encoder.training  # and the encoder's mode is restored
 
@@ -442,7 +448,11 @@ def test_paper_architecture_and_the_faster_defaults():
 # ---------------------------------------------------------------------------------------------------------------------
 def encoder_and_inputs(config_class, attn_implementation):
     config = config_class(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        vocab_size=99,
         attn_implementation=attn_implementation,
     )
     encoder = AutoModel.from_config(config, add_pooling_layer=False).eval()
@@ -466,8 +476,9 @@ def test_prefix_changes_output_and_does_not_shift_positions(config_class, attn):
     masked = run_prefixed_encoder(encoder, [(k, v) for k, v in prefixes], input_ids, attention_mask * 1)
     torch.testing.assert_close(masked, prompted)  # fresh cache per call: same input, same output
     looked_up = encoder.get_input_embeddings()(input_ids)  # RAP's E_t lookup, handed over instead of the ids
-    torch.testing.assert_close(run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, None, looked_up),
-                               prompted, atol=0, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        run_prefixed_encoder(encoder, prefixes, input_ids, attention_mask, None, looked_up), prompted, atol=0, rtol=0
+    )
     blocked_mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), attention_mask], 1)
     from transformers import DynamicCache
 
@@ -477,7 +488,9 @@ def test_prefix_changes_output_and_does_not_shift_positions(config_class, attn):
     for i, (k, v) in enumerate(prefixes):
         cache.update(k, v, i)
     blocked = encoder(
-        input_ids=input_ids, attention_mask=blocked_mask, position_ids=unshifted_position_ids(encoder, input_ids),
+        input_ids=input_ids,
+        attention_mask=blocked_mask,
+        position_ids=unshifted_position_ids(encoder, input_ids),
         **{encoder_cache_argument(encoder): cache},
     ).last_hidden_state
     torch.testing.assert_close(blocked[real], plain[real], atol=1e-5, rtol=1e-4)
@@ -500,8 +513,15 @@ def test_silently_ignored_prefix_is_an_error():
 
 
 def test_rap_works_with_roberta_and_sdpa():
-    text = dict(model_type="roberta", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=37, vocab_size=99, attn_implementation="sdpa")
+    text = dict(
+        model_type="roberta",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        vocab_size=99,
+        attn_implementation="sdpa",
+    )
     model = RAPForMultimodalRE(tiny_config("re", text_config=text)).eval()
     assert torch.isfinite(model(**tiny_batch("re")).loss)
 
@@ -571,12 +591,19 @@ def test_detached_gate_leaves_beta_to_the_matching_loss():
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "field, value, bound",
-    [("routing_layers", 10**6, "MAX_ROUTING_LAYERS"), ("graph_iterations", 1000, "MAX_GRAPH_ITERATIONS"),
-     ("prompt_length", 10**4, "MAX_PROMPT_LENGTH"), ("relevance_dim", 10**6, "MAX_LAYER_SIZE"),
-     ("fusion_hidden_size", 2**20, "MAX_LAYER_SIZE"), ("fusion_intermediate_size", 10**7, "MAX_LAYER_SIZE"),
-     ("prompt_source_length", 10**7, "MAX_LAYER_SIZE"), ("num_crops", 10**5, "MAX_NUM_CROPS"),
-     ("routing_layers", 0, "MAX_ROUTING_LAYERS"), ("prompt_length", 0, "MAX_PROMPT_LENGTH")],
-)  # fmt: skip
+    [
+        ("routing_layers", 10**6, "MAX_ROUTING_LAYERS"),
+        ("graph_iterations", 1000, "MAX_GRAPH_ITERATIONS"),
+        ("prompt_length", 10**4, "MAX_PROMPT_LENGTH"),
+        ("relevance_dim", 10**6, "MAX_LAYER_SIZE"),
+        ("fusion_hidden_size", 2**20, "MAX_LAYER_SIZE"),
+        ("fusion_intermediate_size", 10**7, "MAX_LAYER_SIZE"),
+        ("prompt_source_length", 10**7, "MAX_LAYER_SIZE"),
+        ("num_crops", 10**5, "MAX_NUM_CROPS"),
+        ("routing_layers", 0, "MAX_ROUTING_LAYERS"),
+        ("prompt_length", 0, "MAX_PROMPT_LENGTH"),
+    ],
+)
 def test_config_refuses_absurd_sizes_naming_the_field_and_the_bound(field, value, bound):
     import time
 
@@ -594,8 +621,15 @@ def test_config_bounds_leave_room_for_real_models():
 
     assert (bounds.MAX_ROUTING_LAYERS, bounds.MAX_GRAPH_ITERATIONS, bounds.MAX_PROMPT_LENGTH) == (64, 64, 512)
     assert bounds.MAX_LAYER_SIZE == 65536
-    config = tiny_config("ner", routing_layers=64, graph_iterations=64, prompt_length=512, prompt_source_length=4096,
-                         relevance_dim=65536, num_crops=0)  # fmt: skip
+    config = tiny_config(
+        "ner",
+        routing_layers=64,
+        graph_iterations=64,
+        prompt_length=512,
+        prompt_source_length=4096,
+        relevance_dim=65536,
+        num_crops=0,
+    )
     assert config.routing_layers == 64 and config.prompt_length == 512
     paper = RAPConfig.paper_architecture(task="ner")  # bert-base sizes: d = 768, L = 4
     assert paper.fusion_hidden_size == 768 and paper.routing_layers == 4

@@ -19,8 +19,9 @@ from conftest import tiny_batch, tiny_config
 
 def paper_config(task: str = "ner", **overrides) -> RAPConfig:
     """The paper's fields (`RAPConfig.paper_fields`) on the tiny sizes of the unit tests (d = 32, m = 16)."""
-    return tiny_config(task, hidden_dropout_prob=0.0, **{**RAPConfig.paper_fields(task, 32), "relevance_dim": 16,
-                                                         **overrides})  # fmt: skip
+    return tiny_config(
+        task, hidden_dropout_prob=0.0, **{**RAPConfig.paper_fields(task, 32), "relevance_dim": 16, **overrides}
+    )
 
 
 def paper_model(task: str = "ner", **overrides):

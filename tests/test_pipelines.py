@@ -75,13 +75,50 @@ def test_split_words_keeps_offsets_and_covers_every_character(text, style):
 def test_split_words_follows_the_corpus_conventions():
     text = "RT @WLWT: Bill Cosby's star isn't on U.S. TV https://t.co/x 3.5 #NBA!"
     assert [w.text for w in split_words(text, "punct")] == [
-        "RT", "@", "WLWT", ":", "Bill", "Cosby", "'", "s", "star", "isn", "'", "t", "on", "U", ".", "S", ".", "TV",
-        "https://t.co/x", "3", ".", "5", "#", "NBA", "!",
-    ]  # fmt: skip
+        "RT",
+        "@",
+        "WLWT",
+        ":",
+        "Bill",
+        "Cosby",
+        "'",
+        "s",
+        "star",
+        "isn",
+        "'",
+        "t",
+        "on",
+        "U",
+        ".",
+        "S",
+        ".",
+        "TV",
+        "https://t.co/x",
+        "3",
+        ".",
+        "5",
+        "#",
+        "NBA",
+        "!",
+    ]
     assert [w.text for w in split_words(text, "tweet")] == [
-        "RT", "@WLWT", ":", "Bill", "Cosby", "'s", "star", "is", "n't", "on", "U.S.", "TV", "https://t.co/x", "3.5",
-        "#NBA", "!",
-    ]  # fmt: skip
+        "RT",
+        "@WLWT",
+        ":",
+        "Bill",
+        "Cosby",
+        "'s",
+        "star",
+        "is",
+        "n't",
+        "on",
+        "U.S.",
+        "TV",
+        "https://t.co/x",
+        "3.5",
+        "#NBA",
+        "!",
+    ]
     with pytest.raises(ValueError, match="word_splitting"):
         split_words(text, "spacy")
 
@@ -90,8 +127,13 @@ def test_split_words_follows_the_corpus_conventions():
 def test_bio_entities():
     tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-ORG", "B-ORG", "I-PER", "O", "B-MISC"]
     assert bio_entities(tags) == [
-        ("PER", 0, 2), ("LOC", 3, 5), ("ORG", 5, 6), ("ORG", 6, 7), ("PER", 7, 8), ("MISC", 9, 10),
-    ]  # fmt: skip
+        ("PER", 0, 2),
+        ("LOC", 3, 5),
+        ("ORG", 5, 6),
+        ("ORG", 6, 7),
+        ("PER", 7, 8),
+        ("MISC", 9, 10),
+    ]
     assert bio_entities([]) == [] and bio_entities(["O", "O"]) == []
 
 
@@ -107,11 +149,16 @@ def test_crf_marginals_equal_brute_force_enumeration():
         length = int(mask[row].sum())
         expected = torch.zeros(length, 3)
         paths = list(itertools.product(range(3), repeat=length))
-        scores = torch.stack([
-            crf._compute_score(emissions[row : row + 1, :length].transpose(0, 1), torch.tensor([path]).T,
-                               torch.ones(length, 1, dtype=torch.bool))[0]
-            for path in paths
-        ])  # fmt: skip
+        scores = torch.stack(
+            [
+                crf._compute_score(
+                    emissions[row : row + 1, :length].transpose(0, 1),
+                    torch.tensor([path]).T,
+                    torch.ones(length, 1, dtype=torch.bool),
+                )[0]
+                for path in paths
+            ]
+        )
         weights = torch.softmax(scores, 0)
         for path, weight in zip(paths, weights):
             for position, tag in enumerate(path):
@@ -274,8 +321,15 @@ RE_TEXT = "RT @WLWT: Bill Cosby's star on Hollywood Walk of Fame vandalized"
 
 def check_relation(result, labels):
     assert set(result) == {
-        "relation", "score", "distribution", "subject", "object", "relevance", "routing_weights", "image_used",
-    }  # fmt: skip
+        "relation",
+        "score",
+        "distribution",
+        "subject",
+        "object",
+        "relevance",
+        "routing_weights",
+        "image_used",
+    }
     assert list(result["distribution"]) == labels
     assert sum(result["distribution"].values()) == pytest.approx(1.0, abs=1e-5)
     assert result["relation"] == max(result["distribution"], key=result["distribution"].get)
@@ -293,9 +347,11 @@ def test_re_on_a_given_pair(re_pipe):
     assert (by_string["subject"]["start_word"], by_string["subject"]["end_word"]) == (3, 5)
     by_span = re_pipe(RE_TEXT, subject=(3, 5), object=[8, 12], image=picture())
     by_entity = re_pipe(
-        RE_TEXT, subject={"text": "Bill Cosby", "start_char": 10, "end_char": 20, "type": "PER"},
-        object="hollywood walk of fame", image=picture(),
-    )  # fmt: skip
+        RE_TEXT,
+        subject={"text": "Bill Cosby", "start_char": 10, "end_char": 20, "type": "PER"},
+        object="hollywood walk of fame",
+        image=picture(),
+    )
     assert by_entity["subject"]["type"] == "PER"
     for other in (by_span, by_entity):
         assert other["distribution"] == pytest.approx(by_string["distribution"], abs=1e-6)
@@ -312,8 +368,13 @@ def test_re_over_all_pairs_of_ner_entities(ner, re_pipe, sample):
     results = re_pipe(RE_TEXT, pairs="all", entities=entities, image=picture())
     assert len(results) == 6
     assert [(r["subject"]["type"], r["object"]["type"]) for r in results] == [
-        ("PER", "LOC"), ("PER", "ORG"), ("LOC", "PER"), ("LOC", "ORG"), ("ORG", "PER"), ("ORG", "LOC"),
-    ]  # fmt: skip
+        ("PER", "LOC"),
+        ("PER", "ORG"),
+        ("LOC", "PER"),
+        ("LOC", "ORG"),
+        ("ORG", "PER"),
+        ("ORG", "LOC"),
+    ]
     labels = [re_pipe.model.config.id2label[i] for i in range(re_pipe.model.config.num_labels)]
     for result in results:
         check_relation(result, labels)
@@ -439,7 +500,6 @@ def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
     imports rap_hf: the task comes from config.custom_pipelines, the code from the folder."""
     import json
     import os
-
 
     ner.save_pretrained(tmp_path / "shared")
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["custom_pipelines"] == {

@@ -175,8 +175,12 @@ def test_re_markers_wrap_the_entities(processor, subject, obj):
 @pytest.mark.parametrize("where", ["start", "middle", "end", "apart"])
 def test_re_truncation_keeps_both_entities(processor, where, max_length):
     words = [f"w{i}" for i in range(60)]
-    subject, obj = {"start": ((0, 1), (2, 3)), "middle": ((28, 30), (31, 32)), "end": ((57, 58), (59, 60)),
-                    "apart": ((1, 2), (58, 60))}[where]  # fmt: skip
+    subject, obj = {
+        "start": ((0, 1), (2, 3)),
+        "middle": ((28, 30), (31, 32)),
+        "end": ((57, 58), (59, 60)),
+        "apart": ((1, 2), (58, 60)),
+    }[where]
     out = processor(tokens=[words], subject_spans=[subject], object_spans=[obj], max_length=max_length)
     ids = out["input_ids"][0].tolist()
     assert len(ids) == max_length
@@ -268,8 +272,14 @@ def test_float_arrays_in_0_1_are_scaled_and_others_refused_clearly():
 
 
 def test_single_example_call(processor):
-    out = processor(tokens=["Bill", "at", "Paris"], subject_spans=(0, 1), object_spans=(2, 3), relations=2,
-                    images=Image.new("RGB", (8, 8)), crops=[Image.new("RGB", (8, 8))])  # fmt: skip
+    out = processor(
+        tokens=["Bill", "at", "Paris"],
+        subject_spans=(0, 1),
+        object_spans=(2, 3),
+        relations=2,
+        images=Image.new("RGB", (8, 8)),
+        crops=[Image.new("RGB", (8, 8))],
+    )
     assert out["input_ids"].shape[0] == 1 and out["labels"].tolist() == [2]
     assert out["image_mask"].tolist() == [[1, 1, 0, 0]]
 
@@ -296,16 +306,26 @@ def test_preprocess_map_and_collate_ner(processor, sample):
         assert batch["image_mask"][i, 0] == int(row["image"] is not None)
         assert batch["image_mask"][i, 1:].sum() == min(len(row["crops"]), 3)
         assert batch["word_ids"][i] == row["word_ids"]
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "word_start_mask", "labels",
-                          "word_ids", "pixel_values", "image_mask"}  # fmt: skip
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "word_start_mask",
+        "labels",
+        "word_ids",
+        "pixel_values",
+        "image_mask",
+    }
 
 
 def test_preprocess_map_and_collate_re_with_features(processor, sample):
     train = sample["mnre"]["train"].remove_columns(["image", "crops"])
     encoded = train.map(processor.preprocess, batched=True)
     rng = np.random.default_rng(0)
-    rows = [dict(encoded[i], visual_features=rng.normal(size=(4, 6)).astype("float32"), image_mask=[1, 1, 0, 0])
-            for i in range(3)]  # fmt: skip
+    rows = [
+        dict(encoded[i], visual_features=rng.normal(size=(4, 6)).astype("float32"), image_mask=[1, 1, 0, 0])
+        for i in range(3)
+    ]
     batch = RAPDataCollator(processor, pad_to_multiple_of=8)(rows)
     assert batch["input_ids"].shape[1] % 8 == 0
     assert batch["labels"].tolist() == encoded["relation"][:3]
@@ -331,8 +351,13 @@ def test_save_and_load_round_trip(processor, tmp_path):
     assert config["auto_map"]["AutoProcessor"] == "processing_rap.RAPProcessor"
     loaded = RAPProcessor.from_pretrained(tmp_path)
     assert (loaded.max_length, loaded.num_crops, loaded.marker_ids) == (40, 2, custom.marker_ids)
-    kwargs = dict(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_spans=[(3, 4)],
-                  images=[Image.new("RGB", (50, 40), (9, 99, 199))], crops=[[Image.new("RGB", (9, 9))]])  # fmt: skip
+    kwargs = dict(
+        tokens=[["Bill", "Cosby", "in", "LA"]],
+        subject_spans=[(0, 2)],
+        object_spans=[(3, 4)],
+        images=[Image.new("RGB", (50, 40), (9, 99, 199))],
+        crops=[[Image.new("RGB", (9, 9))]],
+    )
     a, b = custom(**kwargs), loaded(**kwargs)
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["entity_positions"], b["entity_positions"])
     assert a["pixel_values"].shape == b["pixel_values"].shape == (1, 3, 3, 224, 224)
@@ -344,7 +369,7 @@ def test_auto_processor_with_remote_code_in_subprocess(processor, tmp_path):
     script = f"""
 import json, sys
 from transformers import AutoProcessor
-p = AutoProcessor.from_pretrained({str(tmp_path / 'checkpoint')!r}, trust_remote_code=True)
+p = AutoProcessor.from_pretrained({str(tmp_path / "checkpoint")!r}, trust_remote_code=True)
 assert "rap_hf" not in sys.modules, "remote code must not need the rap_hf package"
 out = p(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_spans=[(3, 4)])
 print(json.dumps({{"cls": type(p).__name__, "module": type(p).__module__, "ids": out["input_ids"].tolist(),
@@ -377,14 +402,21 @@ def test_padding_is_the_tokenizers_on_either_side(processor):
     padding side."""
     tokenizer = processor.tokenizer
     ner = processor(tokens=[["Bill", "Gates"], ["a", "Stockholm", "trip", "today"]], ner_tags=[[1, 2], [0, 3, 0, 0]])
-    re_ = processor(tokens=[["Bill", "met", "Ann"], ["x"] * 6 + ["Bill", "met", "Ann"]], subject_spans=[(0, 1), (6, 7)],
-                    object_spans=[(2, 3), (8, 9)])  # fmt: skip
+    re_ = processor(
+        tokens=[["Bill", "met", "Ann"], ["x"] * 6 + ["Bill", "met", "Ann"]],
+        subject_spans=[(0, 1), (6, 7)],
+        object_spans=[(2, 3), (8, 9)],
+    )
     try:
         tokenizer.padding_side = "left"
-        left_ner = processor(tokens=[["Bill", "Gates"], ["a", "Stockholm", "trip", "today"]],
-                             ner_tags=[[1, 2], [0, 3, 0, 0]])  # fmt: skip
-        left_re = processor(tokens=[["Bill", "met", "Ann"], ["x"] * 6 + ["Bill", "met", "Ann"]],
-                            subject_spans=[(0, 1), (6, 7)], object_spans=[(2, 3), (8, 9)])  # fmt: skip
+        left_ner = processor(
+            tokens=[["Bill", "Gates"], ["a", "Stockholm", "trip", "today"]], ner_tags=[[1, 2], [0, 3, 0, 0]]
+        )
+        left_re = processor(
+            tokens=[["Bill", "met", "Ann"], ["x"] * 6 + ["Bill", "met", "Ann"]],
+            subject_spans=[(0, 1), (6, 7)],
+            object_spans=[(2, 3), (8, 9)],
+        )
     finally:
         tokenizer.padding_side = "right"
     assert left_ner["input_ids"][0, 0] == tokenizer.pad_token_id and ner["input_ids"][0, -1] == tokenizer.pad_token_id

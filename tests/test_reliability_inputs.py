@@ -78,11 +78,16 @@ def test_sixteen_bit_greyscale_is_scaled_on_every_path(tmp_path):
     expected = [0, 1, 128, 255]  # round(v / 257): mid-grey stays mid-grey (PIL's own conversion gives 255)
     with Image.open(path) as opened:
         opened.load()
-        sources = {"path": path, "str": str(path), "datasets bytes": {"bytes": path.read_bytes(), "path": None},
-                   "datasets path": {"path": str(path), "bytes": None}, "PIL I;16": opened,
-                   "PIL I (older Pillow)": Image.fromarray(values.astype(np.int32)),
-                   "uint16 array": values,
-                   "PIL I;16B": Image.frombytes("I;16B", (4, 4), values.astype(">u2").tobytes())}  # fmt: skip
+        sources = {
+            "path": path,
+            "str": str(path),
+            "datasets bytes": {"bytes": path.read_bytes(), "path": None},
+            "datasets path": {"path": str(path), "bytes": None},
+            "PIL I;16": opened,
+            "PIL I (older Pillow)": Image.fromarray(values.astype(np.int32)),
+            "uint16 array": values,
+            "PIL I;16B": Image.frombytes("I;16B", (4, 4), values.astype(">u2").tobytes()),
+        }
         for name, source in sources.items():
             image = load_image(source)
             assert image.mode == "RGB", name
@@ -90,8 +95,9 @@ def test_sixteen_bit_greyscale_is_scaled_on_every_path(tmp_path):
     # the processor (training collator, pipeline) sees the same pixels as for the 8-bit picture of the same greys
     eight_bit = Image.fromarray(np.array([expected] * 4, dtype=np.uint8))
     processor = RAPProcessor(default_image_processor(32), _tokenizer())
-    torch.testing.assert_close(processor.process_images([path])["pixel_values"],
-                               processor.process_images([eight_bit])["pixel_values"])  # fmt: skip
+    torch.testing.assert_close(
+        processor.process_images([path])["pixel_values"], processor.process_images([eight_bit])["pixel_values"]
+    )
 
 
 def _tokenizer():
@@ -111,8 +117,9 @@ def test_sixteen_bit_pictures_reach_the_feature_cache_scaled(tmp_path):
         def __init__(self):
             super().__init__()
             torch.manual_seed(0)
-            self.vision_encoder = ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8],
-                                                           depths=[1], layer_type="basic"))  # fmt: skip
+            self.vision_encoder = ResNetModel(
+                ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic")
+            )
 
         def get_image_features(self, pixel_values):
             return self.vision_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
@@ -121,8 +128,9 @@ def test_sixteen_bit_pictures_reach_the_feature_cache_scaled(tmp_path):
     Image.fromarray(grey).save(tmp_path / "grey16.png")
     Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(tmp_path / "grey8.png")
     Image.fromarray(np.full((32, 32), 255, dtype=np.uint8)).save(tmp_path / "white8.png")
-    cache = VisualFeatureCache(tmp_path / "cache", TinyVision(), default_image_processor(32), num_crops=0,
-                               show_progress=False, device="cpu")  # fmt: skip
+    cache = VisualFeatureCache(
+        tmp_path / "cache", TinyVision(), default_image_processor(32), num_crops=0, show_progress=False, device="cpu"
+    )
     features = cache.lookup([tmp_path / "grey16.png", tmp_path / "grey8.png", tmp_path / "white8.png"])
     sixteen, eight, white = features["visual_features"][:, 0]
     torch.testing.assert_close(sixteen, eight)
@@ -168,8 +176,9 @@ def test_fifo_as_picture_is_refused_in_one_line(ner, folders, tmp_path, caplog, 
     warned = [r.getMessage() for r in caplog.records if "FIFO" in r.getMessage()]
     assert len(warned) == 1 and str(fifo) in warned[0] and "predicting without it" in warned[0]
     assert read_picture("/dev/zero") is None  # a device is refused the same way (it would be read without end)
-    status = finishes(lambda: main(["predict", "--model", str(folders["ner"]), "--text", NER_TEXT, "--image",
-                                    str(fifo)]), fifo)  # fmt: skip
+    status = finishes(
+        lambda: main(["predict", "--model", str(folders["ner"]), "--text", NER_TEXT, "--image", str(fifo)]), fifo
+    )
     assert status == 0 and json.loads(capsys.readouterr().out)["image_used"] is False
 
 
@@ -221,13 +230,19 @@ def damage(folder: Path, how: str) -> None:
         ("truncated weights", OSError, ["model.safetensors' is damaged", "truncated"]),
         ("weights cut inside the header", OSError, ["model.safetensors' is damaged", "20 bytes"]),
         ("num_labels edited", ValueError, ["config.json': num_labels is 3", "model.safetensors' holds 9 labels"]),
-        ("text hidden size edited", ValueError, ["config.json' does not describe the weights", "(text_config)",
-                                                 "the config builds [1000000]"]),
-        ("routing_layers absurd", ValueError, ["config.json': RAPConfig.routing_layers must be an integer in [1, 64]",
-                                               "MAX_ROUTING_LAYERS"]),
+        (
+            "text hidden size edited",
+            ValueError,
+            ["config.json' does not describe the weights", "(text_config)", "the config builds [1000000]"],
+        ),
+        (
+            "routing_layers absurd",
+            ValueError,
+            ["config.json': RAPConfig.routing_layers must be an integer in [1, 64]", "MAX_ROUTING_LAYERS"],
+        ),
         ("tokenizer.json truncated", OSError, ["tokenizer.json' is not valid JSON"]),
     ],
-)  # fmt: skip
+)
 def test_damaged_model_folder_fails_in_one_line(folders, tmp_path, capsys, how, error, expected):
     folder = Path(shutil.copytree(folders["ner"], tmp_path / "model"))
     damage(folder, how)
@@ -290,8 +305,10 @@ def test_all_pairs_never_pair_an_entity_listed_twice_with_itself(re_pipe):
     assert re_pipe(RE_TEXT, pairs="all", entities=[cosby, cosby]) == []  # one entity: no pair
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full") or not stat.S_ISCHR(os.stat("/dev/full").st_mode),
-                    reason="needs the /dev/full device")  # fmt: skip
+@pytest.mark.skipif(
+    not os.path.exists("/dev/full") or not stat.S_ISCHR(os.stat("/dev/full").st_mode),
+    reason="needs the /dev/full device",
+)
 def test_full_disk_during_predict_output_is_one_line(folders, tmp_path, capsys):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": NER_TEXT}, {"text": "Dakota tonight !"}])
     assert main(["predict", "--model", str(folders["ner"]), "--input", str(path), "--output", "/dev/full"]) == 2
@@ -307,10 +324,12 @@ def test_output_file_that_cannot_grow_keeps_the_earlier_output(folders, tmp_path
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": NER_TEXT}] * 20)
     out = tmp_path / "out.jsonl"
     out.write_text("earlier results\n")
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300)); from rap_hf.cli import main; "
-            f"sys.exit(main(['predict', '--model', {str(folders['ner'])!r}, '--input', {str(path)!r}, '--output', "
-            f"{str(out)!r}]))")  # fmt: skip
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300)); from rap_hf.cli import main; "
+        f"sys.exit(main(['predict', '--model', {str(folders['ner'])!r}, '--input', {str(path)!r}, '--output', "
+        f"{str(out)!r}]))"
+    )
     done = run_python(["-c", code], cwd=tmp_path, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     (line,) = error_lines(done.stderr)
@@ -373,8 +392,11 @@ class _HubStandIn(http.server.BaseHTTPRequestHandler):
         type(self).requests.append(self.path)
         body = b'{"error": "Repository not found"}'
         self.send_response(404)
-        for key, value in (("Content-Type", "application/json"), ("X-Error-Code", "RepoNotFound"),
-                           ("Content-Length", str(len(body)))):  # fmt: skip
+        for key, value in (
+            ("Content-Type", "application/json"),
+            ("X-Error-Code", "RepoNotFound"),
+            ("Content-Length", str(len(body))),
+        ):
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -451,7 +473,8 @@ def test_push_to_hub_without_a_token_stops_before_training(tmp_path, monkeypatch
     assert status == 2 and "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
         "error: --push_to_hub needs a Hugging Face token with write access: run `hf auth login`, or set HF_TOKEN (or "
-        "pass --hub_token)"]
+        "pass --hub_token)"
+    ]
     assert not (tmp_path / "run").exists()
 
 
@@ -461,7 +484,8 @@ def test_push_to_hub_offline_stops_before_training(tmp_path, monkeypatch):
     assert status == 2 and "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
         "error: --push_to_hub cannot upload while HF_HUB_OFFLINE is set: unset it (and check the network connection), "
-        "or leave out --push_to_hub"]
+        "or leave out --push_to_hub"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -494,8 +518,9 @@ def test_push_to_hub_without_network_is_one_line(tmp_path, tiny_text_model):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_reproduce_checks_every_corpus_before_starting_anything(tmp_path):
     out = tmp_path / "out"
-    status, _, stderr = run_main_in_process("../reproduce.py", "--data_dir", str(tmp_path / "missing"),
-                                            "--output_dir", str(out))  # fmt: skip
+    status, _, stderr = run_main_in_process(
+        "../reproduce.py", "--data_dir", str(tmp_path / "missing"), "--output_dir", str(out)
+    )
     assert status != 0 and f"--data_dir {tmp_path / 'missing'} is not a directory; nothing was started" in stderr
     data = tmp_path / "data"
     (data / "NER_data" / "twitter2017").mkdir(parents=True)
@@ -517,9 +542,21 @@ def test_reproduce_exits_non_zero_when_a_run_failed(tmp_path):
     """Two runs (Table 3 on Twitter-2017, one seed) that fail at once (run_rap.py refuses an unknown option): the
     report is written from what finished (nothing) and the exit status says the runs failed."""
     out = tmp_path / "out"
-    status, stdout, stderr = run_main_in_process("../reproduce.py", "--table", "3", "--datasets", "twitter2017",
-                                                 "--seeds", "0", "--jobs", "2", "--output_dir", str(out),
-                                                 "--no_such_option", "1")  # fmt: skip
+    status, stdout, stderr = run_main_in_process(
+        "../reproduce.py",
+        "--table",
+        "3",
+        "--datasets",
+        "twitter2017",
+        "--seeds",
+        "0",
+        "--jobs",
+        "2",
+        "--output_dir",
+        str(out),
+        "--no_such_option",
+        "1",
+    )
     assert status == 1, stderr[-3000:]
     assert "error: 2 of 2 runs failed (twitter2017 " in stderr and str(out / "logs") in stderr
     assert "Finished runs: 0 of 2." in (out / "report.md").read_text()

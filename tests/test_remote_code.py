@@ -134,8 +134,14 @@ def test_minilm_rap_learns_a_handful_of_samples(minilm):
     tokenizer = AutoTokenizer.from_pretrained(minilm)
     torch.manual_seed(0)
     model = RAPForMultimodalNER.from_text_vision_pretrained(
-        str(minilm), None, task="ner", vision_config=tiny_config().vision_config, num_crops=3,
-        id2label={0: "O", 1: "B-PER", 2: "I-PER"}, prompt_length=4, prompt_source_length=32,
+        str(minilm),
+        None,
+        task="ner",
+        vision_config=tiny_config().vision_config,
+        num_crops=3,
+        id2label={0: "O", 1: "B-PER", 2: "I-PER"},
+        prompt_length=4,
+        prompt_source_length=32,
     )
     texts = [["Obama", "visits", "Paris"], ["John", "Smith", "smiles"], ["hello", "world"], ["Anna", "waves"]]
     tags = [[1, 0, 0], [1, 2, 0], [0, 0], [1, 0]]
@@ -147,8 +153,13 @@ def test_minilm_rap_learns_a_handful_of_samples(minilm):
             if word is not None and word not in seen:
                 seen.add(word)
                 labels[row, position] = words[word]
-    batch = dict(encoded, labels=labels, word_start_mask=labels.ne(-100),
-                 visual_features=torch.randn(4, 4, 16), image_mask=torch.ones(4, 4))
+    batch = dict(
+        encoded,
+        labels=labels,
+        word_start_mask=labels.ne(-100),
+        visual_features=torch.randn(4, 4, 16),
+        image_mask=torch.ones(4, 4),
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     losses = []

@@ -26,8 +26,12 @@ def test_grid_shares_runs_between_tables_and_follows_the_paper(reproduce):
     assert "default" in names and "routing_layers=4" not in names  # Table 3's RAP is Table 4's L = 4 (NER)
     assert "routing_layers=3" in names and "path_regularization_weight=1.5" not in names
     assert "routing_layers=3" not in {spec.name for spec in paper if spec.dataset == "mnre"}  # L = 3 is RE's default
-    assert {"use_relevance_reasoning=False", "fusion_units=fsru,cfu", "path_regularization_weight=0.0",
-            "text_only_baseline=True"} <= names  # fmt: skip
+    assert {
+        "use_relevance_reasoning=False",
+        "fusion_units=fsru,cfu",
+        "path_regularization_weight=0.0",
+        "text_only_baseline=True",
+    } <= names
     ours = reproduce.expand_grid([4], ["twitter2017"], [0], paper=False)
     assert "routing_layers=2" not in {spec.name for spec in ours}  # rap-hf's default L = 2
 
@@ -48,8 +52,18 @@ def test_commands_carry_the_setting_and_resume_cut_off_runs(reproduce, tmp_path)
 
 
 def test_dry_run_prints_commands_and_the_gpu_hour_estimate(tmp_path):
-    status, stdout, stderr = run_main_in_process("../reproduce.py", "--table", "5", "--datasets", "twitter2017",
-                                                 "--seeds", "0", "--dry_run", "--output_dir", str(tmp_path))
+    status, stdout, stderr = run_main_in_process(
+        "../reproduce.py",
+        "--table",
+        "5",
+        "--datasets",
+        "twitter2017",
+        "--seeds",
+        "0",
+        "--dry_run",
+        "--output_dir",
+        str(tmp_path),
+    )
     assert status == 0, stderr[-2000:]
     commands = [line for line in stdout.splitlines() if "run_rap.py" in line]
     assert len(commands) == 6 and all("--dataset twitter2017" in line for line in commands)
@@ -62,8 +76,17 @@ def test_dry_run_prints_commands_and_the_gpu_hour_estimate(tmp_path):
 def test_smoke_runs_every_table_and_reports_paper_beside_ours(tmp_path):
     """Every table on two corpora (an NER and the RE one: 34 tiny runs; the grid of all three is checked above)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [str(SCRIPT), "--smoke", "--table", "all", "--datasets", "twitter2017", "mnre",
-               "--output_dir", str(tmp_path)]  # fmt: skip
+    command = [
+        str(SCRIPT),
+        "--smoke",
+        "--table",
+        "all",
+        "--datasets",
+        "twitter2017",
+        "mnre",
+        "--output_dir",
+        str(tmp_path),
+    ]
     done = run_python(command, cwd=tmp_path, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     report = (tmp_path / "report.md").read_text()

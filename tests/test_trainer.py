@@ -24,14 +24,24 @@ def tiny_text_model(tmp_path_factory, minilm) -> Path:
 def tiny_trainer(tmp_path: Path, tiny_text_model: Path, **arguments) -> RAPTrainer:
     corpus = load_dataset("twitter2017", text_only=True)
     labels = corpus["train"].features["ner_tags"].feature.names
-    config = tiny_config("ner", id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                         prompt_source_length=128, multimodal=False)  # fmt: skip
+    config = tiny_config(
+        "ner",
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        prompt_source_length=128,
+        multimodal=False,
+    )
     model = RAPForMultimodalNER(config)
     processor = RAPProcessor.from_text_model(str(tiny_text_model))
     model.resize_token_embeddings(len(processor.tokenizer))
     args = RAPTrainingArguments(output_dir=str(tmp_path / "run"), save_strategy="no", disable_tqdm=True, **arguments)
-    return RAPTrainer(model=model, args=args, processing_class=processor, train_dataset=corpus["train"],
-                      eval_dataset=corpus["validation"])  # fmt: skip
+    return RAPTrainer(
+        model=model,
+        args=args,
+        processing_class=processor,
+        train_dataset=corpus["train"],
+        eval_dataset=corpus["validation"],
+    )
 
 
 def test_a_non_finite_loss_stops_training_at_its_update_and_nothing_is_saved(tmp_path, tiny_text_model):
@@ -61,8 +71,9 @@ def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(tmp_pa
     full = run_script_in_process(tmp_path / "full", tiny_text_model, *EPOCHS, "--save_steps", save_steps)
     assert (tmp_path / "full" / checkpoint / "rap_checkpoint_complete").exists()
     copy_up_to(tmp_path / "full", tmp_path / "cut", checkpoint)
-    resumed = run_script_in_process(tmp_path / "cut", tiny_text_model, *EPOCHS, "--save_steps", save_steps,
-                                    "--resume_from_checkpoint", "latest")  # fmt: skip
+    resumed = run_script_in_process(
+        tmp_path / "cut", tiny_text_model, *EPOCHS, "--save_steps", save_steps, "--resume_from_checkpoint", "latest"
+    )
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]  # no epoch's evaluation lost
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
     assert [h["validation"] for h in resumed["history"]] == [h["validation"] for h in full["history"]]
@@ -79,14 +90,27 @@ def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(tmp_pa
 def test_resume_with_another_configuration_is_refused_with_the_fields(tmp_path, tiny_text_model):
     run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", "--stop_after_epoch", "1")
     resume = ("--resume_from_checkpoint", "latest")
-    for changed, field in ((("--path_regularization_weight", "0"), "path_regularization_weight (1.5 -> 0.0)"),
-                           (("--prompt_length", "4"), "prompt_length (8 -> 4)"),
-                           (("--learning_rate", "1e-4"), "--learning_rate (0.001 -> 0.0001)")):  # fmt: skip
-        refused = run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", *resume,
-                                        *changed, expect_failure=True)  # fmt: skip
+    for changed, field in (
+        (("--path_regularization_weight", "0"), "path_regularization_weight (1.5 -> 0.0)"),
+        (("--prompt_length", "4"), "prompt_length (8 -> 4)"),
+        (("--learning_rate", "1e-4"), "--learning_rate (0.001 -> 0.0001)"),
+    ):
+        refused = run_script_in_process(
+            tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", *resume, *changed, expect_failure=True
+        )
         assert "cannot resume from" in refused["stderr"] and field in refused["stderr"], refused["stderr"]
         assert refused["stderr"].count("\n") == 0  # one line
     # run-time options may change: more epochs, other logging
-    extended = run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", *resume,
-                                     "--logging_steps", "2", "--num_train_epochs", "4")  # fmt: skip
+    extended = run_script_in_process(
+        tmp_path / "run",
+        tiny_text_model,
+        *EPOCHS,
+        "--save_steps",
+        "5",
+        *resume,
+        "--logging_steps",
+        "2",
+        "--num_train_epochs",
+        "4",
+    )
     assert [h["epoch"] for h in extended["history"]] == [1, 2, 3, 4]

@@ -35,8 +35,12 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
     predictions, references = [], []
     for start in range(0, len(encoded), 8):
         rows = [encoded[i] for i in range(start, min(start + 8, len(encoded)))]
-        batch = collator([{k: v for k, v in r.items() if k not in ("id", "tokens", "ner_tags", "relation",
-                                                                   "subject", "object")} for r in rows])  # fmt: skip
+        batch = collator(
+            [
+                {k: v for k, v in r.items() if k not in ("id", "tokens", "ner_tags", "relation", "subject", "object")}
+                for r in rows
+            ]
+        )
         word_ids = batch.pop("word_ids", None)
         batch.pop("labels", None)
         with torch.no_grad():
@@ -44,8 +48,9 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
         for j, row in enumerate(rows):
             if task == "ner":
                 references.append([labels[t] for t in row["ner_tags"]])
-                predictions += processor.post_process_ner(out.predictions[j : j + 1], word_ids[j : j + 1],
-                                                          [len(row["tokens"])], model.config.id2label)  # fmt: skip
+                predictions += processor.post_process_ner(
+                    out.predictions[j : j + 1], word_ids[j : j + 1], [len(row["tokens"])], model.config.id2label
+                )
             else:
                 references.append(labels[row["relation"]])
                 predictions.append(labels[int(out.logits[j].argmax())])
@@ -62,8 +67,15 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
     launch = run_script if dataset == "twitter2017" else run_script_in_process
     results = launch(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
     best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
-    for name in ("config.json", "model.safetensors", "modeling_rap.py", "configuration_rap.py",
-                 "processing_rap.py", "README.md", "results.json"):  # fmt: skip
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_rap.py",
+        "configuration_rap.py",
+        "processing_rap.py",
+        "README.md",
+        "results.json",
+    ):
         assert (best / name).exists(), name
     assert not list(best.glob("checkpoint-*")) and not (best / "training_args.bin").exists()
     assert results["task"] == ("ner" if dataset == "twitter2017" else "re")
@@ -83,11 +95,13 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
     card = (best / "README.md").read_text()
     assert f"{100 * results['test']['f1']:.2f}" in card
     # the run's folder works with plain transformers, in a process that never imported rap_hf
-    code = ("import json, sys, transformers\n"
-            f"pipe = transformers.pipeline(model={str(best)!r}, trust_remote_code=True, device='cpu')\n"
-            "text = 'Vela Motors announces new headquarters in Bellhaven'\n"
-            "kwargs = dict(subject='Vela Motors', object='Bellhaven') if pipe.model.config.task == 're' else {}\n"
-            "print(json.dumps([pipe(text, **kwargs), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))")
+    code = (
+        "import json, sys, transformers\n"
+        f"pipe = transformers.pipeline(model={str(best)!r}, trust_remote_code=True, device='cpu')\n"
+        "text = 'Vela Motors announces new headquarters in Bellhaven'\n"
+        "kwargs = dict(subject='Vela Motors', object='Bellhaven') if pipe.model.config.task == 're' else {}\n"
+        "print(json.dumps([pipe(text, **kwargs), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))"
+    )
     fresh = run_python(["-c", code], cwd=tmp_path, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
@@ -102,8 +116,11 @@ def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_m
     from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
 
     uploads = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"),
+    )
 
     def fake_upload(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
         files = sorted(p.name for p in Path(folder_path).iterdir())
@@ -114,13 +131,24 @@ def test_push_to_hub_uploads_model_processor_code_and_card(tmp_path, tiny_text_m
     run(
         ModelArguments(text_model=str(tiny_text_model), vision_model=None, config_overrides=TINY_OVERRIDES),
         DataArguments(dataset="mnre"),
-        RunArguments(output_dir=str(tmp_path / "run"), num_train_epochs=1, push_to_hub=True,
-                     feature_cache_dir=str(tmp_path / "features"),
-                             hub_model_id="org/rap-mnre", report_to="none"),  # fmt: skip
+        RunArguments(
+            output_dir=str(tmp_path / "run"),
+            num_train_epochs=1,
+            push_to_hub=True,
+            feature_cache_dir=str(tmp_path / "features"),
+            hub_model_id="org/rap-mnre",
+            report_to="none",
+        ),
     )
     assert len(uploads) == 1 and uploads[0][0] == "org/rap-mnre"
-    assert {"config.json", "model.safetensors", "modeling_rap.py", "processing_rap.py", "README.md",
-            "results.json"} <= set(uploads[0][1])  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_rap.py",
+        "processing_rap.py",
+        "README.md",
+        "results.json",
+    } <= set(uploads[0][1])
     assert "training_args.bin" not in uploads[0][1] and "checkpoint-*" in uploads[0][2]
     card = huggingface_hub.ModelCard((tmp_path / "run" / "README.md").read_text())
     assert card.data.to_dict()["model-index"][0]["name"]
@@ -153,9 +181,18 @@ def test_lora_adapters_on_the_text_encoder_train_save_and_load_the_peft_way(tmp_
     the adapters alone load onto the pretrained encoder with peft."""
     from peft import PeftModel
 
-    results = run_script_in_process(tmp_path / "run", tiny_text_model, "--dataset", "twitter2017",
-                                    "--num_train_epochs", "1", "--lora_r", "4",
-                                    "--lora_target_modules", "query,value")  # fmt: skip
+    results = run_script_in_process(
+        tmp_path / "run",
+        tiny_text_model,
+        "--dataset",
+        "twitter2017",
+        "--num_train_epochs",
+        "1",
+        "--lora_r",
+        "4",
+        "--lora_target_modules",
+        "query,value",
+    )
     assert results["config"]["text_encoder_lora"]["r"] == 4
     model = AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True).eval()
     encoder = model.rap.text_encoder

@@ -22,8 +22,18 @@ def test_two_processes_match_one_process(tmp_path, tiny_text_model):
     design: the router loss of Eq. 22 (a sum over the batch's pairs: 16 per process of 4 against 64 in a batch of 8)
     and the image-text matching loss (in-batch negatives: 3 foreign images in a batch of 4, 7 in a batch of 8).
     """
-    common = ("--dataset", "mnre", "--num_train_epochs", "2", "--seed", "3", "--relevance_matching_weight", "0",
-              "--path_regularization_weight", "0")  # fmt: skip
+    common = (
+        "--dataset",
+        "mnre",
+        "--num_train_epochs",
+        "2",
+        "--seed",
+        "3",
+        "--relevance_matching_weight",
+        "0",
+        "--path_regularization_weight",
+        "0",
+    )
     one = run_script_in_process(tmp_path / "one", tiny_text_model, *common, "--per_device_train_batch_size", "8")
     two = run_script(tmp_path / "two", tiny_text_model, *common, "--per_device_train_batch_size", "4", processes=2)
     assert two["num_processes"] == 2 and one["num_processes"] == 1

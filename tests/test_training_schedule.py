@@ -65,9 +65,10 @@ def test_a_declared_argument_the_installed_transformers_does_not_have_is_an_erro
     check_training_argument_fields(RAPTrainingArguments)  # today's fields: all read by transformers or by RAP
     # what transformers 5.25 did to `warmup_ratio`: the subclass still declares it, the base class reads it no more
     dropped = dataclasses.make_dataclass(
-        "ArgumentsOfAnOlderRelease", [("warmup_ratio", float, dataclasses.field(default=0.1))],
+        "ArgumentsOfAnOlderRelease",
+        [("warmup_ratio", float, dataclasses.field(default=0.1))],
         bases=(TrainingArguments,),
-    )  # fmt: skip
+    )
     with pytest.raises(TypeError, match="warmup_ratio.*no longer has"):
         check_training_argument_fields(dropped)
 

@@ -26,11 +26,26 @@ def make_tiny_text_model(tmp_path_factory, minilm: Path) -> Path:
 def script_arguments(output_dir: Path, text_model: Path, *extra: str) -> list[str]:
     """run_rap.py's arguments for a tiny run (tiny RAP layers, tiny random vision encoder, own feature cache)."""
     return [
-        "--text_model", str(text_model), "--vision_model", "", "--output_dir", str(output_dir),
-        "--config_overrides", TINY_OVERRIDES, "--per_device_eval_batch_size", "8", "--report_to", "none",
-        "--new_params_learning_rate", "3e-3", "--learning_rate", "1e-3", "--feature_cache_dir",
-        str(output_dir.parent / "features"), *extra,
-    ]  # fmt: skip
+        "--text_model",
+        str(text_model),
+        "--vision_model",
+        "",
+        "--output_dir",
+        str(output_dir),
+        "--config_overrides",
+        TINY_OVERRIDES,
+        "--per_device_eval_batch_size",
+        "8",
+        "--report_to",
+        "none",
+        "--new_params_learning_rate",
+        "3e-3",
+        "--learning_rate",
+        "1e-3",
+        "--feature_cache_dir",
+        str(output_dir.parent / "features"),
+        *extra,
+    ]
 
 
 def outcome(output_dir: Path, returncode: int, stdout: str, stderr: str, expect_failure: bool) -> dict:
@@ -43,8 +58,9 @@ def outcome(output_dir: Path, returncode: int, stdout: str, stderr: str, expect_
     return json.loads(results_path.read_text()) if results_path.exists() else {"stdout": stdout}
 
 
-def run_script(output_dir: Path, text_model: Path, *extra: str, processes: int = 1, launcher: bool = True,
-               expect_failure=False) -> dict:  # fmt: skip
+def run_script(
+    output_dir: Path, text_model: Path, *extra: str, processes: int = 1, launcher: bool = True, expect_failure=False
+) -> dict:
     """Runs the training script in a process of its own, like a user would (`accelerate launch`, which starts the
     script in a fresh interpreter; `launcher=False`: `python scripts/run_rap.py`), and returns its results."""
     # Multi-process on CPU: torchrun-style launch (--multi_gpu) with ACCELERATE_USE_CPU, i.e. DDP over gloo.

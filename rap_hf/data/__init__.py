@@ -1,8 +1,8 @@
 """Datasets for RAP: Twitter-2015/2017 (MNER) and MNRE (MRE) builders, the bundled sample and the feature cache.
 
-    >>> from rap_hf.data import load_dataset
-    >>> sample = load_dataset("twitter2017")                         # bundled synthetic sample
-    >>> mnre = load_dataset("mnre", data_dir="data", text_only=True)  # a real release (HVPNeT layout)
+>>> from rap_hf.data import load_dataset
+>>> sample = load_dataset("twitter2017")                         # bundled synthetic sample
+>>> mnre = load_dataset("mnre", data_dir="data", text_only=True)  # a real release (HVPNeT layout)
 """
 
 from __future__ import annotations

@@ -135,8 +135,8 @@ class VisualFeatureCache:
         self.image_processor = getattr(processor, "image_processor", processor)
         self.num_crops = num_crops if num_crops is not None else getattr(processor, "num_crops", 3)
         self.batch_size = batch_size
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.flush_every = flush_every
         self.show_progress = show_progress
@@ -232,9 +232,10 @@ class VisualFeatureCache:
             return 0
         buffer_keys: list[str] = []
         buffer: list[torch.Tensor] = []
-        with self._model_on_device(), tqdm(
-            total=len(missing), desc=description, unit="img", disable=not self.show_progress
-        ) as bar:
+        with (
+            self._model_on_device(),
+            tqdm(total=len(missing), desc=description, unit="img", disable=not self.show_progress) as bar,
+        ):
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start : start + self.batch_size]
                 buffer.append(self._encode([value for _, value in chunk]))
@@ -287,8 +288,10 @@ class VisualFeatureCache:
         """``visual_features [B, 1+K, C_v]`` and ``image_mask [B, 1+K]`` for a batch; images not cached yet
         are computed first."""
         crops = crops if crops is not None else [None] * len(images)
-        keys = [[image_key(v) for v in [image, *list(row_crops or [])[: self.num_crops]]]
-                for image, row_crops in zip(images, crops)]  # fmt: skip
+        keys = [
+            [image_key(v) for v in [image, *list(row_crops or [])[: self.num_crops]]]
+            for image, row_crops in zip(images, crops)
+        ]
         pending = {}
         for row_keys, image, row_crops in zip(keys, images, crops):
             for key, value in zip(row_keys, [image, *list(row_crops or [])[: self.num_crops]]):

@@ -169,22 +169,28 @@ class MNRE(GapReportMixin, datasets.GeneratorBasedBuilder):
             if not self.config.text_only:
                 path = file_inside(images_dir, record.image_id)
                 if path is None:
-                    raise DataFormatError(split_file, record.line, f"'img_id' {record.image_id!r} leads outside the "
-                                          f"image folder {images_dir}")  # fmt: skip
+                    raise DataFormatError(
+                        split_file,
+                        record.line,
+                        f"'img_id' {record.image_id!r} leads outside the image folder {images_dir}",
+                    )
                 image = image_value(path, "image", counts, self.config.embed_images)
                 if crop_dict is not None:
                     names = crop_dict.get(str(record.index))
                     crops = crop_values(names, crops_dir, self.config.max_crops, counts, self.config.embed_images)
-            yield record.index, {
-                "id": str(record.index),
-                "image_id": record.image_id,
-                "tokens": record.tokens,
-                "subject": record.subject.as_dict(),
-                "object": record.object.as_dict(),
-                "relation": record.relation,
-                "image": image,
-                "crops": crops,
-            }
+            yield (
+                record.index,
+                {
+                    "id": str(record.index),
+                    "image_id": record.image_id,
+                    "tokens": record.tokens,
+                    "subject": record.subject.as_dict(),
+                    "object": record.object.as_dict(),
+                    "relation": record.relation,
+                    "image": image,
+                    "crops": crops,
+                },
+            )
         self._record_gaps(split, len(records), counts)
 
     def _crop_dict(self, layout: MNRELayout, split: str, counts: Counter) -> dict | None:

@@ -235,9 +235,11 @@ def _tweet_without_imgid(path: str | os.PathLike, lineno: int, separator: tuple[
     """The error for a token line that belongs to no ``IMGID:`` line, pointing at the likely cause."""
     if separator is not None and separator[1]:
         return DataFormatError(
-            path, separator[0], f"a line holding only whitespace ({separator[1]!r}) inside a tweet splits it in two; "
+            path,
+            separator[0],
+            f"a line holding only whitespace ({separator[1]!r}) inside a tweet splits it in two; "
             "remove it (tweets are separated by empty lines)",
-        )  # fmt: skip
+        )
     hint = f" (does the blank line {separator[0]} split a tweet?)" if separator is not None else ""
     return DataFormatError(path, lineno, f"token line without an 'IMGID:<id>' line before it{hint}")
 
@@ -323,8 +325,16 @@ def _check_entity_names(record: RERecord, path: str | os.PathLike, stats: ParseS
             stats.counts["entity_name_mismatch"] += 1
             count = stats.counts["entity_name_mismatch"]
         if count <= _MISMATCH_WARNINGS:
-            logger.warning("%s:%d: '%s.name' %r does not match the tokens at pos [%d, %d]: %r (the pos is used)",
-                           path, record.line, key, entity.name, entity.start, entity.end, words)  # fmt: skip
+            logger.warning(
+                "%s:%d: '%s.name' %r does not match the tokens at pos [%d, %d]: %r (the pos is used)",
+                path,
+                record.line,
+                key,
+                entity.name,
+                entity.start,
+                entity.end,
+                words,
+            )
 
 
 def parse_mnre_line(
@@ -424,11 +434,22 @@ def _read_crop_pickle(path: str | os.PathLike) -> Any:
             raise _RefusedPickle(_weights_only_refusal(error)) from None
     except _RefusedPickle as error:
         raise DataFormatError(
-            path, None, f"refused to load the crop dictionary: {error}; it must hold only a dict of lists of "
+            path,
+            None,
+            f"refused to load the crop dictionary: {error}; it must hold only a dict of lists of "
             "file names (loading other objects could run code)",
-        ) from None  # fmt: skip
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError, RuntimeError,
-            struct.error) as error:  # fmt: skip
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RuntimeError,
+        struct.error,
+    ) as error:
         problem = f"not a pickle or torch.save file ({type(error).__name__}: {error})"
         raise DataFormatError(path, None, f"cannot unpickle crop dictionary: {problem}") from None
 
@@ -543,8 +564,13 @@ def crop_values(
 def warn_if_missing_folder(folder: Path, what: str) -> None:
     """One warning for an absent image folder instead of one counted gap per example without explanation."""
     if not folder.is_dir():
-        logger.warning("%s folder %s does not exist: every %s is counted as missing "
-                       "(load with text_only=True for a text-only release)", what, folder, what)
+        logger.warning(
+            "%s folder %s does not exist: every %s is counted as missing "
+            "(load with text_only=True for a text-only release)",
+            what,
+            folder,
+            what,
+        )
 
 
 def log_gap_summary(corpus: str, split: str, num_examples: int, counts: Counter) -> None:
@@ -560,6 +586,7 @@ def log_gap_summary(corpus: str, split: str, num_examples: int, counts: Counter)
 # ----------------------------------------------------------------------------------------------------------------
 # Shared builder pieces (config and gap report persistence)
 # ----------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RAPBuilderConfig(datasets.BuilderConfig):

@@ -154,20 +154,26 @@ class TwitterNER(GapReportMixin, datasets.GeneratorBasedBuilder):
                 file_name = image_file_name(sentence.image_id)
                 path = file_inside(layout.images_dir, file_name)
                 if path is None:
-                    raise DataFormatError(split_file, sentence.line, f"image id {sentence.image_id!r} leads outside "
-                                          f"the image folder {layout.images_dir}")  # fmt: skip
+                    raise DataFormatError(
+                        split_file,
+                        sentence.line,
+                        f"image id {sentence.image_id!r} leads outside the image folder {layout.images_dir}",
+                    )
                 image = image_value(path, "image", counts, self.config.embed_images)
                 if crop_dict is not None:
                     names = crop_dict.get(file_name, crop_dict.get(sentence.image_id))
                     crops = crop_values(names, crops_dir, self.config.max_crops, counts, self.config.embed_images)
-            yield index, {
-                "id": str(index),
-                "image_id": sentence.image_id,
-                "tokens": sentence.tokens,
-                "ner_tags": sentence.tags,
-                "image": image,
-                "crops": crops,
-            }
+            yield (
+                index,
+                {
+                    "id": str(index),
+                    "image_id": sentence.image_id,
+                    "tokens": sentence.tokens,
+                    "ner_tags": sentence.tags,
+                    "image": image,
+                    "crops": crops,
+                },
+            )
         self._record_gaps(split, len(sentences), counts)
 
     def _crop_dict(self, layout: TwitterLayout, split: str, counts: Counter):

@@ -143,36 +143,49 @@ def train_epoch(model, dataset: datasets.Dataset, processor, batch_size: int, de
     return seconds
 
 
-def time_sample_cache(model, processor, sample: str, batch_size: int, train_batch_size: int,
-                      device: str) -> dict[str, float]:  # fmt: skip
+def time_sample_cache(
+    model, processor, sample: str, batch_size: int, train_batch_size: int, device: str
+) -> dict[str, float]:
     """The feature cache on the bundled sample: fill + attach (seconds), pictures, bytes on disk, and a training epoch
     over its train split from the cache vs from pixels (seconds). Everything lives in a fresh temporary folder."""
     with tempfile.TemporaryDirectory() as folder:
         raw = load_dataset(sample, cache_dir=Path(folder) / "datasets")
-        prepared = datasets.DatasetDict({
-            split: dataset.map(processor.preprocess, batched=True, fn_kwargs={"task": "ner"})
-            for split, dataset in raw.items()
-        })  # fmt: skip
-        cache = VisualFeatureCache(Path(folder) / "features", model, processor, batch_size=batch_size, device=device,
-                                   show_progress=False)  # fmt: skip
+        prepared = datasets.DatasetDict(
+            {
+                split: dataset.map(processor.preprocess, batched=True, fn_kwargs={"task": "ner"})
+                for split, dataset in raw.items()
+            }
+        )
+        cache = VisualFeatureCache(
+            Path(folder) / "features", model, processor, batch_size=batch_size, device=device, show_progress=False
+        )
         start = time.perf_counter()
         attached = cache.attach(prepared)
         fill = time.perf_counter() - start
         cached_epoch = train_epoch(model, attached["train"], processor, train_batch_size, device)
         pixel_epoch = train_epoch(model, prepared["train"], processor, train_batch_size, device)
-        return {"fill": fill, "pictures": len(cache), "bytes": cache.size_on_disk(), "examples": len(raw["train"]),
-                "cached_epoch": cached_epoch, "pixel_epoch": pixel_epoch}  # fmt: skip
+        return {
+            "fill": fill,
+            "pictures": len(cache),
+            "bytes": cache.size_on_disk(),
+            "examples": len(raw["train"]),
+            "cached_epoch": cached_epoch,
+            "pixel_epoch": pixel_epoch,
+        }
 
 
 def measure_encoder(name: str, args: argparse.Namespace) -> dict[str, float]:
     model, processor = build_model(args.text_model, name)
     vision = model.base_model.vision_encoder
-    result = {"feature_size": model.config.vision_feature_size,
-              "vision_params": sum(p.numel() for p in vision.parameters())}  # fmt: skip
+    result = {
+        "feature_size": model.config.vision_feature_size,
+        "vision_params": sum(p.numel() for p in vision.parameters()),
+    }
     result.update(time_feature_extraction(model, processor, args.images, args.batch_size, args.device))
     if args.sample != "none":
-        result.update(time_sample_cache(model, processor, args.sample, args.batch_size, args.train_batch_size,
-                                        args.device))  # fmt: skip
+        result.update(
+            time_sample_cache(model, processor, args.sample, args.batch_size, args.train_batch_size, args.device)
+        )
     return result
 
 
@@ -186,23 +199,35 @@ def encoder_rows(results: dict[str, dict[str, float]], args: argparse.Namespace)
     rows = [
         row("pooled feature size C_v", lambda r: f"{r['feature_size']}"),
         row("vision encoder parameters", lambda r: f"{r['vision_params'] / 1e6:.1f}M"),
-        row(f"feature extraction via `VisualFeatureCache` (decode + preprocess + encoder), batch {args.batch_size}, "
-            f"{args.images} pictures 320x256", lambda r: f"{r['through_cache']:.1f} images/s"),
+        row(
+            f"feature extraction via `VisualFeatureCache` (decode + preprocess + encoder), batch {args.batch_size}, "
+            f"{args.images} pictures 320x256",
+            lambda r: f"{r['through_cache']:.1f} images/s",
+        ),
         row("vision encoder forward alone", lambda r: f"{r['encoder_only']:.1f} images/s"),
-        row("feature cache size per 1,000 images (float32)",
-            lambda r: f"{r['bytes_per_image'] * 1000 / 2**20:.2f} MiB"),
-    ]  # fmt: skip
+        row(
+            "feature cache size per 1,000 images (float32)", lambda r: f"{r['bytes_per_image'] * 1000 / 2**20:.2f} MiB"
+        ),
+    ]
     if args.sample != "none":
         first = columns[0]
         rows += [
-            row(f"bundled `{args.sample}` sample: fill the cache ({first['pictures']} pictures: images + crops, "
-                "all splits) and attach the features", lambda r: f"{r['fill']:.1f} s"),
+            row(
+                f"bundled `{args.sample}` sample: fill the cache ({first['pictures']} pictures: images + crops, "
+                "all splits) and attach the features",
+                lambda r: f"{r['fill']:.1f} s",
+            ),
             row("its cache on disk", lambda r: f"{r['bytes'] / 2**10:.0f} KiB"),
-            row(f"training epoch over its train split ({first['examples']} examples, batch {args.train_batch_size}), "
-                "cached features", lambda r: f"{r['cached_epoch']:.1f} s"),
-            row("the same epoch from pixels (pictures decoded, processed and encoded every step)",
-                lambda r: f"{r['pixel_epoch']:.1f} s ({r['pixel_epoch'] / r['cached_epoch']:.1f}x)"),
-        ]  # fmt: skip
+            row(
+                f"training epoch over its train split ({first['examples']} examples, batch {args.train_batch_size}), "
+                "cached features",
+                lambda r: f"{r['cached_epoch']:.1f} s",
+            ),
+            row(
+                "the same epoch from pixels (pictures decoded, processed and encoded every step)",
+                lambda r: f"{r['pixel_epoch']:.1f} s ({r['pixel_epoch'] / r['cached_epoch']:.1f}x)",
+            ),
+        ]
     return rows
 
 
@@ -210,12 +235,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_vision_model_arguments(parser)
     parser.add_argument("--text-model", default=OFFLINE_TEXT_MODEL, help="RAP's text encoder (default: minilm)")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
-                        help="MNRE text loading is timed when this folder exists")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="MNRE text loading is timed when this folder exists",
+    )
     parser.add_argument("--images", type=int, default=64, help="generated pictures for the throughput measurement")
     parser.add_argument("--batch-size", type=int, default=16, help="pictures per encoder call")
-    parser.add_argument("--sample", default="twitter2015", choices=["twitter2015", "twitter2017", "none"],
-                        help="bundled sample for the cache cost and the cached vs from-pixels epoch ('none' skips)")
+    parser.add_argument(
+        "--sample",
+        default="twitter2015",
+        choices=["twitter2015", "twitter2017", "none"],
+        help="bundled sample for the cache cost and the cached vs from-pixels epoch ('none' skips)",
+    )
     parser.add_argument("--train-batch-size", type=int, default=8, help="batch size of the timed training epoch")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
@@ -227,15 +260,22 @@ def main(argv: list[str] | None = None) -> None:
     datasets.disable_progress_bars()
 
     cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu}), "
-          f"device {args.device}; load average before: {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu}), "
+        f"device {args.device}; load average before: {os.getloadavg()[0]:.1f}"
+    )
     print()
     if args.data_dir.is_dir():
         prepare, cached, count = time_mnre_load(args.data_dir)
-        print(markdown_table(["MNRE text", "seconds"], [
-            [f"prepare (parse + write Arrow), fresh cache ({count:,} examples)", f"{prepare:.2f} s"],
-            ["load again from the cache", f"{cached:.2f} s"],
-        ]))  # fmt: skip
+        print(
+            markdown_table(
+                ["MNRE text", "seconds"],
+                [
+                    [f"prepare (parse + write Arrow), fresh cache ({count:,} examples)", f"{prepare:.2f} s"],
+                    ["load again from the cache", f"{cached:.2f} s"],
+                ],
+            )
+        )
     else:
         print(f"MNRE text load: skipped ({args.data_dir.name} not found)")
     print()

@@ -41,9 +41,11 @@ def commands() -> dict[str, list[str]]:
     script = Path(sys.executable).with_name("rap-hf")  # the console script installed with this Python
     found = str(script) if script.exists() else shutil.which("rap-hf")
     help_argv = [found, "--help"] if found else [sys.executable, "-m", "rap_hf.cli", "--help"]
-    return {BASELINE: [sys.executable, "-c", "import transformers"],
-            "import rap_hf": [sys.executable, "-c", "import rap_hf"],
-            "rap-hf --help": help_argv}  # fmt: skip
+    return {
+        BASELINE: [sys.executable, "-c", "import transformers"],
+        "import rap_hf": [sys.executable, "-c", "import rap_hf"],
+        "rap-hf --help": help_argv,
+    }
 
 
 def wall_time(argv: list[str]) -> float:
@@ -64,31 +66,51 @@ def measure(runs: int, warmup: int) -> dict:
             elapsed = wall_time(argv)
             if turn >= warmup:
                 times[label].append(elapsed)
-    results = {label: {"argv": argvs[label], "times": values, "median": statistics.median(values), "min": min(values),
-                       "max": max(values)} for label, values in times.items()}  # fmt: skip
+    results = {
+        label: {
+            "argv": argvs[label],
+            "times": values,
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+        }
+        for label, values in times.items()
+    }
     ratios = {}
     for label, target in TARGETS.items():
         ratio = results[label]["median"] / results[BASELINE]["median"]
         ratios[label] = {"ratio": ratio, "target": target, "passed": ratio <= target}
-    return {"runs": runs, "warmup": warmup, "python": platform.python_version(),
-            "transformers": metadata.version("transformers"), "cpus": os.cpu_count(),
-            "commands": results, "ratios": ratios}  # fmt: skip
+    return {
+        "runs": runs,
+        "warmup": warmup,
+        "python": platform.python_version(),
+        "transformers": metadata.version("transformers"),
+        "cpus": os.cpu_count(),
+        "commands": results,
+        "ratios": ratios,
+    }
 
 
 def render(report: dict) -> str:
     timing = markdown_table(
         ["command", "median (s)", "min (s)", "max (s)"],
-        [[f"`{label}`", f"{r['median']:.2f}", f"{r['min']:.2f}", f"{r['max']:.2f}"]
-         for label, r in report["commands"].items()],
-    )  # fmt: skip
+        [
+            [f"`{label}`", f"{r['median']:.2f}", f"{r['min']:.2f}", f"{r['max']:.2f}"]
+            for label, r in report["commands"].items()
+        ],
+    )
     ratios = markdown_table(
         ["ratio of medians", "measured", "target", "result"],
-        [[f"`{label}` / `{BASELINE}`", f"{r['ratio']:.2f}x", f"<= {r['target']}x", "PASS" if r["passed"] else "MISS"]
-         for label, r in report["ratios"].items()],
-    )  # fmt: skip
-    header = (f"Python {report['python']}, transformers {report['transformers']}, {report['cpus']} CPUs; "
-              f"{report['runs']} interleaved runs of each command in fresh interpreters "
-              f"(after {report['warmup']} untimed)")  # fmt: skip
+        [
+            [f"`{label}` / `{BASELINE}`", f"{r['ratio']:.2f}x", f"<= {r['target']}x", "PASS" if r["passed"] else "MISS"]
+            for label, r in report["ratios"].items()
+        ],
+    )
+    header = (
+        f"Python {report['python']}, transformers {report['transformers']}, {report['cpus']} CPUs; "
+        f"{report['runs']} interleaved runs of each command in fresh interpreters "
+        f"(after {report['warmup']} untimed)"
+    )
     return f"{header}\n\n{timing}\n\n{ratios}"
 
 

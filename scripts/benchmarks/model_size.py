@@ -65,16 +65,22 @@ def vision_config(name: str) -> PreTrainedConfig | None:
 
 def count(model: torch.nn.Module) -> dict[str, int]:
     named = list(model.named_parameters())
-    return {"total": sum(p.numel() for _, p in named),
-            "trainable": sum(p.numel() for _, p in named if p.requires_grad),
-            "text": sum(p.numel() for n, p in named if ".text_encoder." in n),
-            "vision": sum(p.numel() for n, p in named if ".vision_encoder." in n)}  # fmt: skip
+    return {
+        "total": sum(p.numel() for _, p in named),
+        "trainable": sum(p.numel() for _, p in named if p.requires_grad),
+        "text": sum(p.numel() for n, p in named if ".text_encoder." in n),
+        "vision": sum(p.numel() for n, p in named if ".vision_encoder." in n),
+    }
 
 
 def settings(vision_model: str, texts: list[str]) -> list[tuple[str, str, str, bool]]:
     """(setting, text encoder, vision encoder, paper architecture) of the RAP rows, without duplicates."""
-    rows = [("paper", BERT, RANDOM_RESNET_101, True), ("default", MINILM, vision_model, False),
-            ("", MINILM, RANDOM_RESNET_101, False), ("", BERT, RANDOM_RESNET_101, False)]  # fmt: skip
+    rows = [
+        ("paper", BERT, RANDOM_RESNET_101, True),
+        ("default", MINILM, vision_model, False),
+        ("", MINILM, RANDOM_RESNET_101, False),
+        ("", BERT, RANDOM_RESNET_101, False),
+    ]
     seen, kept = set(), []
     for setting, text, vision, paper in rows:
         if text in texts and (text, vision, paper) not in seen:
@@ -107,13 +113,30 @@ def main(argv: list[str] | None = None) -> None:
             sizes = count(model)
             rap_layers = sizes["total"] - sizes["text"] - sizes["vision"]
             kind = ("RAP, paper layers" if paper else "RAP, default layers") if multimodal else "floor (encoder + head)"
-            rows.append([
-                setting, text, ENCODER_LABELS.get(vision, vision) if multimodal else "-", task, kind,
-                f"{sizes['total'] / 1e6:.1f}", f"{sizes['trainable'] / 1e6:.1f}", f"{sizes['vision'] / 1e6:.1f}",
-                f"{rap_layers / 1e6:.1f}",
-            ])  # fmt: skip
-    header = ["setting", "text encoder", "vision encoder", "task", "model", "total params (M)", "trainable (M)",
-              "vision encoder, frozen (M)", "RAP layers + head (M)"]  # fmt: skip
+            rows.append(
+                [
+                    setting,
+                    text,
+                    ENCODER_LABELS.get(vision, vision) if multimodal else "-",
+                    task,
+                    kind,
+                    f"{sizes['total'] / 1e6:.1f}",
+                    f"{sizes['trainable'] / 1e6:.1f}",
+                    f"{sizes['vision'] / 1e6:.1f}",
+                    f"{rap_layers / 1e6:.1f}",
+                ]
+            )
+    header = [
+        "setting",
+        "text encoder",
+        "vision encoder",
+        "task",
+        "model",
+        "total params (M)",
+        "trainable (M)",
+        "vision encoder, frozen (M)",
+        "RAP layers + head (M)",
+    ]
     print(markdown_table(header, rows))
 
 

@@ -67,15 +67,32 @@ VARIANTS = {
     "rap": ("RAP", {}, {}),
     "rap-paper": ("RAP as the paper (paper mode)", {"paper_architecture": True}, {}),
     "mrr": ("MRR ablation (gate = 1)", {"use_relevance_reasoning": False}, {}),
-    "rap-paper-size": ("RAP at the paper's size (E_t=encoder, d=h, L=4, m=256)", {"paper_architecture": True},
-                       {"relevance_gate": "veto", "relevance_matching_weight": 2.0, "relevance_task_gradient": False,
-                        "relevance_activation": "sigmoid", "visual_objects": "image_and_crops",
-                        "relevance_own_projections": True, "relevance_feature_norm": True,
-                        "relevance_edge_scaling": True, "prompt_layer_norm": True}),  # every non-size field: default
-    "rap-paper-equations": ("RAP with the paper's Eq. 1-6, 23 and m = 3 crops (default sizes and relevance training)",
-                            {}, {"visual_objects": "crops", "relevance_own_projections": False,
-                                 "relevance_feature_norm": False, "relevance_edge_scaling": False,
-                                 "prompt_layer_norm": False}),  # fmt: skip
+    "rap-paper-size": (
+        "RAP at the paper's size (E_t=encoder, d=h, L=4, m=256)",
+        {"paper_architecture": True},
+        {
+            "relevance_gate": "veto",
+            "relevance_matching_weight": 2.0,
+            "relevance_task_gradient": False,
+            "relevance_activation": "sigmoid",
+            "visual_objects": "image_and_crops",
+            "relevance_own_projections": True,
+            "relevance_feature_norm": True,
+            "relevance_edge_scaling": True,
+            "prompt_layer_norm": True,
+        },
+    ),  # every non-size field: default
+    "rap-paper-equations": (
+        "RAP with the paper's Eq. 1-6, 23 and m = 3 crops (default sizes and relevance training)",
+        {},
+        {
+            "visual_objects": "crops",
+            "relevance_own_projections": False,
+            "relevance_feature_norm": False,
+            "relevance_edge_scaling": False,
+            "prompt_layer_norm": False,
+        },
+    ),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
@@ -124,10 +141,20 @@ class Settings:
 # ======================================================================================================================
 def generate_corpus(out: Path, settings: Settings) -> Path:
     """A corpus in the sample's design with the benchmark's shares, written by `scripts/make_sample_data.py`."""
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "make_sample_data.py"), "--out", str(out),
-               "--sizes", *map(str, settings.sizes), "--seed", str(settings.corpus_seed),
-               "--unrelated-share", str(settings.unrelated_share),
-               "--misleading-share", str(settings.misleading_share)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "make_sample_data.py"),
+        "--out",
+        str(out),
+        "--sizes",
+        *map(str, settings.sizes),
+        "--seed",
+        str(settings.corpus_seed),
+        "--unrelated-share",
+        str(settings.unrelated_share),
+        "--misleading-share",
+        str(settings.misleading_share),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return out
 
@@ -155,17 +182,25 @@ def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path 
         from rap_hf.encoders import TINY_VISION_CONFIG
 
         overrides.setdefault("vision_config", TINY_VISION_CONFIG)
-    model_args = ModelArguments(text_model=settings.text_model, vision_model=settings.vision_model,
-                                config_overrides=json.dumps(overrides) if overrides else None,
-                                **model_fields)  # fmt: skip
+    model_args = ModelArguments(
+        text_model=settings.text_model,
+        vision_model=settings.vision_model,
+        config_overrides=json.dumps(overrides) if overrides else None,
+        **model_fields,
+    )
     data_args = DataArguments(dataset=DATASET, data_dir=str(data_dir) if data_dir else None)
     args = RunArguments(
-        output_dir=str(work_dir / "runs" / f"{variant}-seed{seed}"), num_train_epochs=settings.epochs, seed=seed,
+        output_dir=str(work_dir / "runs" / f"{variant}-seed{seed}"),
+        num_train_epochs=settings.epochs,
+        seed=seed,
         feature_cache_dir=str(work_dir / "visual_features"),
-        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        new_params_learning_rate=settings.new_params_learning_rate, report_to="none", save_strategy="no",
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        new_params_learning_rate=settings.new_params_learning_rate,
+        report_to="none",
+        save_strategy="no",
         disable_tqdm=True,
-    )  # fmt: skip
+    )
     trainer = build_trainer(model_args, data_args, args)
     if not settings.verbose:  # with tqdm off the Trainer prints every log dict to stdout, into the report
         trainer.remove_callback(PrinterCallback)
@@ -217,8 +252,11 @@ def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, 
         splits = dict.fromkeys(CONDITIONS, predictions)
     else:
         # shuffled: each image goes to a tweet about another topic, so it is wrong for that tweet
-        splits = {"matched": test, "shuffled": shuffled_images(test, settings.shuffle_seed, topics),
-                  "none": without_images(test)}  # fmt: skip
+        splits = {
+            "matched": test,
+            "shuffled": shuffled_images(test, settings.shuffle_seed, topics),
+            "none": without_images(test),
+        }
         splits = {condition: trainer.evaluate_split(dataset, condition) for condition, dataset in splits.items()}
     conditions = {}
     for condition, predictions in splits.items():
@@ -228,9 +266,16 @@ def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, 
             "subsets": {name: subset_f1(predictions, indices) for name, indices in subsets.items()},
             "beta": predictions.relevance if has_beta else None,
         }
-    return {"variant": variant, "seed": seed, "best_epoch": trainer.best["epoch"],
-            "validation_f1": 100 * trainer.best["validation"]["f1"], "train_seconds": train_seconds,
-            "kinds": kinds, "holders": holders, "conditions": conditions}  # fmt: skip
+    return {
+        "variant": variant,
+        "seed": seed,
+        "best_epoch": trainer.best["epoch"],
+        "validation_f1": 100 * trainer.best["validation"]["f1"],
+        "train_seconds": train_seconds,
+        "kinds": kinds,
+        "holders": holders,
+        "conditions": conditions,
+    }
 
 
 # ======================================================================================================================
@@ -300,8 +345,14 @@ def beta_table(results: list[dict[str, Any]]) -> str:
         if not runs:
             continue
         cells = [cell([mean_beta(r, c, (k,)) for r in runs], 3) for k in all_kinds for c in ("matched", "shuffled")]
-        rows.append([VARIANTS[variant][0], *cells, cell([beta_auc(r) for r in runs], 3),
-                     cell([beta_auc(r, relevant_only=False) for r in runs], 3)])  # fmt: skip
+        rows.append(
+            [
+                VARIANTS[variant][0],
+                *cells,
+                cell([beta_auc(r) for r in runs], 3),
+                cell([beta_auc(r, relevant_only=False) for r in runs], 3),
+            ]
+        )
     header = [f"{kind} {condition}" for kind in all_kinds for condition in ("matched", "shuffled")]
     return markdown_table(["model", *header, "AUC (relevant own image)", "AUC (all with image)"], rows)
 
@@ -316,33 +367,57 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         checks.append({"target": name, "value": value, "limit": limit, "passed": passed, "note": note})
 
     auc = spread([beta_auc(r) for r in rap])
-    add("beta ranks matched above shuffled (ROC AUC, relevant own image)", auc and auc[0], f">= {MIN_AUC}",
-        None if auc is None else auc[0] >= MIN_AUC)
+    add(
+        "beta ranks matched above shuffled (ROC AUC, relevant own image)",
+        auc and auc[0],
+        f">= {MIN_AUC}",
+        None if auc is None else auc[0] >= MIN_AUC,
+    )
     if rap and mrr:
         rap_f1, mrr_f1 = spread([f1_of(r, "matched") for r in rap]), spread([f1_of(r, "matched") for r in mrr])
         allowed = max(rap_f1[1], mrr_f1[1])
-        add("matched images: RAP - MRR (F1)", rap_f1[0] - mrr_f1[0], f">= -{allowed:.2f} (seed spread)",
-            rap_f1[0] - mrr_f1[0] >= -allowed)
+        add(
+            "matched images: RAP - MRR (F1)",
+            rap_f1[0] - mrr_f1[0],
+            f">= -{allowed:.2f} (seed spread)",
+            rap_f1[0] - mrr_f1[0] >= -allowed,
+        )
     if rap and text:
         gain = statistics.fmean(f1_of(r, "matched", image_only) for r in rap) - statistics.fmean(
-            f1_of(r, "matched", image_only) for r in text)
-        add("image-only subset: RAP - text-only baseline (F1, matched)", gain, f">= {MIN_IMAGE_ONLY_GAIN:g}",
-            gain >= MIN_IMAGE_ONLY_GAIN)
+            f1_of(r, "matched", image_only) for r in text
+        )
+        add(
+            "image-only subset: RAP - text-only baseline (F1, matched)",
+            gain,
+            f">= {MIN_IMAGE_ONLY_GAIN:g}",
+            gain >= MIN_IMAGE_ONLY_GAIN,
+        )
     if rap:
-        loss = statistics.fmean(f1_of(r, "matched", text_sufficient) - f1_of(r, "shuffled", text_sufficient)
-                                for r in rap)  # fmt: skip
-        mrr_loss = (statistics.fmean(f1_of(r, "matched", text_sufficient) - f1_of(r, "shuffled", text_sufficient)
-                                     for r in mrr) if mrr else None)  # fmt: skip
+        loss = statistics.fmean(
+            f1_of(r, "matched", text_sufficient) - f1_of(r, "shuffled", text_sufficient) for r in rap
+        )
+        mrr_loss = (
+            statistics.fmean(f1_of(r, "matched", text_sufficient) - f1_of(r, "shuffled", text_sufficient) for r in mrr)
+            if mrr
+            else None
+        )
         note = f"MRR ablation loses {mrr_loss:.2f} there" if mrr_loss is not None else ""
-        add("text-sufficient subset: RAP loss under shuffled images (F1)", loss, f"<= {MAX_TEXT_SUFFICIENT_LOSS:g}",
-            loss <= MAX_TEXT_SUFFICIENT_LOSS, note)
+        add(
+            "text-sufficient subset: RAP loss under shuffled images (F1)",
+            loss,
+            f"<= {MAX_TEXT_SUFFICIENT_LOSS:g}",
+            loss <= MAX_TEXT_SUFFICIENT_LOSS,
+            note,
+        )
     return checks
 
 
 def target_table(checks: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "MISS", None: "n/a"}
-    rows = [[c["target"], "-" if c["value"] is None else f"{c['value']:.3f}", c["limit"], verdict[c["passed"]],
-             c["note"]] for c in checks]  # fmt: skip
+    rows = [
+        [c["target"], "-" if c["value"] is None else f"{c['value']:.3f}", c["limit"], verdict[c["passed"]], c["note"]]
+        for c in checks
+    ]
     return markdown_table(["target", "measured", "limit", "result", "note"], rows)
 
 
@@ -352,17 +427,27 @@ def report(results: list[dict[str, Any]], settings: Settings, environment: dict[
     first = results[0]
     counts = {name: sum(kind in members for kind in first["kinds"]) for name, members in SUBSETS.items()}
     sections = [
-        "### F1 on the test split (entity-level, %, mean ± sd over seeds)", f1_table(results),
+        "### F1 on the test split (entity-level, %, mean ± sd over seeds)",
+        f1_table(results),
         f"### F1 on the {image_only} subset ({counts[image_only]} tweets in the test split)",
         f1_table(results, image_only),
         f"### F1 on the {text_sufficient} subset ({counts[text_sufficient]} tweets)",
         f1_table(results, text_sufficient),
         "### Relevance beta (mean per sample kind) and its ROC AUC for matched above shuffled images",
         beta_table(results),
-        "### Targets", target_table(target_checks(results)),
-    ]  # fmt: skip
-    runs = [[VARIANTS[r["variant"]][0], str(r["seed"]), str(r["best_epoch"]), f"{r['validation_f1']:.1f}",
-             f"{r['train_seconds']:.0f}"] for r in results]  # fmt: skip
+        "### Targets",
+        target_table(target_checks(results)),
+    ]
+    runs = [
+        [
+            VARIANTS[r["variant"]][0],
+            str(r["seed"]),
+            str(r["best_epoch"]),
+            f"{r['validation_f1']:.1f}",
+            f"{r['train_seconds']:.0f}",
+        ]
+        for r in results
+    ]
     sections += ["### Runs", markdown_table(["model", "seed", "best epoch", "validation F1", "train s"], runs)]
     sections.append(
         f"Test split: {len(first['kinds'])} tweets. Seeds {settings.seeds}, {settings.epochs} epoch(s), batch "
@@ -383,25 +468,46 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     parser.add_argument("--smoke", action="store_true", help="bundled sample, small RAP layers, 1 epoch, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--sizes", type=int, nargs=3, default=[600, 150, 300], metavar=("TRAIN", "VALID", "TEST"),
-                        help="size of the generated corpus (scripts/make_sample_data.py --sizes)")
-    parser.add_argument("--data_dir", default=None,
-                        help="use this generated corpus (with manifest.json) instead of generating one")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        default=[600, 150, 300],
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="size of the generated corpus (scripts/make_sample_data.py --sizes)",
+    )
+    parser.add_argument(
+        "--data_dir", default=None, help="use this generated corpus (with manifest.json) instead of generating one"
+    )
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=sorted(VARIANTS))
     parser.add_argument("--corpus_seed", type=int, default=13, help="seed of the generated corpus")
-    parser.add_argument("--unrelated_share", type=float, default=UNRELATED_SHARE,
-                        help="percent of tweets that are easy and carry an unrelated image")
-    parser.add_argument("--misleading_share", type=float, default=MISLEADING_SHARE,
-                        help="fraction of those unrelated images that show a shape of a random type")
+    parser.add_argument(
+        "--unrelated_share",
+        type=float,
+        default=UNRELATED_SHARE,
+        help="percent of tweets that are easy and carry an unrelated image",
+    )
+    parser.add_argument(
+        "--misleading_share",
+        type=float,
+        default=MISLEADING_SHARE,
+        help="fraction of those unrelated images that show a shape of a random type",
+    )
     parser.add_argument("--shuffle_seed", type=int, default=1234, help="seed of the image permutation")
     parser.add_argument("--text_model", default="minilm")
-    parser.add_argument("--vision_model", default=None,
-                        help="default: efficientnet-lite0 (with --smoke: a tiny random ResNet, for speed)")
+    parser.add_argument(
+        "--vision_model",
+        default=None,
+        help="default: efficientnet-lite0 (with --smoke: a tiny random ResNet, for speed)",
+    )
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the training default")
-    parser.add_argument("--new_params_learning_rate", type=float, default=1e-3,
-                        help="lr of the RAP layers (1e-3: they learn to read the images within the CPU budget; the "
-                        "encoders keep 3e-5)")
+    parser.add_argument(
+        "--new_params_learning_rate",
+        type=float,
+        default=1e-3,
+        help="lr of the RAP layers (1e-3: they learn to read the images within the CPU budget; the encoders keep 3e-5)",
+    )
     parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for every RAP variant")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one thread each)")
     parser.add_argument("--work_dir", type=Path, default=None, help="corpus, runs, caches (default: a temp folder)")
@@ -412,17 +518,32 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
     args = parser.parse_args(argv)
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
     if args.smoke:
-        settings = Settings(seeds=[0], epochs=1, sizes=None, data_dir=None, variants=list(args.variants),
-                            config_overrides={**SMOKE_OVERRIDES, **overrides}, smoke=True)  # fmt: skip
+        settings = Settings(
+            seeds=[0],
+            epochs=1,
+            sizes=None,
+            data_dir=None,
+            variants=list(args.variants),
+            config_overrides={**SMOKE_OVERRIDES, **overrides},
+            smoke=True,
+        )
     else:
-        settings = Settings(seeds=args.seeds, epochs=args.epochs, sizes=None if args.data_dir else list(args.sizes),
-                            data_dir=args.data_dir, variants=list(args.variants), corpus_seed=args.corpus_seed,
-                            unrelated_share=args.unrelated_share, misleading_share=args.misleading_share,
-                            config_overrides=overrides)  # fmt: skip
+        settings = Settings(
+            seeds=args.seeds,
+            epochs=args.epochs,
+            sizes=None if args.data_dir else list(args.sizes),
+            data_dir=args.data_dir,
+            variants=list(args.variants),
+            corpus_seed=args.corpus_seed,
+            unrelated_share=args.unrelated_share,
+            misleading_share=args.misleading_share,
+            config_overrides=overrides,
+        )
     settings.shuffle_seed, settings.batch_size = args.shuffle_seed, args.batch_size
     settings.text_model = args.text_model
-    settings.vision_model = args.vision_model if args.vision_model is not None else ("" if args.smoke else
-                                                                                     "efficientnet-lite0")
+    settings.vision_model = (
+        args.vision_model if args.vision_model is not None else ("" if args.smoke else "efficientnet-lite0")
+    )
     settings.learning_rate, settings.new_params_learning_rate = args.learning_rate, args.new_params_learning_rate
     settings.verbose = args.verbose
     return settings, args
@@ -430,8 +551,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
 
 def quiet_libraries(verbose: bool) -> None:
     """Info logs and `datasets` progress bars off unless --verbose (set before the libraries are imported)."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if verbose else logging.WARNING)  # fmt: skip
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
+    )
     if not verbose:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -441,15 +563,21 @@ def quiet_libraries(verbose: bool) -> None:
 def environment_info(total_seconds: float, jobs: int) -> dict[str, Any]:
     import torch
 
-    return {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-                       f"{platform.system()} {platform.release()}",
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "python": platform.python_version(), "torch": torch.__version__, "jobs": jobs,
-            "torch_threads": torch.get_num_threads(), "total_seconds": total_seconds}  # fmt: skip
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{platform.system()} {platform.release()}",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "jobs": jobs,
+        "torch_threads": torch.get_num_threads(),
+        "total_seconds": total_seconds,
+    }
 
 
-def run_in_worker(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path,
-                  threads: int) -> dict[str, Any]:  # fmt: skip
+def run_in_worker(
+    variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path, threads: int
+) -> dict[str, Any]:
     """One run in a worker process (its own torch threads)."""
     import torch
 
@@ -457,8 +585,9 @@ def run_in_worker(variant: str, seed: int, settings: Settings, data_dir: Path | 
     return run_one(variant, seed, settings, data_dir, work_dir)
 
 
-def run_benchmark(settings: Settings, work_dir: Path, jobs: int, threads: int,
-                  json_path: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_benchmark(
+    settings: Settings, work_dir: Path, jobs: int, threads: int, json_path: Path | None = None
+) -> list[dict[str, Any]]:
     """Corpus and feature cache once, then every (seed, variant) run; partial results go to `json_path`."""
     from rap_hf.data import load_dataset
 
@@ -477,9 +606,13 @@ def run_benchmark(settings: Settings, work_dir: Path, jobs: int, threads: int,
         for (variant, seed), future in zip(plan, futures):
             results.append(future.result())
             scores = results[-1]["conditions"]
-            print(f"[{VARIANTS[variant][0]}, seed {seed}] F1 matched {scores['matched']['f1']:.1f} / shuffled "
-                  f"{scores['shuffled']['f1']:.1f} / none {scores['none']['f1']:.1f} "
-                  f"({results[-1]['train_seconds']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"[{VARIANTS[variant][0]}, seed {seed}] F1 matched {scores['matched']['f1']:.1f} / shuffled "
+                f"{scores['shuffled']['f1']:.1f} / none {scores['none']['f1']:.1f} "
+                f"({results[-1]['train_seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
             if json_path:
                 json_path.write_text(json.dumps({"settings": asdict(settings), "partial": True, "runs": results}))
     return results
@@ -505,8 +638,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     environment["torch_threads"] = args.threads
     print(report(results, settings, environment))
     if args.json:
-        payload = {"settings": asdict(settings), "environment": environment, "targets": target_checks(results),
-                   "runs": results}  # fmt: skip
+        payload = {
+            "settings": asdict(settings),
+            "environment": environment,
+            "targets": target_checks(results),
+            "runs": results,
+        }
         args.json.write_text(json.dumps(payload, indent=2))
 
 

@@ -44,9 +44,42 @@ from rap_hf.processing_rap import RAPProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the experiment helpers, rap_experiment
 from rap_experiment.reporting import markdown_table  # noqa: E402
 
-WORDS = ["RT", "@user", ":", "Kevin", "Durant", "visits", "Oracle", "Arena", "in", "Oakland", "tonight", "with",
-    "the", "Warriors", "!", "#NBA", "great", "game", "at", "Madison", "Square", "Garden", "New", "York", "Knicks",
-    "fans", "love", "LeBron", "James", "and", "Cleveland", "so", "much", "lol"]  # fmt: skip
+WORDS = [
+    "RT",
+    "@user",
+    ":",
+    "Kevin",
+    "Durant",
+    "visits",
+    "Oracle",
+    "Arena",
+    "in",
+    "Oakland",
+    "tonight",
+    "with",
+    "the",
+    "Warriors",
+    "!",
+    "#NBA",
+    "great",
+    "game",
+    "at",
+    "Madison",
+    "Square",
+    "Garden",
+    "New",
+    "York",
+    "Knicks",
+    "fans",
+    "love",
+    "LeBron",
+    "James",
+    "and",
+    "Cleveland",
+    "so",
+    "much",
+    "lol",
+]
 
 
 def make_inputs(count: int, crops: int, with_images: bool, seed: int = 0) -> list[dict]:
@@ -113,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     for index, name in enumerate(names):
         pipe, text_params, vision_params = build_pipeline(text_model, name)
         label = VISION_LABELS.get(name, name)
-        print(f"{label}: text encoder {text_params:.1f}M params, vision encoder {vision_params:.1f}M params",
-              flush=True)  # fmt: skip
+        print(
+            f"{label}: text encoder {text_params:.1f}M params, vision encoder {vision_params:.1f}M params", flush=True
+        )
         settings = [(image_inputs, label, True)] + ([("text only", "not run", False)] if index == 0 else [])
         for inputs, encoder, with_images in settings:
             for batch_size in args.batch_sizes:

@@ -41,8 +41,9 @@ TASK_OF_DATASET = {"twitter2017": "ner", "twitter2015": "ner", "mnre": "re"}
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="minilm",
-                        help="a saved RAP folder (trained), or a text encoder for a fresh RAP")  # fmt: skip
+    parser.add_argument(
+        "--model", default="minilm", help="a saved RAP folder (trained), or a text encoder for a fresh RAP"
+    )
     parser.add_argument("--dataset", default="twitter2017", choices=sorted(TASK_OF_DATASET))
     parser.add_argument("--data_dir", default=None, help="corpus folder (default: the bundled sample)")
     parser.add_argument("--split", default="test")
@@ -134,15 +135,19 @@ def measure(model, processor, args: argparse.Namespace, dataset_dict) -> PrefixA
 
 def print_table(recorder: PrefixAttentionRecorder, source: str, args: argparse.Namespace) -> None:
     count = len(next(iter(recorder.mass.values())))
-    print(f"\n### Attention mass on the {recorder.prompt_length} prefix slots ({source}; {args.dataset} {args.split}, "
-          f"{count} examples, text only)\n")  # fmt: skip
+    print(
+        f"\n### Attention mass on the {recorder.prompt_length} prefix slots ({source}; {args.dataset} {args.split}, "
+        f"{count} examples, text only)\n"
+    )
     print("| layer | prefix attention mass (mean ± sd over examples) | min | max | prefix / token value RMS |")
     print("| --- | --- | --- | --- | --- |")
     for layer, values in sorted(recorder.mass.items()):
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         ratio = statistics.mean(recorder.value_ratio[layer])
-        print(f"| {layer} | {statistics.mean(values):.3f} ± {spread:.3f} | {min(values):.3f} | {max(values):.3f} | "
-              f"{ratio:.3f} |")
+        print(
+            f"| {layer} | {statistics.mean(values):.3f} ± {spread:.3f} | {min(values):.3f} | {max(values):.3f} | "
+            f"{ratio:.3f} |"
+        )
     overall = statistics.mean(v for values in recorder.mass.values() for v in values)
     print(f"\nmean over layers: {overall:.3f} (each layer's token attention is scaled by about {1 - overall:.2f})")
 
@@ -158,8 +163,10 @@ def main(argv=None) -> None:
     if not model.config.multimodal:
         sys.exit(f"{args.model} is a text-only baseline (config.multimodal=False): it has no prefix")
     if model.config.task != TASK_OF_DATASET[args.dataset]:
-        sys.exit(f"{args.model} is a {model.config.task} model but --dataset {args.dataset} is a "
-                 f"{TASK_OF_DATASET[args.dataset]} corpus")  # fmt: skip
+        sys.exit(
+            f"{args.model} is a {model.config.task} model but --dataset {args.dataset} is a "
+            f"{TASK_OF_DATASET[args.dataset]} corpus"
+        )
     print_table(measure(model, processor, args, dataset_dict), source, args)
 
 

@@ -41,23 +41,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--text_model", default="minilm")
-    parser.add_argument("--max_train_samples_re", type=int, default=3000,
-                        help="MNRE training subset (the full 12,247 is slow on CPU); 0 = all")
+    parser.add_argument(
+        "--max_train_samples_re",
+        type=int,
+        default=3000,
+        help="MNRE training subset (the full 12,247 is slow on CPU); 0 = all",
+    )
     parser.add_argument("--max_train_samples_ner", type=int, default=0, help="Twitter-2017 training subset; 0 = all")
     parser.add_argument("--max_eval_samples", type=int, default=0, help="0 = full validation/test splits")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the paper's (8 NER, 16 RE)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                        help="which models to train (the target needs both)")  # fmt: skip
-    parser.add_argument("--new_params_learning_rate", type=float, default=None,
-                        help="lr of the new RAP layers and heads (default: the training default, = learning_rate)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="which models to train (the target needs both)",
+    )
+    parser.add_argument(
+        "--new_params_learning_rate",
+        type=float,
+        default=None,
+        help="lr of the new RAP layers and heads (default: the training default, = learning_rate)",
+    )
     parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for the RAP variant")
     parser.add_argument("--output_dir", default=None, help="default: a temporary folder")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--smoke", action="store_true", help="bundled sample, tiny random encoder, 1 epoch, 1 seed")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="train this many runs at once in subprocesses (a GPU is mostly idle with one small run)")
-    parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
-                        help="only print the table of runs saved with --json (several files are merged; no training)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train this many runs at once in subprocesses (a GPU is mostly idle with one small run)",
+    )
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only print the table of runs saved with --json (several files are merged; no training)",
+    )
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: task:variant:seed of one run
     return parser.parse_args(argv)
 
@@ -69,26 +91,42 @@ def train_once(task: str, variant: str, seed: int, args: argparse.Namespace, out
     if args.config_overrides and variant == VARIANTS["rap"]:
         overrides.update(json.loads(args.config_overrides))
     model_args = ModelArguments(
-        text_model=args.text_model, text_only_baseline=variant == VARIANTS["baseline"],
+        text_model=args.text_model,
+        text_only_baseline=variant == VARIANTS["baseline"],
         config_overrides=json.dumps(overrides) if overrides else None,
     )
     max_train = args.max_train_samples_re if task == "re" else args.max_train_samples_ner
     data_args = DataArguments(
-        dataset=DATASET_OF_TASK[task], data_dir=None if args.smoke else args.data_dir, text_only_data=True,
-        max_train_samples=max_train or None, max_eval_samples=args.max_eval_samples or None,
+        dataset=DATASET_OF_TASK[task],
+        data_dir=None if args.smoke else args.data_dir,
+        text_only_data=True,
+        max_train_samples=max_train or None,
+        max_eval_samples=args.max_eval_samples or None,
     )
     training_args = RunArguments(
-        output_dir=str(out / f"{task}-{variant.replace(' ', '_')}-seed{seed}"), num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size, seed=seed, report_to="none", make_figures=False,
+        output_dir=str(out / f"{task}-{variant.replace(' ', '_')}-seed{seed}"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        seed=seed,
+        report_to="none",
+        make_figures=False,
         new_params_learning_rate=args.new_params_learning_rate,
     )
     start = time.perf_counter()
     results = run(model_args, data_args, training_args)
-    return {"task": task, "variant": variant, "seed": seed, "test": results["test"],
-            "validation": results["validation"], "seconds": time.perf_counter() - start,
-            "train_examples": max_train or "all", "best_epoch": results["best_epoch"], "epochs": args.epochs,
-            "new_params_learning_rate": args.new_params_learning_rate,
-            "config_overrides": args.config_overrides if variant == VARIANTS["rap"] else None}  # fmt: skip
+    return {
+        "task": task,
+        "variant": variant,
+        "seed": seed,
+        "test": results["test"],
+        "validation": results["validation"],
+        "seconds": time.perf_counter() - start,
+        "train_examples": max_train or "all",
+        "best_epoch": results["best_epoch"],
+        "epochs": args.epochs,
+        "new_params_learning_rate": args.new_params_learning_rate,
+        "config_overrides": args.config_overrides if variant == VARIANTS["rap"] else None,
+    }
 
 
 def train_in_subprocesses(combos: list[tuple[str, str, int]], args: argparse.Namespace, out: Path) -> list[dict]:
@@ -105,8 +143,19 @@ def train_in_subprocesses(combos: list[tuple[str, str, int]], args: argparse.Nam
     def one(combo: tuple[str, str, int]) -> dict:
         task, variant, seed = combo
         result_file = out / f"{task}-{variant.replace(' ', '_')}-{seed}.json"
-        command = [sys.executable, __file__, *strip_option(sys.argv[1:], "--jobs"), "--output_dir", str(out),
-                   "--text_model", args.text_model, "--only", f"{task}:{variant}:{seed}", "--json", str(result_file)]
+        command = [
+            sys.executable,
+            __file__,
+            *strip_option(sys.argv[1:], "--jobs"),
+            "--output_dir",
+            str(out),
+            "--text_model",
+            args.text_model,
+            "--only",
+            f"{task}:{variant}:{seed}",
+            "--json",
+            str(result_file),
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode:
@@ -139,8 +188,10 @@ def mean_spread(values: list[float]) -> str:
 
 def print_table(runs: list[dict], args: argparse.Namespace) -> None:
     new_lr = f", new layers at lr {args.new_params_learning_rate:g}" if args.new_params_learning_rate else ""
-    print(f"\n### Quality: text-only baseline vs RAP ({args.epochs} epochs, seeds {args.seeds}, "
-          f"text encoder {args.text_model}{new_lr})\n")  # fmt: skip
+    print(
+        f"\n### Quality: text-only baseline vs RAP ({args.epochs} epochs, seeds {args.seeds}, "
+        f"text encoder {args.text_model}{new_lr})\n"
+    )
     print("| task | dataset | variant | test P | test R | test F1 | F1 per seed | s / run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for task in args.tasks:
@@ -149,8 +200,10 @@ def print_table(runs: list[dict], args: argparse.Namespace) -> None:
             metric = {k: [r["test"][k] for r in rows] for k in ("precision", "recall", "f1")}
             per_seed = ", ".join(f"{100 * v:.2f}" for v in metric["f1"])
             seconds = statistics.mean(r["seconds"] for r in rows)
-            print(f"| {task} | {DATASET_OF_TASK[task]} | {variant} | {mean_spread(metric['precision'])} | "
-                  f"{mean_spread(metric['recall'])} | {mean_spread(metric['f1'])} | {per_seed} | {seconds:.0f} |")
+            print(
+                f"| {task} | {DATASET_OF_TASK[task]} | {variant} | {mean_spread(metric['precision'])} | "
+                f"{mean_spread(metric['recall'])} | {mean_spread(metric['f1'])} | {per_seed} | {seconds:.0f} |"
+            )
     if len(args.variants) == len(VARIANTS):
         print_target(runs, args)
 
@@ -197,8 +250,12 @@ def main(argv=None) -> None:
         out = Path(args.output_dir or tmp)
         if args.smoke and args.text_model == "minilm":
             args.text_model = save_tiny_text_model(out / "tiny_text_model")
-        combos = [(task, variant, seed) for task in args.tasks
-                  for variant in (VARIANTS[v] for v in args.variants) for seed in args.seeds]  # fmt: skip
+        combos = [
+            (task, variant, seed)
+            for task in args.tasks
+            for variant in (VARIANTS[v] for v in args.variants)
+            for seed in args.seeds
+        ]
         if args.only:
             task, variant, seed = args.only.split(":")
             runs = [train_once(task, variant, int(seed), args, out)]

@@ -66,8 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a saved RAP model folder; default: fresh RAP layers")
     parser.add_argument("--text_model", default="minilm", help="text encoder of a fresh RAP")
-    parser.add_argument("--vision_model", default="efficientnet-lite0",
-                        help="vision encoder of a fresh RAP ('': randomly initialised ResNet-101)")
+    parser.add_argument(
+        "--vision_model",
+        default="efficientnet-lite0",
+        help="vision encoder of a fresh RAP ('': randomly initialised ResNet-101)",
+    )
     parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for a fresh RAP")
     parser.add_argument("--dataset", default="twitter2017", choices=sorted(TASK_OF_DATASET))
     parser.add_argument("--data_dir", default=None, help="corpus folder (default: the bundled sample)")
@@ -105,8 +108,11 @@ def build(args: argparse.Namespace, raw: datasets.DatasetDict):
         folder = tempfile.mkdtemp(prefix="rap-relevance-smoke-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         args.text_model, args.vision_model = save_tiny_text_model(folder), None
-    model_args = ModelArguments(text_model=args.text_model, vision_model=args.vision_model or None,
-                                config_overrides=json.dumps(overrides) if overrides else None)  # fmt: skip
+    model_args = ModelArguments(
+        text_model=args.text_model,
+        vision_model=args.vision_model or None,
+        config_overrides=json.dumps(overrides) if overrides else None,
+    )
     model, processor = model_and_processor(TASK_OF_DATASET[args.dataset], raw, model_args, 128)
     encoders = "tiny random encoders" if args.smoke else f"{args.text_model} + {args.vision_model}"
     return model, processor, f"fresh RAP (seed {args.seed}) on {encoders}"
@@ -164,8 +170,9 @@ def one_text_every_image(dataset: datasets.Dataset, holders: list[int]) -> datas
     return datasets.concatenate_datasets([text.flatten_indices(), visual], axis=1)
 
 
-def beta_report(model, processor, dataset: datasets.Dataset, args, kinds: list[str] | None,
-                topics: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def beta_report(
+    model, processor, dataset: datasets.Dataset, args, kinds: list[str] | None, topics: list[str] | None = None
+) -> dict[str, Any]:
     """beta with own, shuffled (from tweets of other topics where the manifest has topics) and one text's images."""
     holders = image_holders(dataset)
     if len(holders) < 2:
@@ -202,17 +209,22 @@ def gradient_report(model, processor, train: datasets.Dataset, batch_size: int) 
     output.loss.backward()
     norms = gradient_norms(model)
     model.zero_grad()
-    losses = {name: float(getattr(output, name).detach()) for name in ("loss", "task_loss", "router_loss",
-                                                               "relevance_matching_loss")
-              if getattr(output, name, None) is not None}  # fmt: skip
+    losses = {
+        name: float(getattr(output, name).detach())
+        for name in ("loss", "task_loss", "router_loss", "relevance_matching_loss")
+        if getattr(output, name, None) is not None
+    }
     return {"norms": norms, "fusion_over_group": fusion_to_relevance_ratios(norms), "losses": losses}
 
 
 def training_curve(model, processor, splits, args) -> list[dict[str, Any]]:
     """AdamW at the paper's learning rate for --train_steps steps; beta and AUC on the eval split along the way."""
     learning_rate = args.learning_rate or PAPER_DEFAULTS[model.config.task][2]
-    training_args = RunArguments(learning_rate=learning_rate, weight_decay=0.0,
-                                         new_params_learning_rate=args.new_params_learning_rate or learning_rate)
+    training_args = RunArguments(
+        learning_rate=learning_rate,
+        weight_decay=0.0,
+        new_params_learning_rate=args.new_params_learning_rate or learning_rate,
+    )
     optimizer = torch.optim.AdamW(parameter_groups(model, training_args))
     curve, step, losses = [], 0, []
     while step < args.train_steps:
@@ -228,9 +240,16 @@ def training_curve(model, processor, splits, args) -> list[dict[str, Any]]:
             step += 1
             if step % args.eval_every == 0 or step == args.train_steps:
                 beta = beta_report(model, processor, splits["eval"], args, None, args.topics)
-                curve.append({"step": step, "loss": sum(losses) / len(losses), "matched": beta["matched"]["mean"],
-                              "shuffled": beta["shuffled"]["mean"], "sd": beta["matched"]["sd"],
-                              "auc": beta["auc"]})  # fmt: skip
+                curve.append(
+                    {
+                        "step": step,
+                        "loss": sum(losses) / len(losses),
+                        "matched": beta["matched"]["mean"],
+                        "shuffled": beta["shuffled"]["mean"],
+                        "sd": beta["matched"]["sd"],
+                        "auc": beta["auc"],
+                    }
+                )
                 losses = []
             if step >= args.train_steps:
                 break
@@ -251,8 +270,10 @@ def print_tables(results: dict[str, Any]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in ("matched", "shuffled", "one text, every image"):
         d = beta[name]
-        print(f"| {name} | {d['n']} | {fmt(d['mean'])} | {fmt(d['sd'])} | {fmt(d['min'])} | {fmt(d['median'])} | "
-              f"{fmt(d['max'])} |")
+        print(
+            f"| {name} | {d['n']} | {fmt(d['mean'])} | {fmt(d['sd'])} | {fmt(d['min'])} | {fmt(d['median'])} | "
+            f"{fmt(d['max'])} |"
+        )
     print(f"\nROC AUC, matched above shuffled: {fmt(beta['auc'], 3)}")
     if beta["per_kind"]:
         print("\n| sample kind | n | beta matched | beta shuffled | AUC |\n| --- | --- | --- | --- | --- |")
@@ -265,14 +286,18 @@ def print_tables(results: dict[str, Any]) -> None:
     print("| --- | --- | --- | --- | --- |")
     for group, row in gradients["norms"].items():
         ratio = gradients["fusion_over_group"].get(group)
-        print(f"| {group} | {row['parameters']:,} | {row['norm']:.3e} | {row['rms']:.3e} | "
-              f"{'' if ratio is None else f'{ratio:.1f}x'} |")
+        print(
+            f"| {group} | {row['parameters']:,} | {row['norm']:.3e} | {row['rms']:.3e} | "
+            f"{'' if ratio is None else f'{ratio:.1f}x'} |"
+        )
     if results.get("curve"):
         print("\n### Training curve\n\n| step | mean loss | beta matched | beta shuffled | sd matched | AUC |")
         print("| --- | --- | --- | --- | --- | --- |")
         for row in results["curve"]:
-            print(f"| {row['step']} | {row['loss']:.3f} | {fmt(row['matched'])} | {fmt(row['shuffled'])} | "
-                  f"{fmt(row['sd'])} | {fmt(row['auc'], 3)} |")
+            print(
+                f"| {row['step']} | {row['loss']:.3f} | {fmt(row['matched'])} | {fmt(row['shuffled'])} | "
+                f"{fmt(row['sd'])} | {fmt(row['auc'], 3)} |"
+            )
 
 
 def main(argv=None) -> None:
@@ -288,9 +313,12 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="rap-relevance-") as temporary:
         splits = prepared_splits(args, raw, model, processor, Path(args.feature_cache_dir or temporary))
         kinds, args.topics = manifest_fields(args, splits["eval"])
-        results = {"model": description, "data": f"{args.dataset} {args.split} ({args.data_dir or 'bundled sample'})",
-                   "beta": beta_report(model, processor, splits["eval"], args, kinds, args.topics),
-                   "gradients": gradient_report(model, processor, splits["train"], args.batch_size)}  # fmt: skip
+        results = {
+            "model": description,
+            "data": f"{args.dataset} {args.split} ({args.data_dir or 'bundled sample'})",
+            "beta": beta_report(model, processor, splits["eval"], args, kinds, args.topics),
+            "gradients": gradient_report(model, processor, splits["train"], args.batch_size),
+        }
         if args.train_steps:
             results["curve"] = training_curve(model, processor, splits, args)
     print_tables(results)

@@ -53,8 +53,14 @@ VARIANTS = {  # name -> (label, RAPConfig fields, paper architecture, from pixel
 }
 STAGES = ("rap.text_features", "rap.relevance", "rap.fusion", "rap.prompts", "rap.prefixed_encoder")
 EFFICIENTNET = {"model_type": "timm_wrapper", "architecture": "tf_efficientnet_lite0", "num_features": 1280}
-SMOKE_TEXT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "intermediate_size": 37, "vocab_size": 1000}  # fmt: skip
+SMOKE_TEXT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "vocab_size": 1000,
+}
 SMOKE_VISION = TINY_VISION_CONFIG
 
 
@@ -77,8 +83,13 @@ def build(task: str, variant: str, text: dict[str, Any], smoke: bool):
     from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE
 
     _, fields, paper, _ = VARIANTS[variant]
-    kwargs = dict(text_config=text, vision_config=SMOKE_VISION if smoke else EFFICIENTNET, task=task,
-                  num_labels=NUM_LABELS[task], **fields)  # fmt: skip
+    kwargs = dict(
+        text_config=text,
+        vision_config=SMOKE_VISION if smoke else EFFICIENTNET,
+        task=task,
+        num_labels=NUM_LABELS[task],
+        **fields,
+    )
     if smoke:
         kwargs.update(fusion_num_heads=4, fusion_hidden_size=16, relevance_dim=16, prompt_source_length=64)
     torch.manual_seed(0)
@@ -94,8 +105,10 @@ def make_batch(model, variant: str, batch_size: int, length: int) -> dict[str, A
     config = model.config
     generator = torch.Generator().manual_seed(0)
     vocab = config.text_config.vocab_size
-    batch = {"input_ids": torch.randint(min(1000, vocab // 2), vocab, (batch_size, length), generator=generator),
-             "attention_mask": torch.ones(batch_size, length, dtype=torch.long)}  # fmt: skip
+    batch = {
+        "input_ids": torch.randint(min(1000, vocab // 2), vocab, (batch_size, length), generator=generator),
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+    }
     if config.task == "ner":
         batch["word_start_mask"] = torch.ones(batch_size, length, dtype=torch.long)
         batch["labels"] = torch.randint(0, config.num_labels, (batch_size, length), generator=generator)
@@ -195,8 +208,9 @@ def measure(runners: dict[str, Any], device: str, min_run_time: float, rounds: i
             else:  # the Timer would otherwise pin torch to 1 thread
                 timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
                 times = timer.blocked_autorange(min_run_time=budget).times
-            results[name]["cpu_s"] = [total + now - then for total, now, then in
-                                      zip(results[name]["cpu_s"], cpu_seconds(), before)]  # fmt: skip
+            results[name]["cpu_s"] = [
+                total + now - then for total, now, then in zip(results[name]["cpu_s"], cpu_seconds(), before)
+            ]
             results[name]["round_s"].append(statistics.median(times))
             results[name]["runs"] += len(times)
             if device.startswith("cuda"):
@@ -228,21 +242,34 @@ def run(args: argparse.Namespace, allocator: str) -> dict[str, Any]:
             runners = {}
             for variant in args.variants:
                 model, optimizer = build(task, variant, text, args.smoke)
-                runners[variant] = steps(model, optimizer, make_batch(model, variant, args.batch_size, args.length),
-                                         args.device)  # fmt: skip
+                runners[variant] = steps(
+                    model, optimizer, make_batch(model, variant, args.batch_size, args.length), args.device
+                )
             for mode in ("train", "infer"):
                 results = measure({v: r[mode] for v, r in runners.items()}, args.device, args.min_run_time, args.rounds)
                 for variant, result in results.items():
                     rows.append({"text": text_name, "task": task, "variant": variant, "mode": mode, **result})
                     print(f"{text_name} {task} {mode} {variant}: {1000 * result['median_s']:.1f} ms", file=sys.stderr)
                 if args.profile and "rap" in runners:
-                    profiles.append({"text": text_name, "task": task, "mode": mode,
-                                     "stages_ms": profile_stages(runners["rap"][mode])})  # fmt: skip
+                    profiles.append(
+                        {
+                            "text": text_name,
+                            "task": task,
+                            "mode": mode,
+                            "stages_ms": profile_stages(runners["rap"][mode]),
+                        }
+                    )
             del runners
-    environment = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "device": args.device,
-                   "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
-                   "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "batch_size": args.batch_size, "length": args.length, "allocator": allocator}  # fmt: skip
+    environment = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "length": args.length,
+        "allocator": allocator,
+    }
     return {"rows": rows, "profiles": profiles, "environment": environment}
 
 
@@ -251,8 +278,9 @@ def run(args: argparse.Namespace, allocator: str) -> dict[str, Any]:
 # ======================================================================================================================
 def ratio_to_floor(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
     """Median over rounds of (variant / floor) in the same round, so load drift between rounds cancels."""
-    floor = next((r for r in rows if r["variant"] == "floor" and all(r[k] == row[k] for k in ("text", "task", "mode"))),
-                 None)  # fmt: skip
+    floor = next(
+        (r for r in rows if r["variant"] == "floor" and all(r[k] == row[k] for k in ("text", "task", "mode"))), None
+    )
     if floor is None:
         return None
     return statistics.median(mine / theirs for mine, theirs in zip(row["round_s"], floor["round_s"]))
@@ -268,9 +296,15 @@ def main_table(report: dict[str, Any]) -> str:
         ratio = ratio_to_floor(rows, row)
         target = TARGETS[row["mode"]]
         verdict = ("PASS" if ratio <= target else "MISS") if row["variant"] == "rap" and ratio else ""
-        cells = [row["text"], row["task"].upper(), row["mode"], VARIANTS[row["variant"]][0],
-                 f"{1000 * row['median_s']:,.1f}", f"{ratio:.2f}x" if ratio else "-",
-                 f"{verdict} (<= {target}x)" if verdict else ""]  # fmt: skip
+        cells = [
+            row["text"],
+            row["task"].upper(),
+            row["mode"],
+            VARIANTS[row["variant"]][0],
+            f"{1000 * row['median_s']:,.1f}",
+            f"{ratio:.2f}x" if ratio else "-",
+            f"{verdict} (<= {target}x)" if verdict else "",
+        ]
         if gpu:
             cells += [f"{tokens / row['median_s']:,.0f}", f"{row['peak_mib']:,.0f}"]
         elif kernel:
@@ -282,29 +316,41 @@ def main_table(report: dict[str, Any]) -> str:
 
 
 def profile_table(report: dict[str, Any]) -> str:
-    table = [[p["text"], p["task"].upper(), p["mode"], *(f"{p['stages_ms'][s]:,.1f}" for s in STAGES)]
-             for p in report["profiles"]]  # fmt: skip
+    table = [
+        [p["text"], p["task"].upper(), p["mode"], *(f"{p['stages_ms'][s]:,.1f}" for s in STAGES)]
+        for p in report["profiles"]
+    ]
     return markdown_table(["text encoder", "task", "mode", *(s.removeprefix("rap.") for s in STAGES)], table)
 
 
 def render(report: dict[str, Any]) -> str:
     environment = report["environment"]
-    sections = [f"### Time per batch (batch {environment['batch_size']}, {environment['length']} sub-tokens)",
-                main_table(report)]  # fmt: skip
+    sections = [
+        f"### Time per batch (batch {environment['batch_size']}, {environment['length']} sub-tokens)",
+        main_table(report),
+    ]
     if report["profiles"]:
-        sections += ["### RAP per stage (ms, one profiled step; backward counted in the train total only)",
-                     profile_table(report)]  # fmt: skip
+        sections += [
+            "### RAP per stage (ms, one profiled step; backward counted in the train total only)",
+            profile_table(report),
+        ]
     where = environment["gpu"] or f"CPU ({environment['machine']}, {environment['torch_threads']} intra-op threads)"
     allocator = f"; malloc: {environment['allocator']}" if environment.get("allocator") else ""
-    sections.append(f"Measured on {where}, torch {environment['torch']}{allocator}; medians of torch.utils.benchmark, "
-                    "the variants taking turns; ratios are medians over the turns of (variant / floor).")
+    sections.append(
+        f"Measured on {where}, torch {environment['torch']}{allocator}; medians of torch.utils.benchmark, "
+        "the variants taking turns; ratios are medians over the turns of (variant / floor)."
+    )
     return "\n\n".join(sections)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--text_models", nargs="+", default=["minilm", "bert-base"],
-                        help="minilm (offline MiniLM-L6 sizes), bert-base, or a model name/path (its config)")
+    parser.add_argument(
+        "--text_models",
+        nargs="+",
+        default=["minilm", "bert-base"],
+        help="minilm (offline MiniLM-L6 sizes), bert-base, or a model name/path (its config)",
+    )
     parser.add_argument("--tasks", nargs="+", default=["ner", "re"], choices=["ner", "re"])
     parser.add_argument("--variants", nargs="+", default=["floor", "rap", "rap-paper-size"], choices=list(VARIANTS))
     parser.add_argument("--pixels", action="store_true", help="also time RAP from pixels (slow on CPU)")
@@ -315,9 +361,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min_run_time", type=float, default=15.0, help="seconds of timing per measurement")
     parser.add_argument("--rounds", type=int, default=15, help="turns the variants take (load drift cancels)")
     parser.add_argument("--profile", action="store_true", help="time per stage of RAP with torch.profiler")
-    parser.add_argument("--system_allocator", action="store_true",
-                        help="leave glibc's malloc as it is (default: keep freed memory in the process, see "
-                             "keep_freed_memory; the defaults make bert-base CPU steps vary by seconds)")
+    parser.add_argument(
+        "--system_allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory in the process, see "
+        "keep_freed_memory; the defaults make bert-base CPU steps vary by seconds)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every number here")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json")
     parser.add_argument("--smoke", action="store_true", help="tiny configs, short timing (CI)")

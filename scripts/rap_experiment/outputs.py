@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 def sample_label(label: Any) -> str:
     """One class name per sample for the figures: the relation (RE) or the first entity type, else 'no entity' (NER)."""
     if isinstance(label, str):
@@ -36,21 +37,27 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
     units = [UNIT_DISPLAY_NAMES[u] for u in config.fusion_units]
     figures = {
         "routing_paths": plot_routing_paths(
-            routing[example], units, config.routing_layers, test.relevance[example],
-            figures_dir / "routing_paths.png", title=f"Routing of test sample {example} ({labels[example]})",
+            routing[example],
+            units,
+            config.routing_layers,
+            test.relevance[example],
+            figures_dir / "routing_paths.png",
+            title=f"Routing of test sample {example} ({labels[example]})",
         ).path,
         "routing_map": plot_routing_map(routing, labels, figures_dir / "routing_map.png"),
     }
     if with_image:
         figures["relevance_by_class"] = plot_relevance_by_class(
-            [test.relevance[i] for i in with_image], [labels[i] for i in with_image],
+            [test.relevance[i] for i in with_image],
+            [labels[i] for i in with_image],
             figures_dir / "relevance_by_class.png",
-        )  # fmt: skip
+        )
     return {name: str(path) for name, path in figures.items()}
 
 
-def write_run_outputs(results: dict[str, Any], test, model, output_dir: Path, args,
-                      card_data: RAPModelCardData | None = None) -> None:  # fmt: skip
+def write_run_outputs(
+    results: dict[str, Any], test, model, output_dir: Path, args, card_data: RAPModelCardData | None = None
+) -> None:
     """Writes results.json and the figures next to the saved model in `output_dir`, and hands what the run learnt
     after training (command, corpus folder, test scores, figures, timings) to the trainer's `card_data`; the card
     itself (README.md) is written from it with the model by `RAPTrainer.save_model`."""

@@ -80,9 +80,16 @@ def distribution(values: Sequence[float]) -> dict[str, float]:
     """n, mean, sd, min, quartiles and max of `values` (sd 0 for a single value)."""
     ordered = sorted(values)
     quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else ordered * 3
-    return {"n": len(ordered), "mean": statistics.fmean(ordered),
-            "sd": statistics.stdev(ordered) if len(ordered) > 1 else 0.0, "min": ordered[0],
-            "q1": quartiles[0], "median": quartiles[1], "q3": quartiles[2], "max": ordered[-1]}  # fmt: skip
+    return {
+        "n": len(ordered),
+        "mean": statistics.fmean(ordered),
+        "sd": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+        "min": ordered[0],
+        "q1": quartiles[0],
+        "median": quartiles[1],
+        "q3": quartiles[2],
+        "max": ordered[-1],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -103,8 +110,10 @@ OTHER_GROUPS = {
     "routers (Eq. 19)": (".routers.",),
     "prompt projection (Eq. 23)": ("prompt_projection.",),
 }
-FUSION_UNIT_GROUPS = {"FeatureSemanticReasoningUnit": "FSRU units (Eq. 11-12)",
-                      "CrossModalFusionUnit": "CFU units (Eq. 13-16)"}  # fmt: skip
+FUSION_UNIT_GROUPS = {
+    "FeatureSemanticReasoningUnit": "FSRU units (Eq. 11-12)",
+    "CrossModalFusionUnit": "CFU units (Eq. 13-16)",
+}
 
 
 def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -138,5 +147,8 @@ def fusion_to_relevance_ratios(norms: dict[str, dict[str, float]]) -> dict[str, 
     """For each relevance-path group: mean gradient norm of the fusion units / the group's norm (inf for none)."""
     fusion = [norms[g]["norm"] for g in FUSION_UNIT_GROUPS.values() if g in norms]
     reference = statistics.fmean(fusion) if fusion else 0.0
-    return {g: (reference / norms[g]["norm"] if norms[g]["norm"] > 0 else float("inf"))
-            for g in RELEVANCE_GROUPS if g in norms}  # fmt: skip
+    return {
+        g: (reference / norms[g]["norm"] if norms[g]["norm"] > 0 else float("inf"))
+        for g in RELEVANCE_GROUPS
+        if g in norms
+    }

@@ -59,8 +59,16 @@ class DataArguments:
 
 
 # RAPConfig fields that are not command-line options: set from the corpus, the encoders or other options.
-NOT_OPTIONS = {"text_config", "vision_config", "task", "multimodal", "text_encoder_lora", "vision_feature_size",
-               "subject_marker_token_id", "object_marker_token_id"}  # fmt: skip
+NOT_OPTIONS = {
+    "text_config",
+    "vision_config",
+    "task",
+    "multimodal",
+    "text_encoder_lora",
+    "vision_feature_size",
+    "subject_marker_token_id",
+    "object_marker_token_id",
+}
 
 
 def config_field_help(name: str) -> str:
@@ -106,16 +114,20 @@ class EncoderArguments:
     )
     vision_model: str | None = field(
         default=OFFLINE_VISION_MODEL,
-        metadata={"help": "Vision encoder: any HF vision model with a pooled output or timm/... id (paper: "
-                  "microsoft/resnet-101); 'efficientnet-lite0' = the offline ImageNet EfficientNet-Lite0; "
-                  "'' = randomly initialised ResNet-101"},
+        metadata={
+            "help": "Vision encoder: any HF vision model with a pooled output or timm/... id (paper: "
+            "microsoft/resnet-101); 'efficientnet-lite0' = the offline ImageNet EfficientNet-Lite0; "
+            "'' = randomly initialised ResNet-101"
+        },
     )
     text_only_baseline: bool = field(default=False, metadata={"help": "Train the text-only baseline (no image)"})
     paper_architecture: bool = field(
         default=False,
-        metadata={"help": "The paper's architecture, equation by equation (RAPConfig.paper_fields: E_t from a second "
-                  "encoder pass, d = hidden size, L = 4/3, m = 3 crops, beta = W_s r_g + b_s, tanh gate, no "
-                  "matching loss or added normalisation; docs/design.md); slower"},
+        metadata={
+            "help": "The paper's architecture, equation by equation (RAPConfig.paper_fields: E_t from a second "
+            "encoder pass, d = hidden size, L = 4/3, m = 3 crops, beta = W_s r_g + b_s, tanh gate, no "
+            "matching loss or added normalisation; docs/design.md); slower"
+        },
     )
     lora_r: int | None = field(
         default=None, metadata={"help": "LoRA rank of adapters on the text encoder (peft); its own weights stay frozen"}
@@ -172,9 +184,12 @@ def rap_config_kwargs(task: str, model_args: ModelArguments) -> dict[str, Any]:
     if isinstance(kwargs.get("fusion_units"), str):
         kwargs["fusion_units"] = [unit.strip() for unit in kwargs["fusion_units"].split(",") if unit.strip()]
     if model_args.lora_r:
-        kwargs["text_encoder_lora"] = {"r": model_args.lora_r, "lora_alpha": model_args.lora_alpha,
-                                       "lora_dropout": model_args.lora_dropout,
-                                       "target_modules": [m.strip() for m in model_args.lora_target_modules.split(",")]}
+        kwargs["text_encoder_lora"] = {
+            "r": model_args.lora_r,
+            "lora_alpha": model_args.lora_alpha,
+            "lora_dropout": model_args.lora_dropout,
+            "target_modules": [m.strip() for m in model_args.lora_target_modules.split(",")],
+        }
     kwargs.update(json.loads(model_args.config_overrides) if model_args.config_overrides else {})
     return kwargs
 
@@ -191,27 +206,39 @@ def check_task(data_args: DataArguments, model_args: ModelArguments) -> str:
     task = TASK_OF_DATASET[data_args.dataset]
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     if overrides.get("task", task) != task:
-        raise ValueError(f"--config_overrides sets task {overrides['task']!r} but --dataset {data_args.dataset} is a "
-                         f"{task} corpus")  # fmt: skip
+        raise ValueError(
+            f"--config_overrides sets task {overrides['task']!r} but --dataset {data_args.dataset} is a {task} corpus"
+        )
     return task
 
 
 def limited(dataset_dict: datasets.DatasetDict, data_args: DataArguments) -> datasets.DatasetDict:
     """The splits cut to `--max_train_samples` / `--max_eval_samples`."""
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-              "test": data_args.max_eval_samples}  # fmt: skip
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_eval_samples,
+    }
     return datasets.DatasetDict(
-        {name: split.select(range(min(limits[name], len(split)))) if limits.get(name) else split
-         for name, split in dataset_dict.items()}
-    )  # fmt: skip
+        {
+            name: split.select(range(min(limits[name], len(split)))) if limits.get(name) else split
+            for name, split in dataset_dict.items()
+        }
+    )
 
 
 def model_and_processor(task: str, dataset_dict: datasets.DatasetDict, model_args: ModelArguments, max_length: int):
     """A fresh RAP model and its processor for the corpus labels and the command-line options."""
     config = {"multimodal": not model_args.text_only_baseline, **rap_config_kwargs(task, model_args)}
-    return build_model_and_processor(task, corpus_labels(task, dataset_dict), model_args.text_model,
-                                     model_args.vision_model, max_length, model_args.paper_architecture,
-                                     **config)  # fmt: skip
+    return build_model_and_processor(
+        task,
+        corpus_labels(task, dataset_dict),
+        model_args.text_model,
+        model_args.vision_model,
+        max_length,
+        model_args.paper_architecture,
+        **config,
+    )
 
 
 def prepare_splits(dataset_dict, processor, task: str, data_args: DataArguments) -> datasets.DatasetDict:
@@ -223,8 +250,13 @@ def prepare_splits(dataset_dict, processor, task: str, data_args: DataArguments)
 
 def make_loader(dataset, collator, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
     """A plain loader over a prepared split (scripts that run the model outside the Trainer)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
-                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class StopAfterEpoch(TrainerCallback):
@@ -246,13 +278,26 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Ru
     set_seed(args.seed)
     model, processor = model_and_processor(task, raw, model_args, data_args.max_length)
     with args.main_process_first(desc="tokenising"):
-        trainer = RAPTrainer(model=model, args=args, train_dataset=raw["train"], eval_dataset=raw["validation"],
-                             processing_class=processor, callbacks=[StopAfterEpoch()])  # fmt: skip
+        trainer = RAPTrainer(
+            model=model,
+            args=args,
+            train_dataset=raw["train"],
+            eval_dataset=raw["validation"],
+            processing_class=processor,
+            callbacks=[StopAfterEpoch()],
+        )
         trainer.test_dataset = trainer.prepare(raw["test"], "test")
     trainer.model_args, trainer.data_args = model_args, data_args
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes", task, data_args.dataset,
-                len(trainer.train_dataset), model.num_parameters(), trainable, args.world_size)  # fmt: skip
+    logger.info(
+        "RAP %s on %s: %d train examples, %d parameters (%d trainable), %d processes",
+        task,
+        data_args.dataset,
+        len(trainer.train_dataset),
+        model.num_parameters(),
+        trainable,
+        args.world_size,
+    )
     return trainer
 
 
@@ -287,8 +332,13 @@ def epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in log_history:
         if "eval_f1" in entry:
             epoch = round(entry["epoch"])
-            history.append({"epoch": epoch, "loss": losses.get(epoch),
-                            "validation": {k: entry[f"eval_{k}"] for k in ("precision", "recall", "f1")}})  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": losses.get(epoch),
+                    "validation": {k: entry[f"eval_{k}"] for k in ("precision", "recall", "f1")},
+                }
+            )
     return history
 
 
@@ -346,9 +396,14 @@ def library_versions() -> dict[str, str]:
     import accelerate
     import transformers
 
-    return {"rap_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "datasets": datasets.__version__, "accelerate": accelerate.__version__,
-            "python": sys.version.split()[0]}  # fmt: skip
+    return {
+        "rap_hf": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments) -> dict[str, Any] | None:
@@ -371,11 +426,22 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments
         return None
     results, test = finished
     if trainer.is_world_process_zero():
-        write_run_outputs(results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args,
-                          card)  # fmt: skip
+        write_run_outputs(
+            results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args, card
+        )
     trainer.save_model(args.output_dir)  # best weights, processor, remote code, card; with --push_to_hub, the upload
     return results
 
 
-__all__ = ["DataArguments", "ModelArguments", "RunArguments", "TrainingCollator", "build_trainer", "make_loader",
-           "model_and_processor", "prepare_splits", "run", "train_and_test"]
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "RunArguments",
+    "TrainingCollator",
+    "build_trainer",
+    "make_loader",
+    "model_and_processor",
+    "prepare_splits",
+    "run",
+    "train_and_test",
+]
