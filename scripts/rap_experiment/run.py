@@ -26,8 +26,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback, set_seed
 
-from rap_hf import RAPConfig, __version__, load_dataset
+from rap_hf import RAPConfig, load_dataset
 from rap_hf.encoders import OFFLINE_TEXT_MODEL, OFFLINE_VISION_MODEL, build_model_and_processor
+from rap_hf.model_card import library_versions
 from rap_hf.trainer import (
     COMPLETE_MARKER,
     PAPER_DEFAULTS,
@@ -390,20 +391,6 @@ def public_value(value: Any) -> Any:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return path.name
-
-
-def library_versions() -> dict[str, str]:
-    import accelerate
-    import transformers
-
-    return {
-        "rap_hf": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "accelerate": accelerate.__version__,
-        "python": sys.version.split()[0],
-    }
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments) -> dict[str, Any] | None:
