@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from rap_hf.data.parsing import MNRE_RELATIONS
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "rap_hf" / "data" / "sample"
 SPLITS = (("train", "train", "train", "train"), ("valid", "val", "val", "dev"), ("test", "test", "test", "test"))
@@ -178,31 +180,7 @@ RE_EASY = [
     ("{A} wins the {B} award", "/per/misc/awarded", "PER", "MISC"),
     ("{B} held in {A} this year", "/misc/loc/held_on", "LOC", "MISC"),
 ]
-RELATIONS = [
-    "None",
-    "/per/per/parent",
-    "/per/per/siblings",
-    "/per/per/couple",
-    "/per/per/neighbor",
-    "/per/per/peer",
-    "/per/per/charges",
-    "/per/per/alumi",
-    "/per/per/alternate_names",
-    "/per/org/member_of",
-    "/per/loc/place_of_residence",
-    "/per/loc/place_of_birth",
-    "/org/org/alternate_names",
-    "/org/org/subsidiary",
-    "/org/loc/locate_at",
-    "/loc/loc/contain",
-    "/per/misc/present_in",
-    "/per/misc/awarded",
-    "/per/misc/race",
-    "/per/misc/religion",
-    "/per/misc/nationality",
-    "/misc/misc/part_of",
-    "/misc/loc/held_on",
-]
+RELATIONS = MNRE_RELATIONS  # the 23 MNRE relations in ours_rel2id.json order
 
 
 # --------------------------------------------------------------------------------------------------------------------
