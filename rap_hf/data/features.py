@@ -12,6 +12,12 @@ the cache does not depend on paths. The cache lives in ``<cache_dir>/<fingerprin
 (`vision_fingerprint`) covers the vision config, the vision weights and the image processor settings: a
 different encoder gets a different folder. Features are written in shards while extraction runs, so an
 interrupted run resumes where it stopped.
+
+Every shard carries a SHA-256 checksum of its ordered key list and its tensor (in the safetensors metadata, written
+with it). Reading a shard verifies it: a readable header, one float32 ``features`` tensor as wide as the cache's
+feature size, one row per key, only finite values and the checksum (which also catches a reordered key list). A shard
+that fails (or one written without a checksum by an older rap_hf) is never used: one warning line names the file and
+the reason, the file and its keys file are renamed to ``*.rejected``, and its pictures are recomputed.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,13 +35,17 @@ from typing import Any
 import datasets
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
 _SHARD_PREFIX = "features-"
 _META_FILE = "meta.json"
+_REJECTED_SUFFIX = ".rejected"
+_CHECKSUM_FIELD = "rap_hf_sha256"  # safetensors metadata: checksum of the ordered keys and the tensor
+_TENSOR_NAME = "features"
 # Keys of an image processor's dict that do not change the pixels it produces.
 _IGNORED_PROCESSOR_KEYS = {"auto_map", "processor_class", "_processor_class"}
 
@@ -49,16 +60,56 @@ def image_key(value: Any) -> str | None:
         if data is None:
             if not value.get("path"):
                 return None
-            data = Path(value["path"]).read_bytes()
+            data = _read_regular_file(value["path"])
         digest.update(data)
     elif isinstance(value, (str, os.PathLike)):
-        digest.update(Path(value).read_bytes())
+        digest.update(_read_regular_file(value))
     elif isinstance(value, Image.Image):
         digest.update(f"pil:{value.mode}:{value.size}".encode())
         digest.update(value.tobytes())
     else:
         raise TypeError(f"cannot key an image given as {type(value).__name__}")
     return digest.hexdigest()
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a picture file; a path that is not a regular file (a FIFO, a device, a directory) raises
+    ``OSError`` naming it without reading it, since reading a FIFO would wait for a writer forever."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer opens it (no effect on files)
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:
+        os.close(descriptor)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise OSError(f"{os.fspath(path)!r} is {kind}, not an image file")
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read()
+
+
+def shard_checksum(keys: Sequence[str], features: torch.Tensor) -> str:
+    """SHA-256 of a shard's ordered key list, its tensor's shape and dtype and its bytes: binds each key to its row."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(keys)).encode())
+    digest.update(f"\0{tuple(features.shape)}:{features.dtype}\0".encode())
+    digest.update(features.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class _RejectedShard(Exception):
+    """A shard that fails verification (the message says why)."""
 
 
 def find_vision_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -151,29 +202,116 @@ class VisualFeatureCache:
     # ------------------------------------------------------------------------------------------------------------
 
     def _load_index(self) -> dict[str, tuple[int, int]]:
-        """Read every complete shard of this fingerprint (partial progress of an earlier run included)."""
+        """Read and verify every complete shard of this fingerprint (partial progress of an earlier run included);
+        a shard that fails is set aside (see `_reject`) and its pictures count as missing."""
         if self._index is None:
             self._index, self._shards = {}, []
+            width = self._meta_feature_size()
             for path in sorted(self.directory.glob(f"{_SHARD_PREFIX}*.safetensors")):
-                tensors = load_file(path)
-                keys = json.loads((path.with_suffix(".json")).read_text())
+                try:
+                    keys, features = self._read_shard(path, width)
+                except _RejectedShard as reason:
+                    self._reject(path, str(reason))
+                    continue
+                width = int(features.shape[1])
                 shard = len(self._shards)
-                self._shards.append(tensors["features"])
+                self._shards.append(features)
                 self._index.update({key: (shard, row) for row, key in enumerate(keys)})
         return self._index
 
-    def _write_shard(self, keys: list[str], features: torch.Tensor) -> None:
-        """Write one shard atomically (keys file first, tensor file renamed last marks it complete)."""
-        index = self._load_index()  # before the new file exists, so it is not read twice
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _meta_feature_size(self) -> int | None:
+        """C_v recorded in ``meta.json`` when the first shard was written; None when absent or unreadable."""
         meta = self.directory / _META_FILE
         if not meta.exists():
+            return None
+        try:
+            size = json.loads(meta.read_text())["feature_size"]
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                return size
+            raise ValueError(f"feature_size {size!r}")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning("visual feature cache: %s is unreadable (%s); it is rewritten", meta, error)
+            with contextlib.suppress(OSError):
+                meta.unlink()
+            return None
+
+    @staticmethod
+    def _read_shard(path: Path, width: int | None) -> tuple[list[str], torch.Tensor]:
+        """The keys and features of a shard, verified; `_RejectedShard` says what is wrong."""
+        keys_path = path.with_suffix(".json")
+        try:
+            keys = json.loads(keys_path.read_text())
+        except FileNotFoundError:
+            raise _RejectedShard(f"its keys file {keys_path.name} is missing") from None
+        except (OSError, ValueError) as error:
+            raise _RejectedShard(f"its keys file {keys_path.name} is unreadable ({error})") from None
+        if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+            raise _RejectedShard(f"its keys file {keys_path.name} is not a list of strings")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                names = list(handle.keys())
+                if names != [_TENSOR_NAME]:
+                    raise _RejectedShard(f"it holds the tensors {names}, not one {_TENSOR_NAME!r} tensor")
+                features = handle.get_tensor(_TENSOR_NAME)
+        except _RejectedShard:
+            raise
+        except Exception as error:  # SafetensorError, OSError, ...: a damaged header or truncated data
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise _RejectedShard(f"unreadable safetensors file ({message})") from None
+        if features.dtype != torch.float32 or features.dim() != 2:
+            raise _RejectedShard(f"the features are {features.dtype} {list(features.shape)}, not float32 [rows, C_v]")
+        if width is not None and features.shape[1] != width:
+            raise _RejectedShard(f"the features are {features.shape[1]} wide, the cache's are {width}")
+        if features.shape[0] != len(keys):
+            raise _RejectedShard(f"{features.shape[0]} feature rows for {len(keys)} keys")
+        finite = torch.isfinite(features).all(dim=1)
+        if not bool(finite.all()):
+            raise _RejectedShard(f"{int((~finite).sum())} of its {len(keys)} rows hold NaN or infinite values")
+        expected = metadata.get(_CHECKSUM_FIELD)
+        if expected is None:
+            raise _RejectedShard("it has no checksum (written by an older rap_hf), so it cannot be verified")
+        if shard_checksum(keys, features) != expected:
+            raise _RejectedShard("checksum mismatch: its bytes or the order of its keys changed since it was written")
+        return keys, features
+
+    def _reject(self, path: Path, reason: str) -> None:
+        """One warning line naming the shard and the reason; the shard and its keys file are renamed ``*.rejected``
+        (kept for inspection, never read again) so that its pictures are recomputed."""
+        renamed = True
+        for file in (path, path.with_suffix(".json")):
+            try:
+                os.replace(file, file.with_name(file.name + _REJECTED_SUFFIX))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                renamed = False
+        what = f"renamed to {path.name}{_REJECTED_SUFFIX}" if renamed else "could not be renamed"
+        logger.warning("visual feature cache: shard %s not used: %s; %s, its pictures recomputed", path, reason, what)
+
+    def _write_shard(self, keys: list[str], features: torch.Tensor) -> None:
+        """Write one shard atomically (keys file first, tensor file renamed last marks it complete), with the
+        checksum of its keys and tensor in its metadata."""
+        index = self._load_index()  # before the new file exists, so it is not read twice
+        features = features.float().contiguous()
+        finite = torch.isfinite(features).all(dim=1)
+        if not bool(finite.all()):
+            raise FloatingPointError(
+                f"the vision encoder returned NaN or infinite features for {int((~finite).sum())} of "
+                f"{len(keys)} pictures; nothing was cached (check the vision weights and --fp16/--bf16)"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        meta = self.directory / _META_FILE
+        if self._meta_feature_size() != features.shape[1]:
             meta.write_text(json.dumps({"fingerprint": self.fingerprint, "feature_size": features.shape[1]}))
         number = len(list(self.directory.glob(f"{_SHARD_PREFIX}*.safetensors")))
         stem = self.directory / f"{_SHARD_PREFIX}{number:05d}-{os.getpid()}"
+        while stem.with_suffix(".safetensors").exists() or stem.with_suffix(".json").exists():
+            number += 1  # a shard set aside earlier leaves a gap in the numbers: never overwrite another shard
+            stem = self.directory / f"{_SHARD_PREFIX}{number:05d}-{os.getpid()}"
         stem.with_suffix(".json").write_text(json.dumps(keys))
         tmp = stem.with_suffix(".tmp")
-        save_file({"features": features.contiguous()}, str(tmp))
+        save_file({_TENSOR_NAME: features}, str(tmp), metadata={_CHECKSUM_FIELD: shard_checksum(keys, features)})
         os.replace(tmp, stem.with_suffix(".safetensors"))
         shard = len(self._shards)
         self._shards.append(features)
@@ -348,8 +486,11 @@ class VisualFeatureCache:
             batched=True,
             batch_size=256,
             features=new_features,
-            # the map function holds the model: fingerprint it by the encoder fingerprint instead of hashing it
-            new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}:{self.fingerprint}:{slots}".encode()).hexdigest(),
+            # the map function holds the model: fingerprint it by the encoder fingerprint instead of hashing it;
+            # "verified": results attached before shards were verified (maybe from a damaged shard) are not reused
+            new_fingerprint=hashlib.sha256(
+                f"{dataset._fingerprint}:{self.fingerprint}:{slots}:verified".encode()
+            ).hexdigest(),
             desc="attach visual features",
         )
         if remove_images:
