@@ -1,5 +1,6 @@
 # Copyright 2026 The rap-hf authors. Licensed under the Apache License, Version 2.0.
-"""The `rap-hf` command line: `rap-hf predict` (JSON / JSONL predictions) and `rap-hf explain` (routing picture).
+"""The `rap-hf` command line: `rap-hf predict` (JSON / JSONL predictions), `rap-hf explain` (routing picture) and
+`rap-hf demo` (a Gradio page, or its Hugging Face Space with `--export`).
 
 ```
 rap-hf predict --model runs/ner --text "Kevin Durant visits Oracle Arena" --image tweet.jpg
@@ -7,6 +8,8 @@ rap-hf predict --model runs/re --text "Bill Cosby 's star on Hollywood Walk of F
     --subject "Bill Cosby" --object "Hollywood Walk of Fame"
 rap-hf predict --model runs/ner --input tweets.jsonl --output predictions.jsonl
 rap-hf explain --model runs/ner --text "..." --image tweet.jpg --out routing.png
+rap-hf demo --model runs/ner                       # http://127.0.0.1:7860
+rap-hf demo --model org/rap-ner --export space/    # app.py, requirements.txt, README.md of a Space
 ```
 See docs/inference.md for the JSONL format.
 """
@@ -97,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_example_arguments(explain, text_required=True)
     explain.add_argument("--out", required=True, help="PNG file to write")
     explain.set_defaults(handler=run_explain)
+
+    demo = commands.add_parser(
+        "demo", help="serve a Gradio page of the model (needs rap-hf[demo]), or write it as a Space (--export)"
+    )
+    _add_model_arguments(demo)
+    demo.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: 7860 or the next free one)")
+    demo.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    demo.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write the page as a Hugging Face Space (app.py, requirements.txt, README.md, a copy of rap_hf) into DIR "
+        "instead of serving it; --model is then the Hub model id the Space loads",
+    )
+    demo.set_defaults(handler=run_demo)
     return parser
 
 
@@ -415,27 +432,37 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         with _AtomicOutput(args.output) as output:
             _write_predictions(pipe, lines, source, on_error, output, args.batch_size)
-        logger.info(f"wrote {len(lines)} records to {args.output}")
     failed = sum(line.error is not None for line in lines)
     if failed:
         logger.warning(f"{failed} of {len(lines)} input lines failed: written as error records (--on-error record)")
+    errors = f" and {failed} error record{'s' * (failed != 1)}" if failed else ""
+    target = args.output if args.output is not None else "standard output"
+    print(f"wrote {len(lines) - failed} predictions{errors} to {target}", file=sys.stderr)
     return 0
 
 
 def _write_predictions(pipe, lines: list[_Line], source: str, on_error: str, output: TextIO, batch_size: int) -> None:
-    """One JSONL record per line, in input order: the prediction, or `{"line", "error"}` for a failed line."""
+    """One JSONL record per line, in input order: the prediction, or `{"line", "error"}` for a failed line. A progress
+    bar over the lines goes to stderr."""
+    from tqdm.auto import tqdm
+
     step = batch_size * _BATCHES_PER_WRITE
-    for first in range(0, len(lines), step):
-        chunk = lines[first : first + step]
-        good = [line for line in chunk if line.error is None]
-        results = dict(zip(map(id, good), _predict(pipe, good, source, on_error) if good else []))
-        for line in chunk:
-            if line.error is None:
-                record = _output_record(line.number, line.parsed, results[id(line)])
-            else:
-                record = {"line": line.number, "error": line.error}
-            output.write(json.dumps(record, ensure_ascii=False) + "\n")
-        output.flush()
+    with tqdm(total=len(lines), desc="predicting", unit="line", file=sys.stderr, dynamic_ncols=True) as bar:
+        for first in range(0, len(lines), step):
+            chunk = lines[first : first + step]
+            results: dict[int, Any] = {}
+            for start in range(0, len(chunk), batch_size):
+                batch = chunk[start : start + batch_size]
+                good = [line for line in batch if line.error is None]
+                results.update(zip(map(id, good), _predict(pipe, good, source, on_error) if good else []))
+                bar.update(len(batch))
+            for line in chunk:
+                if line.error is None:
+                    record = _output_record(line.number, line.parsed, results[id(line)])
+                else:
+                    record = {"line": line.number, "error": line.error}
+                output.write(json.dumps(record, ensure_ascii=False) + "\n")
+            output.flush()
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -463,6 +490,41 @@ def run_explain(args: argparse.Namespace) -> int:
         title=text,
     )
     print(json.dumps({"figure": figure.path, "prediction": result}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.export is not None:
+        from .demo import export_space
+
+        if os.path.isdir(args.model):
+            logger.warning(
+                f"--model {args.model!r} is a local folder: a Space loads its model from the Hub, so give the model's "
+                "Hub id (org/name) before uploading"
+            )
+        try:
+            written = export_space(args.model, args.export)
+        except ValueError as error:
+            raise CLIError(f"--model: {error}") from None
+        except OSError as error:
+            raise CLIError(f"cannot write --export {args.export!r}: {error}") from error
+        names = ", ".join(path.name for path in written)
+        print(f"wrote the Space of {args.model} into {args.export} ({names})", file=sys.stderr)
+        return 0
+    if args.port is not None and not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        import gradio  # noqa: F401 -- checked before a model is loaded
+    except ImportError:
+        raise CLIError('the demo needs Gradio: pip install "rap-hf[demo]"') from None
+    _check_device(args)
+    pipe = _load_pipeline(args.model, args)
+    from .demo import DemoModel, launch
+
+    try:
+        launch(DemoModel(pipe, name=args.model), port=args.port, share=args.share, host="127.0.0.1")
+    except OSError as error:  # e.g. the port is taken
+        raise CLIError(f"cannot serve the demo: {error}") from error
     return 0
 
 

@@ -6,7 +6,7 @@ Equation numbers refer to Chen et al., "Relevance-aware prompt-tuning method for
 relation extraction", Neurocomputing 2025.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -47,6 +47,23 @@ SIZE_BOUNDS = {
         (1, MAX_LAYER_SIZE, "MAX_LAYER_SIZE"),
     ),
 }
+
+# The text encoder RAP builds from `text_config` (a damaged config.json with 10**6 layers must not start building).
+TEXT_CONFIG_BOUNDS = {
+    "num_hidden_layers": (1, 1024, "TEXT_CONFIG_BOUNDS"),
+    "hidden_size": (1, MAX_LAYER_SIZE, "TEXT_CONFIG_BOUNDS"),
+    "intermediate_size": (1, 4 * MAX_LAYER_SIZE, "TEXT_CONFIG_BOUNDS"),
+}
+
+
+def check_bound(name: str, value: Any, bound: tuple[int, int, str] | None = None) -> None:
+    """`value` is an integer within `bound` (default: the field's SIZE_BOUNDS entry), else a ValueError naming it."""
+    low, high, constant = bound or SIZE_BOUNDS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(
+            f"RAPConfig.{name} must be an integer in [{low}, {high}] ({constant} in configuration_rap.py), "
+            f"got {value!r}"
+        )
 
 
 def pooled_vision_width(vision_config: PreTrainedConfig) -> int:
@@ -97,6 +114,16 @@ class RAPConfig(PreTrainedConfig):
             The visual objects E_v (Sec. 3.2): `"image_and_crops"` reads the whole image and the crops (1 + num_crops
             objects); `"crops"` reads the crops alone, m = num_crops as in the paper (a picture without any crop is
             then its own single object).
+        crop_dropout (`float`, *optional*, defaults to 0.0):
+            In training, the share of samples whose crops are hidden (the whole picture alone remains), so that the
+            model also reads a picture that arrives without crops. Not in the paper (it always has its m grounded
+            objects); see docs/benchmarks_noise.md for its measured effect.
+        grounding_model (`str`, *optional*, defaults to `"vision-encoder"`):
+            Where the visual objects of a picture without corpus crops came from in training, and so should come from
+            at prediction (`rap_hf/grounding.py`): `"vision-encoder"` (regions of high activation in this model's own
+            vision encoder's feature map; offline), the Hub id or folder of a zero-shot detector (OWL-ViT, OWLv2,
+            Grounding DINO, queried with phrases of the text) or of an object detector (DETR, ...), or `"none"` (such
+            a picture keeps its crop slots empty). Crops a corpus or a caller gives are used as they are.
         relevance_dim (`int`, *optional*):
             Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
             Defaults to `fusion_hidden_size`.
@@ -208,6 +235,8 @@ class RAPConfig(PreTrainedConfig):
     fusion_hidden_size: int | None = None
     num_crops: int = 3
     visual_objects: Literal["image_and_crops", "crops"] = "image_and_crops"
+    crop_dropout: float = 0.0
+    grounding_model: str = "vision-encoder"
     relevance_dim: int | None = None
     relevance_temperature: float | int = 9.0
     graph_iterations: int = 2
@@ -244,6 +273,9 @@ class RAPConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        check_bound("fusion_num_heads", self.fusion_num_heads)  # the default width below divides by it
+        for name, (low, high, constant) in TEXT_CONFIG_BOUNDS.items():
+            check_bound(f"text_config.{name}", getattr(self.text_config, name, low), (low, high, constant))
         if self.fusion_hidden_size is None:  # a quarter of the encoder width, whole heads
             heads = self.fusion_num_heads
             self.fusion_hidden_size = max(heads, self.text_config.hidden_size // 4 // heads * heads)
@@ -272,18 +304,15 @@ class RAPConfig(PreTrainedConfig):
                 f"RAPConfig.fusion_units must be a non-empty subset of {list(FUSION_UNITS)} without repeats, "
                 f"got {self.fusion_units}"
             )
-        for name, (low, high, constant) in SIZE_BOUNDS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(
-                    f"RAPConfig.{name} must be an integer in [{low}, {high}] ({constant} in configuration_rap.py), "
-                    f"got {value!r}"
-                )
+        for name in SIZE_BOUNDS:
+            check_bound(name, getattr(self, name))
         if self.fusion_hidden_size % self.fusion_num_heads:
             raise ValueError(
                 f"RAPConfig.fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by "
                 f"fusion_num_heads ({self.fusion_num_heads})"
             )
+        if not 0 <= self.crop_dropout <= 1:
+            raise ValueError(f"RAPConfig.crop_dropout must be in [0, 1], got {self.crop_dropout}")
         if self.visual_objects == "crops" and self.num_crops < 1:
             raise ValueError("RAPConfig.visual_objects='crops' needs num_crops >= 1")
         threshold = self.relevance_negative_max_similarity

@@ -154,7 +154,7 @@ def build_model_and_processor(
     `multimodal=False` in `config_kwargs`: the text-only baseline). RE gets the entity markers in the tokenizer, their
     ids in the config and the embeddings resized. `config_kwargs`: RAPConfig fields; `paper_architecture=True`: the
     paper's architecture (`RAPConfig.paper_fields` at the text encoder's width), fields in `config_kwargs` win."""
-    from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE
+    from .modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE, loading_reports_silenced
     from .processing_rap import RAPProcessor
 
     if not config_kwargs.get("multimodal", True):
@@ -176,8 +176,11 @@ def build_model_and_processor(
     model = model_class.from_text_vision_pretrained(
         text_model, vision_model or None, paper_architecture, **config_kwargs
     )
-    if len(processor.tokenizer) != model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(processor.tokenizer))
+    added = len(processor.tokenizer) - model.get_input_embeddings().num_embeddings
+    if added:
+        with loading_reports_silenced():
+            model.resize_token_embeddings(len(processor.tokenizer))
+        logger.info("%d new token embeddings (entity markers) start at the mean of the pretrained ones", added)
     return model, processor
 
 

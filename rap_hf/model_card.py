@@ -134,6 +134,7 @@ TASKS: dict[str, TaskInfo] = {
 }
 
 FIGURE_CAPTIONS = {
+    "relevance_own_vs_other": "Relevance weight β of each test tweet with its own picture and with another's",
     "routing_paths": "Routing paths of test samples (cf. paper Fig. 7)",
     "relevance_by_class": "Relevance weight β per class (cf. paper Fig. 8)",
     "routing_map": "2-D map of the routing vectors of the test set (cf. paper Fig. 6)",
@@ -345,6 +346,22 @@ def _validate_results(results: Mapping[str, Any]) -> None:
         )
 
 
+def grounding_description(grounding_model: str) -> str:
+    """Where the model's visual objects came from in training (and come from in the pipeline), in one sentence."""
+    if grounding_model == "none":
+        source = "none: their object slots stayed empty (the pipeline leaves them empty too)"
+    elif grounding_model == "vision-encoder":
+        source = (
+            'regions of high activation in the vision encoder\'s own feature map (`grounding_model="vision-encoder"`'
+            ", the offline default); the pipeline grounds a user's picture the same way"
+        )
+    else:
+        source = (
+            f"the boxes of the detector `{_public(grounding_model)}`; the pipeline grounds a user's picture with it"
+        )
+    return f"the crops the corpus ships where it has them; for pictures without crops, {source}."
+
+
 @dataclass
 class RAPModelCardData(ModelCardData):
     """What the model card of a RAP checkpoint says, as huggingface_hub card data.
@@ -372,6 +389,8 @@ class RAPModelCardData(ModelCardData):
         max_train_samples: the size the training split was cut to, if it was.
         figures: ``{name: path relative to the card}`` of figures to embed.
         results_file: the file the scores also went to (``results.json``), named in the card's status line.
+        relevance_check: beta with each test tweet's own picture vs another tweet's (``auc``, ``own_mean``,
+            ``other_mean``, ``num_tweets``, ``other_pictures``), as the training run measured it.
     """
 
     repo_id: str | None = None
@@ -392,6 +411,7 @@ class RAPModelCardData(ModelCardData):
     text_encoder: str | None = None
     vision_encoder: str | None = None
     text_only: bool = False
+    grounding_model: str | None = None  # RAPConfig.grounding_model: objects of pictures without corpus crops
     labels: list[str] = field(default_factory=list)
     num_train_examples: int | None = None
     max_train_samples: int | None = None
@@ -407,6 +427,7 @@ class RAPModelCardData(ModelCardData):
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     results_file: str | None = None
+    relevance_check: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------- what it is about
 
@@ -441,6 +462,17 @@ class RAPModelCardData(ModelCardData):
         """Whether the card describes a trained checkpoint (else it says that none has been published yet)."""
         return self.trained or self.test_metrics is not None or bool(self.history)
 
+    def _relevance_note(self) -> str | None:
+        """One sentence on whether beta tells a tweet's own picture from another's (None when not measured)."""
+        check = self.relevance_check
+        if not check or check.get("auc") is None:
+            return None
+        return (
+            f"Image relevance: over {check['num_tweets']} test tweets, beta with the tweet's own picture averages "
+            f"{check['own_mean']:.3f} and with {check.get('other_pictures', 'another tweet')}'s picture "
+            f"{check['other_mean']:.3f}; ROC AUC of own above other {check['auc']:.3f} (1 = always, 0.5 = chance)."
+        )
+
     @property
     def is_sample(self) -> bool:
         return self.data_dir == "bundled sample"
@@ -465,6 +497,8 @@ class RAPModelCardData(ModelCardData):
         self.text_only = self.text_only or not config.multimodal
         if self.vision_encoder is None and config.multimodal and config.vision_config is not None:
             self.vision_encoder = _public(getattr(config.vision_config, "_name_or_path", None)) or ""
+        if self.grounding_model is None and config.multimodal:
+            self.grounding_model = getattr(config, "grounding_model", None)
         self.config_changes = config_changes(config.to_diff_dict())
 
     def register_arguments(self, args: TrainingArguments) -> None:
@@ -559,6 +593,8 @@ class RAPModelCardData(ModelCardData):
             f"- **Data:** {data}; images {images}",
             f"- **Encoders:** text {encoders['text'][0]}, vision {encoders['vision'][0]}",
         ]
+        if self.grounding_model and not self.text_only:
+            lines.append(f"- **Visual objects:** {grounding_description(self.grounding_model)}")
         differences = []
         if self.text_encoder is not None and self.text_encoder != PAPER_SETTING["text_model"]:
             paper_text = PAPER_SETTING["text_model"]
@@ -645,6 +681,7 @@ class RAPModelCardData(ModelCardData):
             if value is not None
         )
         return {
+            "relevance_note": self._relevance_note(),
             "title": f"RAP for multimodal {task.short}{f' on {dataset.name}' if dataset else ''} (`{repo_id}`)",
             "status": status,
             "task": task.short.lower(),
@@ -732,6 +769,7 @@ class RAPModelCardData(ModelCardData):
             # recorded as None: the randomly initialised one scripts/run_rap.py builds for --vision_model ''
             vision_encoder=(model_args["vision_model"] or "") if "vision_model" in model_args else None,
             text_only=bool(data_args.get("text_only_data") or model_args.get("text_only_baseline")),
+            grounding_model=config.get("grounding_model"),
             labels=[id2label[key] for key in sorted(id2label, key=int)],
             num_train_examples=results.get("num_train_examples"),
             max_train_samples=data_args.get("max_train_samples"),
@@ -747,6 +785,8 @@ class RAPModelCardData(ModelCardData):
             timings=dict(results.get("timings") or {}),
             versions=dict(results.get("versions") or {}),
             results_file="results.json",
+            relevance_check={k: v for k, v in (results.get("relevance") or {}).items() if k not in ("own", "other")}
+            or None,
         )
 
 

@@ -6,10 +6,12 @@ This file is copied to the Hub next to the weights (remote code): it imports onl
 ambiguous is marked `# Choice:` and listed in docs/design.md.
 """
 
+import contextlib
 import functools
 import inspect
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +158,15 @@ class SemanticFeatureExtractor(nn.Module):
 
     def forward(self, text_states: torch.Tensor, visual_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.text_projection(text_states), self.visual_projection(visual_features)  # E_t, E_v
+
+
+def drop_crops(mask: torch.Tensor, probability: float) -> torch.Tensor:
+    """`mask` with the crop slots (1..K) cleared for a random `probability` share of the samples that hold a picture:
+    training then also sees pictures that arrive without crops, as a user's do (`RAPConfig.crop_dropout`)."""
+    dropped = torch.rand(mask.shape[0], device=mask.device) < probability
+    mask = mask.clone()
+    mask[dropped & mask[:, 0], 1:] = False
+    return mask
 
 
 def select_visual_objects(features: torch.Tensor, mask: torch.Tensor, visual_objects: str):
@@ -678,7 +689,7 @@ class RAPPreTrainedModel(PreTrainedModel):
         vision path the vision encoder is randomly initialised with a warning (its features carry no semantics).
         `paper_architecture=True` builds the paper's architecture (`RAPConfig.paper_fields` at this encoder's width)."""
         text_path, vision_path = resolve_encoder_aliases(text_model_name_or_path, vision_model_name_or_path)
-        text_encoder = AutoModel.from_pretrained(text_path, add_pooling_layer=False)
+        text_encoder = pretrained_encoder(AutoModel, text_path, "text", add_pooling_layer=False)
         text_encoder.config._name_or_path = public_name(text_model_name_or_path)
         config_kwargs["text_config"] = text_encoder.config
         vision_encoder = None
@@ -737,6 +748,41 @@ def load_encoder_weights(target: nn.Module, state_dict: dict[str, torch.Tensor])
         raise RuntimeError(f"pretrained text encoder does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+@contextlib.contextmanager
+def loading_reports_silenced() -> Iterator[None]:
+    """Silences transformers' loading warnings (the LOAD REPORT table, the resizing note): callers log one line."""
+    loading_logger = logging.get_logger("transformers.modeling_utils")
+    level = loading_logger.level
+    loading_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        loading_logger.setLevel(level)
+
+
+def pretrained_encoder(model_class: Any, name_or_path: str, role: str, **kwargs) -> PreTrainedModel:
+    """`model_class.from_pretrained` with one log line instead of transformers' LOAD REPORT table: the checkpoint's
+    heads RAP does not use (BERT's pooler, an ImageNet classifier) are expected; missing weights are a warning."""
+    with loading_reports_silenced():
+        encoder, info = model_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    if info.get("unexpected_keys"):
+        logger.info(
+            "%s encoder: %d checkpoint weights RAP does not use (%s, ...)",
+            role,
+            len(info["unexpected_keys"]),
+            sorted(info["unexpected_keys"])[0],
+        )
+    if info.get("missing_keys"):
+        logger.warning(
+            "%s encoder: %d weights missing from %s are randomly initialised: %s",
+            role,
+            len(info["missing_keys"]),
+            public_name(name_or_path),
+            sorted(info["missing_keys"])[:5],
+        )
+    return encoder
+
+
 def public_name(name_or_path: str) -> str:
     """What a saved config records of an encoder: the Hub id or alias, never a path of this machine (folder name)."""
     return os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
@@ -747,9 +793,9 @@ def load_pretrained_vision_encoder(name_or_path: str) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(name_or_path)
     vision_config = getattr(config, "vision_config", None)
     if vision_config is not None and type(vision_config) in MODEL_MAPPING:
-        encoder = MODEL_MAPPING[type(vision_config)].from_pretrained(name_or_path)
+        encoder = pretrained_encoder(MODEL_MAPPING[type(vision_config)], name_or_path, "vision")
     else:
-        encoder = AutoModel.from_pretrained(name_or_path)
+        encoder = pretrained_encoder(AutoModel, name_or_path, "vision")
     if encoder.config.model_type == "timm_wrapper":  # the ImageNet label names would bloat every saved RAP config
         encoder.config.__dict__.pop("label_names", None)
         encoder.config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
@@ -916,6 +962,8 @@ class RAPModel(RAPPreTrainedModel):
         visual_features, visual_mask = self._visual_features(
             pixel_values, visual_features, image_mask, batch_size, input_ids.device
         )
+        if self.training and self.config.crop_dropout > 0:
+            visual_mask = drop_crops(visual_mask, self.config.crop_dropout)
         objects, visual_mask = select_visual_objects(visual_features, visual_mask, self.config.visual_objects)
         # record_function labels: the stages of scripts/benchmarks/speed.py --profile (no cost outside a profiler)
         with record_function("rap.text_features"):

@@ -28,6 +28,7 @@ __all__ = [
     "split_routing_weights",
     "plot_routing_paths",
     "plot_relevance_by_class",
+    "plot_relevance_own_vs_other",
     "plot_routing_map",
     "embed_2d",
 ]
@@ -237,7 +238,49 @@ def plot_relevance_by_class(relevance: Any, labels: list[str], path: str | Path,
         ax.scatter(by_class[name], row + jitter, s=8, alpha=0.5, color="tab:blue", zorder=3)
     ax.set_yticks(range(1, len(classes) + 1), [f"{name} (n={by_class[name].size})" for name in classes])
     ax.set_xlabel("relevance weight β")
+    ax.set_xlim(*_beta_axis(values))
     ax.set_title(title or "Modality relevance per class")
+    return _save(fig, path)
+
+
+def _beta_axis(*values: np.ndarray) -> tuple[float, float]:
+    """The whole range a sigmoid beta can take, [0, 1] (widened for a linear beta): a zoomed axis overstates gaps."""
+    joined = np.concatenate([np.asarray(v, dtype=float).reshape(-1) for v in values])
+    low, high = min(0.0, float(joined.min(initial=0.0))), max(1.0, float(joined.max(initial=1.0)))
+    return low - 0.02 * (high - low), high + 0.02 * (high - low)
+
+
+def plot_relevance_own_vs_other(
+    own: Any, other: Any, path: str | Path, auc: float | None = None, other_label: str = "another tweet's picture"
+) -> str:
+    """beta of each tweet with its own picture and with another tweet's, one line per tweet: a model whose relevance
+    reasoning works draws lines that fall from right (own) to left (other).
+
+    Args:
+        own: ``[N]`` beta with each tweet's own picture.
+        other: ``[N]`` beta of the same tweets with another tweet's picture.
+        path: where to write the PNG.
+        auc: ROC AUC of own above other, shown in the title.
+        other_label: what the other pictures are.
+
+    Returns:
+        The written path.
+    """
+    own, other = _to_numpy(own).reshape(-1), _to_numpy(other).reshape(-1)
+    if own.size != other.size:
+        raise ValueError(f"{own.size} own-picture values but {other.size} other-picture values")
+    fig, ax = plt.subplots(figsize=(7.0, 3.0))
+    rng = np.random.default_rng(0)  # fixed jitter: the same input gives the same picture
+    for row, (values, colour) in enumerate(((other, "tab:gray"), (own, "tab:green"))):
+        ax.scatter(values, row + rng.uniform(-0.12, 0.12, size=values.size), s=14, alpha=0.7, color=colour, zorder=3)
+    for a, b in zip(own, other):
+        ax.plot([b, a], [0, 1], color="tab:gray", alpha=0.15, linewidth=0.8)
+    ax.set_yticks([0, 1], [other_label, "own picture"])
+    ax.set_ylim(-0.5, 1.5)
+    ax.set_xlim(*_beta_axis(own, other))
+    ax.set_xlabel("relevance weight β")
+    score = f", ROC AUC {auc:.2f}" if auc is not None else ""
+    ax.set_title(f"β for {own.size} test tweets: own picture vs {other_label}{score}")
     return _save(fig, path)
 
 

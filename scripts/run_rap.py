@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> None:
         f"\nTest ({data_args.dataset}): P {100 * test['precision']:.2f}  R {100 * test['recall']:.2f}  "
         f"F1 {100 * test['f1']:.2f}  (best epoch {results['best_epoch']})"
     )
+    relevance = results.get("relevance")
+    if relevance and relevance["auc"] is not None:
+        print(
+            f"Image relevance (beta), {relevance['num_tweets']} test tweets: own picture {relevance['own_mean']:.3f}, "
+            f"{relevance['other_pictures']}'s picture {relevance['other_mean']:.3f}, ROC AUC {relevance['auc']:.3f}"
+        )
     print(f"Model:       {out}")
     print(f"Results:     {out / 'results.json'}")
     print(f"Model card:  {out / 'README.md'}")

@@ -50,6 +50,8 @@ def test_jsonl_round_trip_in_a_subprocess(folders, inputs, tmp_path):
     completed = run_cli("predict", "--model", str(folders["ner"]), "--input", str(inputs), "--output", str(output))
     assert completed.returncode == 0, completed.stderr
     assert "missing.jpg" in completed.stderr  # warned, then predicted text-only
+    assert "predicting: 100%" in completed.stderr and "4/4" in completed.stderr  # the progress bar, over the lines
+    assert completed.stderr.rstrip().splitlines()[-1] == f"wrote 4 predictions to {output}"
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [record["line"] for record in records] == [1, 3, 4, 5]
     sources = [json.loads(line) for line in inputs.read_text(encoding="utf-8").splitlines() if line]
@@ -77,8 +79,9 @@ def test_jsonl_round_trip_in_a_subprocess(folders, inputs, tmp_path):
 
 def test_jsonl_to_stdout_in_process(folders, inputs, capsys):
     assert main(["predict", "--model", str(folders["ner"]), "--input", str(inputs), "--batch-size", "2"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line)["line"] for line in lines] == [1, 3, 4, 5]
+    captured = capsys.readouterr()
+    assert [json.loads(line)["line"] for line in captured.out.splitlines()] == [1, 3, 4, 5]
+    assert captured.err.rstrip().endswith("\nwrote 4 predictions to standard output")
 
 
 def test_single_text_prints_json(folders, capsys):
@@ -221,7 +224,7 @@ def test_failed_prediction_keeps_the_earlier_output_file(folders, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left
 
 
-def test_on_error_record_writes_an_error_record_and_keeps_the_other_lines(folders, tmp_path, caplog):
+def test_on_error_record_writes_an_error_record_and_keeps_the_other_lines(folders, tmp_path, caplog, capsys):
     path = write_jsonl(tmp_path / "in.jsonl", [*BAD_IMAGE_LINES, "not json", {"txt": "a"}])
     out = tmp_path / "out.jsonl"
     args = [
@@ -237,6 +240,7 @@ def test_on_error_record_writes_an_error_record_and_keeps_the_other_lines(folder
     ]
     assert main(args) == 0
     assert "3 of 5 input lines failed" in caplog.text
+    assert capsys.readouterr().err.rstrip().endswith(f"wrote 2 predictions and 3 error records to {out}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [record["line"] for record in records] == [1, 2, 3, 4, 5]
     assert [sorted(record) for record in records[1:2] + records[3:]] == [["error", "line"]] * 3

@@ -33,3 +33,33 @@ def test_every_settable_rapconfig_field_is_an_option_with_its_docstring_help():
         "fusion_units": ["rau", "cfu"],
         "use_relevance_reasoning": False,
     }
+
+
+def test_a_second_default_run_replaces_the_first_and_a_named_folder_is_refused(tmp_path, monkeypatch, caplog):
+    """Issue 25 item 2: the README's main command works twice; `--output_dir DIR` keeps the refusal."""
+    import pytest
+
+    from rap_experiment.run import DEFAULT_OUTPUT_DIR, RunArguments, check_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / DEFAULT_OUTPUT_DIR
+    (earlier / "checkpoint-5").mkdir(parents=True)
+    (earlier / "results.json").write_text("{}")
+    default = RunArguments(report_to="none")
+    assert default.output_dir == DEFAULT_OUTPUT_DIR and default.default_output_dir
+    with caplog.at_level("WARNING"):
+        check_output_dir(default)
+    assert not earlier.exists() and "holds an earlier default run: replacing it" in caplog.text
+
+    named = RunArguments(output_dir=str(tmp_path / "mine"), report_to="none")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run; pass --overwrite_output_dir"):
+        check_output_dir(named)
+    assert (tmp_path / "mine" / "results.json").exists()
+
+    earlier.mkdir(parents=True)  # the default folder holding something no run wrote is never deleted
+    (earlier / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds a run"):
+        check_output_dir(RunArguments(report_to="none"))
+    assert (earlier / "notes.txt").exists()

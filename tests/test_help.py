@@ -40,9 +40,10 @@ BAD_ARGUMENTS = [
     ),
 ]
 CLI_HELP = [
-    ([], ["predict", "explain"]),
+    ([], ["predict", "explain", "demo"]),
     (["predict"], ["--model", "--input", "--output", "--on-error", "--batch-size", "--pairs", "--ner-model"]),
     (["explain"], ["--model", "--text", "--image", "--out"]),
+    (["demo"], ["--model", "--port", "--share", "--export"]),
 ]
 
 
@@ -110,7 +111,9 @@ def test_script_help(outputs, script):
     assert not missing, f"{script.name} --help does not list {missing}"
 
 
-@pytest.mark.parametrize("arguments, options", CLI_HELP, ids=["rap-hf", "rap-hf predict", "rap-hf explain"])
+@pytest.mark.parametrize(
+    "arguments, options", CLI_HELP, ids=["rap-hf", "rap-hf predict", "rap-hf explain", "rap-hf demo"]
+)
 def test_command_line_help(outputs, arguments, options):
     completed = outputs[("cli", tuple(arguments))]
     assert completed["returncode"] == 0, completed["stderr"][-3000:]

@@ -19,6 +19,7 @@ ENV = {
 }
 HEAVY = (
     "torch",
+    "gradio",
     "torchvision",
     "datasets",
     "timm",
@@ -90,15 +91,14 @@ facts["submodule attribute"] = rap_hf.metrics is sys.modules["rap_hf.metrics"]
 """
 # Submodule imports that never touch an attribute of the package (modeling_rap imports configuration_rap while it is
 # still executing), and transformers' auto classes loaded before the package.
-ROUTES = {
-    "import rap_hf.modeling_rap": "import rap_hf.modeling_rap",
+ROUTES = {  # (the pipelines route imports rap_hf.modeling_rap first: one interpreter covers both)
     "from rap_hf.pipelines import pipeline": "from rap_hf.pipelines import pipeline",
     "AutoModel, then import rap_hf": "from transformers import AutoModel\nimport rap_hf",
 }
 CLI_HELP = """
 import contextlib, io
 from rap_hf import cli
-for argv in (["--help"], ["predict", "--help"], ["explain", "--help"]):
+for argv in (["--help"], ["predict", "--help"], ["explain", "--help"], ["demo", "--help"]):
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
@@ -183,7 +183,7 @@ def test_auto_classes_are_registered_by_any_import_route(facts, route):
     assert registered and all(registered.values()), registered
 
 
-@pytest.mark.parametrize("argv", ["--help", "predict --help", "explain --help"])
+@pytest.mark.parametrize("argv", ["--help", "predict --help", "explain --help", "demo --help"])
 def test_cli_help_exits_0(facts, argv):
     assert facts["cli"][argv] == [0, True]
 

@@ -1,6 +1,7 @@
 """Tests of rap_hf/modeling_rap.py: equations against float64 references, masks, gradients, ablations, prefixes."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from rap_hf.modeling_rap import (
     run_prefixed_encoder,
 )
 
-from conftest import tiny_batch, tiny_config
+from conftest import TINY_TEXT, tiny_batch, tiny_config
 
 torch.manual_seed(0)
 
@@ -602,6 +603,9 @@ def test_detached_gate_leaves_beta_to_the_matching_loss():
         ("num_crops", 10**5, "MAX_NUM_CROPS"),
         ("routing_layers", 0, "MAX_ROUTING_LAYERS"),
         ("prompt_length", 0, "MAX_PROMPT_LENGTH"),
+        ("fusion_num_heads", 0, "MAX_LAYER_SIZE"),  # the default fusion width divides by it
+        ("text_config.num_hidden_layers", 10**6, "TEXT_CONFIG_BOUNDS"),
+        ("text_config.hidden_size", 10**7, "TEXT_CONFIG_BOUNDS"),
     ],
 )
 def test_config_refuses_absurd_sizes_naming_the_field_and_the_bound(field, value, bound):
@@ -609,10 +613,15 @@ def test_config_refuses_absurd_sizes_naming_the_field_and_the_bound(field, value
 
     from rap_hf import configuration_rap
 
-    expected = rf"RAPConfig\.{field} must be an integer in \[\d+, {getattr(configuration_rap, bound)}\] \({bound}"
+    kwargs = {field: value}
+    if field.startswith("text_config."):
+        kwargs = {"text_config": {**TINY_TEXT, field.split(".")[1]: value}}
+    limit = getattr(configuration_rap, bound)
+    limit = limit[field.split(".")[1]][1] if isinstance(limit, dict) else limit
+    expected = rf"RAPConfig\.{re.escape(field)} must be an integer in \[\d+, {limit}\] \({bound}"
     start = time.perf_counter()
     with pytest.raises(ValueError, match=expected) as info:
-        tiny_config("ner", **{field: value})
+        tiny_config("ner", **kwargs)
     assert f"got {value}" in str(info.value) and time.perf_counter() - start < 5  # nothing was built
 
 
@@ -633,3 +642,36 @@ def test_config_bounds_leave_room_for_real_models():
     assert config.routing_layers == 64 and config.prompt_length == 512
     paper = RAPConfig.paper_architecture(task="ner")  # bert-base sizes: d = 768, L = 4
     assert paper.fusion_hidden_size == 768 and paper.routing_layers == 4
+
+
+def test_crop_dropout_hides_crops_in_training_only():
+    """`crop_dropout`: in training a share of the samples with a picture lose their crops (the picture stays); the
+    same model in eval mode reads every crop."""
+    from rap_hf.modeling_rap import drop_crops
+
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(drop_crops(mask, 0.0), mask)
+    assert drop_crops(mask, 1.0).tolist() == [
+        [True, False, False, False],
+        [False, True, True, True],
+        [True] + [False] * 3,
+    ]
+    torch.manual_seed(0)
+    many = drop_crops(torch.ones(2000, 4, dtype=torch.bool), 0.3)
+    assert 0.25 < (~many[:, 1]).float().mean() < 0.35 and many[:, 0].all()
+
+    config = tiny_config("ner", crop_dropout=1.0)
+    model = RAPForMultimodalNER(config)
+    batch = tiny_batch("ner")
+    seen = []
+    model.rap.relevance_reasoning.register_forward_hook(lambda module, args, out: seen.append(args[3].clone()))
+    model.train()
+    model(**batch)
+    training, seen[:] = seen[0], []  # the first call of a forward scores the batch's own pictures
+    model.eval()
+    model(**batch)
+    given = batch["image_mask"].bool()
+    assert torch.equal(training[:, 0], given[:, 0]) and not training[:, 1:].any()
+    assert torch.equal(seen[0], given)
+    with pytest.raises(ValueError, match="crop_dropout must be in"):
+        tiny_config("ner", crop_dropout=1.5)

@@ -100,7 +100,6 @@ SUBSETS = {  # subset -> the sample kinds of make_sample_data.py it holds ("hard
     "image-only (hard)": ("hard",),
     "text-sufficient (easy)": ("easy_relevant", "easy_unrelated", "easy_noimage"),
 }
-RELEVANT_KINDS = ("hard", "easy_relevant")  # samples whose own image is relevant (beta's AUC is measured there)
 # Targets of the relevance issue.
 MIN_AUC = 0.9
 MIN_IMAGE_ONLY_GAIN = 20.0
@@ -157,16 +156,6 @@ def generate_corpus(out: Path, settings: Settings) -> Path:
     ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return out
-
-
-def test_manifest(data_dir: Path | None, num_test: int) -> tuple[list[str], list[str]]:
-    """Kind and topic of every test sample, from the generator's manifest."""
-    from rap_hf.data import SAMPLE_DIR
-
-    entries = json.loads(((data_dir or SAMPLE_DIR) / "manifest.json").read_text())[DATASET]["test"]
-    if len(entries) != num_test:
-        raise ValueError(f"the manifest lists {len(entries)} test samples, the split has {num_test}")
-    return [entry["kind"] for entry in entries], [entry["topic"] for entry in entries]
 
 
 def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
@@ -237,7 +226,7 @@ def subset_f1(predictions, indices: Sequence[int]) -> float | None:
 
 def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path) -> dict[str, Any]:
     """Train one (variant, seed); F1 overall and per subset under every condition, and beta per test sample."""
-    from rap_experiment.relevance import image_holders, shuffled_images, without_images
+    from rap_experiment.relevance import find_manifest, image_holders, shuffled_images, test_manifest, without_images
 
     start = time.perf_counter()
     trainer = train_variant(variant, seed, settings, data_dir, work_dir)
@@ -245,7 +234,7 @@ def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, 
     test = trainer.test_dataset
     text_only = variant == "text"
     holders = image_holders(test) if not text_only else []
-    kinds, topics = test_manifest(data_dir, len(test))
+    kinds, topics = test_manifest(find_manifest(data_dir), DATASET, len(test))
     subsets = {name: [i for i, kind in enumerate(kinds) if kind in members] for name, members in SUBSETS.items()}
     if text_only:  # no image is read: one evaluation stands for every condition
         predictions = trainer.evaluate_split(test, "test")
@@ -312,13 +301,12 @@ def f1_of(run: dict[str, Any], condition: str, subset: str | None = None) -> flo
 
 def beta_auc(run: dict[str, Any], relevant_only: bool = True) -> float | None:
     """ROC AUC of beta, matched above shuffled images, over the image holders (whose own image is relevant)."""
-    from rap_experiment.relevance import ranking_auc
+    from rap_experiment.relevance import RELEVANT_KINDS, own_versus_other
 
     if run["conditions"]["matched"]["beta"] is None:
         return None
     members = [i for i in run["holders"] if not relevant_only or run["kinds"][i] in RELEVANT_KINDS]
-    matched, shuffled = run["conditions"]["matched"]["beta"], run["conditions"]["shuffled"]["beta"]
-    return ranking_auc([matched[i] for i in members], [shuffled[i] for i in members])
+    return own_versus_other(run["conditions"]["matched"]["beta"], run["conditions"]["shuffled"]["beta"], members)["auc"]
 
 
 def mean_beta(run: dict[str, Any], condition: str, kinds: Sequence[str]) -> float | None:

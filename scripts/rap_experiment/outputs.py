@@ -23,9 +23,16 @@ def sample_label(label: Any) -> str:
     return types[0] if types else "no entity"
 
 
-def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
-    """The paper's Fig. 6-8 for the test split: routing paths of one sample, relevance per class, routing map."""
-    from rap_hf.visualization import UNIT_DISPLAY_NAMES, plot_relevance_by_class, plot_routing_map, plot_routing_paths
+def write_figures(test, config, figures_dir: Path, relevance: dict[str, Any] | None = None) -> dict[str, str]:
+    """The paper's Fig. 6-8 for the test split (routing paths of one sample, relevance per class, routing map) and
+    beta with own vs other pictures (`relevance`: the run's relevance check)."""
+    from rap_hf.visualization import (
+        UNIT_DISPLAY_NAMES,
+        plot_relevance_by_class,
+        plot_relevance_own_vs_other,
+        plot_routing_map,
+        plot_routing_paths,
+    )
 
     if not test.routing_weights or not test.routing_weights[0]:
         return {}  # text-only baseline: nothing routed
@@ -52,6 +59,14 @@ def write_figures(test, config, figures_dir: Path) -> dict[str, str]:
             [labels[i] for i in with_image],
             figures_dir / "relevance_by_class.png",
         )
+    if relevance:
+        figures["relevance_own_vs_other"] = plot_relevance_own_vs_other(
+            relevance["own"],
+            relevance["other"],
+            figures_dir / "relevance_own_vs_other.png",
+            auc=relevance["auc"],
+            other_label=f"{relevance['other_pictures']} picture",
+        )
     return {name: str(path) for name, path in figures.items()}
 
 
@@ -61,7 +76,8 @@ def write_run_outputs(
     """Writes results.json and the figures next to the saved model in `output_dir`, and hands what the run learnt
     after training (command, corpus folder, test scores, figures, timings) to the trainer's `card_data`; the card
     itself (README.md) is written from it with the model by `RAPTrainer.save_model`."""
-    figures = write_figures(test, model.config, output_dir / "figures") if args.make_figures else {}
+    relevance = results.get("relevance")
+    figures = write_figures(test, model.config, output_dir / "figures", relevance) if args.make_figures else {}
     results["figures"] = {name: str(Path(path).relative_to(output_dir)) for name, path in figures.items()}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if card_data is not None:
@@ -70,4 +86,5 @@ def write_run_outputs(
         card_data.command, card_data.data_dir = results["command"], results["data_dir"]
         card_data.test_metrics, card_data.timings = results["test"], dict(results["timings"])
         card_data.results_file = "results.json"
+        card_data.relevance_check = {k: v for k, v in (relevance or {}).items() if k not in ("own", "other")} or None
     logger.info("results.json and figures in %s", output_dir)

@@ -7,14 +7,17 @@ Used by the relevance diagnostic (`scripts/benchmarks/relevance.py`) and the noi
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 from torch import nn
 
 VISUAL_COLUMNS = ["visual_features", "image_mask"]
+RELEVANT_KINDS = ("hard", "easy_relevant")  # generated tweets whose own picture is relevant (beta's AUC is read there)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -64,8 +67,47 @@ def without_images(dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The generator's manifest (scripts/make_sample_data.py): kind and topic of every tweet
+# ---------------------------------------------------------------------------------------------------------------------
+def find_manifest(data_dir: str | Path | None) -> Path | None:
+    """The manifest.json of a generated corpus: the bundled sample's (data_dir None), or one in `data_dir` or one of
+    its two parents (the generator writes it at the corpus root, above NER_data/twitter2017); None for real corpora."""
+    if data_dir is None:
+        from rap_hf.data import SAMPLE_DIR
+
+        return SAMPLE_DIR / "manifest.json"
+    folder = Path(data_dir).resolve()
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / "manifest.json").is_file():
+            return candidate / "manifest.json"
+    return None
+
+
+def test_manifest(manifest: Path, dataset: str, num_test: int) -> tuple[list[str], list[str]]:
+    """Kind and topic of every test tweet of `dataset` in a generated corpus's manifest (the first `num_test`: a
+    split cut by `--max_eval_samples` keeps its first tweets)."""
+    entries = json.loads(manifest.read_text())[dataset]["test"][:num_test]
+    if len(entries) != num_test:
+        raise ValueError(f"{manifest} lists {len(entries)} test samples of {dataset}, the split has {num_test}")
+    return [entry["kind"] for entry in entries], [entry["topic"] for entry in entries]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Scores
 # ---------------------------------------------------------------------------------------------------------------------
+def own_versus_other(own: Sequence[float], other: Sequence[float], members: Sequence[int]) -> dict:
+    """beta with each tweet's own picture vs with another tweet's, over `members`: ROC AUC, means, the values."""
+    own_values, other_values = [float(own[i]) for i in members], [float(other[i]) for i in members]
+    return {
+        "auc": ranking_auc(own_values, other_values),
+        "own_mean": statistics.fmean(own_values) if own_values else None,
+        "other_mean": statistics.fmean(other_values) if other_values else None,
+        "num_tweets": len(members),
+        "own": own_values,
+        "other": other_values,
+    }
+
+
 def ranking_auc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
     """ROC AUC of scoring positives above negatives (ties count half); None when either side is empty."""
     if not positives or not negatives:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import typing
@@ -42,6 +43,7 @@ from rap_hf.trainer import (
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_OUTPUT_DIR = "outputs/rap"
 TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 
 
@@ -151,7 +153,13 @@ class RunArguments(RAPTrainingArguments):
     run's own options. Every other `TrainingArguments` option (`--bf16`, `--save_strategy`, `--push_to_hub`,
     DeepSpeed/FSDP, ...) works as in transformers' example scripts."""
 
-    output_dir: str = field(default="outputs/rap", metadata={"help": "Where the model, results and card go"})
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Where the model, results and card go (default {DEFAULT_OUTPUT_DIR}, which the next run without "
+            "--output_dir replaces; a folder you name is never replaced without --overwrite_output_dir)"
+        },
+    )
     num_train_epochs: float | None = field(default=None, metadata={"help": "Default 30 NER / 15 RE (paper)"})
     per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Default 8 NER / 16 RE"})
     learning_rate: float | None = field(default=None, metadata={"help": "Encoder lr; default 3e-5 NER / 2e-5 RE"})
@@ -163,8 +171,22 @@ class RunArguments(RAPTrainingArguments):
         default=None, metadata={"help": "Checkpoint and stop (as if interrupted) after this epoch; resume later"}
     )
     make_figures: bool = field(default=True, metadata={"help": "Write routing/relevance PNGs for the model card"})
+    push_space: bool = field(
+        default=False,
+        metadata={
+            "help": "With --push_to_hub: also upload the `rap-hf demo` Gradio page of the model as a Space "
+            "(--space_id, default <hub_model_id>-demo)"
+        },
+    )
+    space_id: str | None = field(default=None, metadata={"help": "Space of --push_space (org/name)"})
 
-    own_fields = frozenset({"overwrite_output_dir", "stop_after_epoch", "make_figures"})
+    own_fields = frozenset({"overwrite_output_dir", "stop_after_epoch", "make_figures", "push_space", "space_id"})
+
+    def __post_init__(self):
+        self.default_output_dir = self.output_dir is None  # not a field: the run replaces its own default folder
+        if self.default_output_dir:
+            self.output_dir = DEFAULT_OUTPUT_DIR
+        super().__post_init__()
 
 
 def resolve_training_defaults(task: str, args: RunArguments) -> RunArguments:
@@ -316,14 +338,26 @@ def resolve_resume(args: RunArguments) -> Path | None:
 
 
 def check_output_dir(args: RunArguments) -> None:
-    """Refuses to mix two runs in one folder, as transformers' example scripts do."""
+    """Refuses to mix two runs in one folder, as transformers' example scripts do; the default folder holding an
+    earlier run of this script is replaced (a second run of the README's command works)."""
     folder = Path(args.output_dir)
     holds_run = folder.is_dir() and any(p.name != "runs" for p in folder.iterdir())
+    if holds_run and args.default_output_dir and not args.resume_from_checkpoint and is_run_folder(folder):
+        with args.main_process_first(desc="replacing the default output folder"):
+            if args.process_index == 0:
+                logger.warning("%s holds an earlier default run: replacing it (name --output_dir to keep runs)", folder)
+                shutil.rmtree(folder)
+        return
     if holds_run and not args.overwrite_output_dir and not args.resume_from_checkpoint:
         raise ValueError(
             f"output_dir {folder} already holds a run; pass --overwrite_output_dir to replace it or "
             "--resume_from_checkpoint latest to continue it"
         )
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` holds what a run of this script writes: results.json or a checkpoint."""
+    return (folder / "results.json").exists() or any(p.name.startswith("checkpoint-") for p in folder.iterdir())
 
 
 def epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -376,7 +410,45 @@ def train_and_test(trainer: RAPTrainer) -> tuple[dict[str, Any], Predictions] | 
         "num_train_examples": len(trainer.train_dataset),
         "num_test_examples": len(test.labels),
         "history": epoch_history(trainer.state.log_history),
+        "relevance": relevance_check(trainer, test),
     }, test
+
+
+def relevance_check(trainer: RAPTrainer, test: Predictions, seed: int = 1234) -> dict[str, Any] | None:
+    """Does beta tell a tweet's own picture from another's? The test split once more with every picture handed to
+    another tweet (about another topic where the corpus's manifest says topics): ROC AUC of beta, own above other,
+    over the tweets whose own picture is relevant (per the manifest; every tweet with a picture elsewhere)."""
+    from .relevance import (
+        RELEVANT_KINDS,
+        find_manifest,
+        image_holders,
+        own_versus_other,
+        shuffled_images,
+        test_manifest,
+    )
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    dataset = trainer.test_dataset
+    if not model.config.multimodal or not model.config.use_relevance_reasoning or "image_mask" not in dataset.features:
+        return None
+    holders = image_holders(dataset)
+    manifest = find_manifest(trainer.data_args.data_dir)
+    kinds, topics = test_manifest(manifest, trainer.data_args.dataset, len(dataset)) if manifest else (None, None)
+    members = [i for i in holders if kinds is None or kinds[i] in RELEVANT_KINDS]
+    if len(holders) < 2 or not members:
+        return None
+    other = trainer.evaluate_split(shuffled_images(dataset, seed, topics), "test_other_pictures")
+    summary = own_versus_other(test.relevance, other.relevance, members)
+    summary["other_pictures"] = "another topic's tweet" if topics else "another tweet"
+    logger.info(
+        "beta, own picture vs %s: ROC AUC %.3f over %d test tweets (mean %.3f vs %.3f)",
+        summary["other_pictures"],
+        summary["auc"],
+        summary["num_tweets"],
+        summary["own_mean"],
+        summary["other_mean"],
+    )
+    return summary
 
 
 def public_value(value: Any) -> Any:
@@ -400,6 +472,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments
 
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name")
+    if (args.push_space or args.space_id) and not args.push_to_hub:
+        raise ValueError("--push_space/--space_id upload the demo of a pushed model: add --push_to_hub")
     check_task(data_args, model_args)
     check_output_dir(args)
     trainer = build_trainer(model_args, data_args, args)
@@ -417,7 +491,20 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: RunArguments
             results, test, trainer.accelerator.unwrap_model(trainer.model), Path(args.output_dir), args, card
         )
     trainer.save_model(args.output_dir)  # best weights, processor, remote code, card; with --push_to_hub, the upload
+    if (args.push_space or args.space_id) and trainer.is_world_process_zero():
+        push_space(args, trainer.accelerator.unwrap_model(trainer.model).config.task)
     return results
+
+
+def push_space(args: RunArguments, task: str) -> str:
+    """The `rap-hf demo` page of the pushed model `--hub_model_id` as the Gradio Space `--space_id`; returns its URL."""
+    from rap_hf.demo import push_demo_space
+
+    url = push_demo_space(
+        args.hub_model_id, args.space_id, token=args.hub_token, private=args.hub_private_repo, task=task
+    )
+    logger.warning(f"demo Space: {url}")
+    return url
 
 
 __all__ = [
@@ -429,6 +516,7 @@ __all__ = [
     "make_loader",
     "model_and_processor",
     "prepare_splits",
+    "push_space",
     "run",
     "train_and_test",
 ]
