@@ -52,6 +52,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="how raw text is split into words (default: punct for NER, tweet for RE)",
     )
+    parser.add_argument(
+        "--grounding-model",
+        default=None,
+        help="visual objects for a picture given without crops: vision-encoder (offline, regions of the model's own "
+        "vision encoder), none (the picture alone), or a detector's Hub id or folder (default: what the model was "
+        "saved with)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show transformers' info messages and progress bars")
 
 
@@ -153,7 +160,13 @@ def _load_pipeline(model: str, args: argparse.Namespace, batch_size: int = 8):
     from .pipelines import pipeline
 
     try:
-        return pipeline(model, device=args.device, batch_size=batch_size, word_splitting=args.word_splitting)
+        return pipeline(
+            model,
+            device=args.device,
+            batch_size=batch_size,
+            word_splitting=args.word_splitting,
+            grounding_model=args.grounding_model,
+        )
     except (OSError, ValueError, TypeError) as error:
         raise CLIError(f"cannot load model {model!r}: {error}") from error
 

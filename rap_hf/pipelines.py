@@ -36,6 +36,7 @@ from transformers.utils.hub import constants as hub_constants
 from transformers.utils.hub import is_offline_mode, try_to_load_from_cache
 
 from .configuration_rap import RAPConfig
+from .grounding import VISION_ENCODER, VisualGrounder, grounding_name, load_grounder, same_grounding
 from .modeling_rap import RAPForMultimodalExtraction
 from .processing_rap import RAPProcessor, invalid_text, load_image
 
@@ -544,6 +545,10 @@ class RAPPipeline(ChunkPipeline):
         batch_size: chunks per forward pass (NER: inputs; RE: subject/object pairs).
         word_splitting: `"punct"` or `"tweet"` (see `split_words`); defaults to `"punct"` for NER and `"tweet"` for
             RE, the conventions of Twitter-2015/2017 and MNRE.
+        grounding_model: where the crops of a picture given without crops come from (`rap_hf/grounding.py`):
+            `"vision-encoder"` (regions of the model's own vision encoder), a detector's Hub id or folder, `"none"`,
+            or a `VisualGrounder`; default the processor's `grounding_model` (what the model was trained with).
+            Crops given with an input are used as they are.
         device: as for any transformers pipeline (`-1`/`"cpu"`, `0`/`"cuda:0"`, a `torch.device`).
 
     Returns:
@@ -566,6 +571,7 @@ class RAPPipeline(ChunkPipeline):
         processor: RAPProcessor | None = None,
         batch_size: int = 8,
         word_splitting: str | None = None,
+        grounding_model: str | VisualGrounder | None = None,
         **kwargs,
     ):
         config = getattr(model, "config", None)
@@ -597,6 +603,38 @@ class RAPPipeline(ChunkPipeline):
         if self.word_splitting not in WORD_SPLITTERS:
             raise ValueError(f"word_splitting must be one of {sorted(WORD_SPLITTERS)}, got {self.word_splitting!r}")
         self.id2label = {int(k): v for k, v in config.id2label.items()}
+        self.grounder = self._load_grounder(grounding_model)
+
+    def _load_grounder(self, grounding_model: str | VisualGrounder | None) -> VisualGrounder | None:
+        """The grounder of `grounding_model` (default: the processor's); a warning when the model was trained with
+        objects from another source (its config's `grounding_model`)."""
+        config = self.model.config
+        if not config.multimodal or config.num_crops < 1:
+            return None
+        spec = grounding_model if grounding_model is not None else getattr(self.processor, "grounding_model", None)
+        spec = VISION_ENCODER if spec is None else spec
+        try:
+            grounder = load_grounder(
+                spec,
+                vision_model=self.model,
+                image_processor=self.processor.image_processor,
+                num_objects=config.num_crops,
+                device=None if spec == VISION_ENCODER else self.device,
+            )
+        except OSError as error:  # a detector's weights not at hand (offline): say how to predict without them
+            raise OSError(
+                f"{error}; pass grounding_model={VISION_ENCODER!r} (offline, the model's own vision encoder) or "
+                "'none' (no objects for a picture without crops)"
+            ) from None
+        trained = getattr(config, "grounding_model", VISION_ENCODER)
+        used = grounding_name(grounder)
+        if not same_grounding(trained, used):
+            logger.warning(
+                f"this model was trained with visual objects from {trained!r} for pictures without crops, but the "
+                f"pipeline grounds them with {used!r}: predictions on such pictures may be worse (pass "
+                f"grounding_model={trained!r} to predict as trained)"
+            )
+        return grounder
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Saves model, processor and this pipeline's code, so that a fresh Python without `rap_hf` can run
@@ -806,7 +844,9 @@ class RAPPipeline(ChunkPipeline):
             crops = [crop for crop in (read_picture(c, f"crop {i}") for i, c in enumerate(input_.crops)) if crop]
         elif input_.crops:
             logger.warning("crops given without a readable image are ignored; predicting text-only")
-        return self.processor.process_images([image], [crops], num_crops=self.model.config.num_crops)
+        return self.processor.process_images(
+            [image], [crops], num_crops=self.model.config.num_crops, texts=[input_.text], grounder=self.grounder
+        )
 
     def _entities(self, outputs: dict[str, Any], input_: RAPInput) -> list[dict[str, Any]]:
         word_ids, starts = outputs["word_ids"], outputs["word_start_mask"][0].tolist()
@@ -871,6 +911,7 @@ def pipeline(
     batch_size: int = 8,
     processor: RAPProcessor | None = None,
     word_splitting: str | None = None,
+    grounding_model: str | VisualGrounder | None = None,
     **model_kwargs,
 ) -> RAPPipeline:
     """A `RAPPipeline` for a saved RAP model folder (model + processor) or an in-memory model and its processor.
@@ -882,6 +923,8 @@ def pipeline(
         batch_size: examples per forward pass.
         processor: the `RAPProcessor`; loaded from the folder when omitted.
         word_splitting: see `RAPPipeline`.
+        grounding_model: where a picture given without crops gets its crops: `"vision-encoder"`, a detector's Hub id
+            or folder, `"none"` or a `VisualGrounder`; default the one saved with the processor (see `RAPPipeline`).
         model_kwargs: passed to `from_pretrained` (e.g. `dtype=torch.bfloat16`, `revision=...`).
 
     Raises:
@@ -901,7 +944,12 @@ def pipeline(
     else:
         raise TypeError(f"model_or_path must be a folder, a Hub id or a RAP model, got {type(model_or_path).__name__}")
     return RAPPipeline(
-        model=model, processor=processor, batch_size=batch_size, word_splitting=word_splitting, device=device
+        model=model,
+        processor=processor,
+        batch_size=batch_size,
+        word_splitting=word_splitting,
+        grounding_model=grounding_model,
+        device=device,
     )
 
 

@@ -10,7 +10,8 @@ copied next to a checkpoint on the Hub and loaded with ``AutoProcessor.from_pret
   subject and the object; truncation moves the window so both entities stay inside; ``entity_positions`` holds the
   indices of ``<s>`` and ``<o>``.
 * Images: the whole image and up to ``num_crops`` object crops become ``pixel_values [B, 1+K, 3, H, W]`` with
-  ``image_mask [B, 1+K]`` (1 = real image, 0 = empty slot).
+  ``image_mask [B, 1+K]`` (1 = real image, 0 = empty slot). A picture without crops gets the crops of
+  ``processor.grounder`` when one is set (`set_grounder`; ``grounding.py``); crops a corpus or a caller gives win.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # Tensor-valued fields that are padded along the sequence dimension, with their padding value (None = pad id).
 _SEQUENCE_FIELDS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "word_start_mask": 0}
 _TOKENIZER_FIELDS = ("input_ids", "attention_mask", "token_type_ids")  # padded by the tokenizer itself
+DEFAULT_GROUNDING_MODEL = "vision-encoder"  # grounding.VISION_ENCODER (this file imports no sibling module)
+_OWN_GROUNDER = object()  # process_images' default: the processor's own grounder
 
 
 def default_image_processor(image_size: int = 224):
@@ -225,6 +228,10 @@ class RAPProcessor(ProcessorMixin):
         max_length: maximum number of tokens, special tokens and markers included.
         num_crops: number of object-crop slots K (``pixel_values`` has ``1+K`` slots).
         entity_markers: the four marker strings (subject start/end, object start/end).
+        grounding_model: where the crops of a picture without crops come from at prediction (saved with the
+            processor, so a model predicts as it was trained): ``"vision-encoder"`` (regions of the model's own vision
+            encoder), a detector's Hub id or folder, or ``"none"``. The pipeline builds the grounder from it; a bare
+            processor grounds only once `set_grounder` gave it one (``processor.grounder``, not saved).
     """
 
     def __init__(
@@ -234,11 +241,14 @@ class RAPProcessor(ProcessorMixin):
         max_length: int = 128,
         num_crops: int = 3,
         entity_markers: Sequence[str] = DEFAULT_ENTITY_MARKERS,
+        grounding_model: str = DEFAULT_GROUNDING_MODEL,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, **kwargs)
         self.max_length = int(max_length)
         self.num_crops = int(num_crops)
+        self.grounding_model = str(grounding_model) if grounding_model is not None else "none"
+        self.grounder = None
         self.entity_markers = list(entity_markers)
         if len(self.entity_markers) != 4 or len(set(self.entity_markers)) != 4:
             raise ValueError(f"entity_markers must be 4 distinct strings, got {entity_markers}")
@@ -275,6 +285,24 @@ class RAPProcessor(ProcessorMixin):
         if not new:
             return 0
         return self.tokenizer.add_tokens(new, special_tokens=True)
+
+    def set_grounder(self, grounder) -> RAPProcessor:
+        """Sets (or, with ``None``, removes) the grounder that gives a picture without crops its crops in
+        `process_images`: any object with ``ground(images, texts) -> [[(x0, y0, x1, y1), ...], ...]``, such as
+        ``grounding.load_grounder(processor.grounding_model, vision_model=model, image_processor=...)``. It is not
+        saved (`grounding_model` is). Returns the processor."""
+        if grounder is not None and not callable(getattr(grounder, "ground", None)):
+            raise TypeError(f"a grounder needs a ground(images, texts) method, got {type(grounder).__name__}")
+        self.grounder = grounder
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """`ProcessorMixin.to_dict` without the grounder (it holds a model: neither copied nor saved)."""
+        grounder = self.__dict__.pop("grounder", None)
+        try:
+            return super().to_dict()
+        finally:
+            self.__dict__["grounder"] = grounder
 
     @property
     def marker_ids(self) -> dict[str, int]:
@@ -497,22 +525,37 @@ class RAPProcessor(ProcessorMixin):
         images: Sequence[Any] | None,
         crops: Sequence[Sequence[Any] | None] | None = None,
         num_crops: int | None = None,
+        texts: Sequence[str | None] | None = None,
+        grounder: Any = _OWN_GROUNDER,
     ) -> dict[str, torch.Tensor]:
         """``pixel_values [B, 1+K, 3, H, W]`` (slot 0 image, slots 1..K crops, empty slots zero) and
-        ``image_mask [B, 1+K]``. Images and crops may be PIL images, paths, ``datasets`` dicts or ``None``."""
+        ``image_mask [B, 1+K]``. Images and crops may be PIL images, paths, ``datasets`` dicts or ``None``.
+
+        A row with a picture and no crops gets the crops of `grounder` (default: ``self.grounder``; ``None``: none),
+        which may read the row's text (`texts`, one per row); crops given for a row always win."""
         num_crops = self.num_crops if num_crops is None else num_crops
+        grounder = self.grounder if grounder is _OWN_GROUNDER else grounder
         batch = len(images) if images is not None else len(crops or [])
         images = list(images) if images is not None else [None] * batch
         crops = list(crops) if crops is not None else [None] * batch
-        if len(crops) != batch:
-            raise ValueError(f"{batch} images but {len(crops)} crop lists")
-        loaded_images, slots = [], []
+        texts = list(texts) if texts is not None else [None] * batch
+        if len(crops) != batch or len(texts) != batch:
+            raise ValueError(f"{batch} images but {len(crops)} crop lists and {len(texts)} texts")
+        loaded_images, slots, to_ground = [], [], []
         for row in range(batch):
             row_images = [images[row]] + list(crops[row] or [])[:num_crops]
             for slot, value in enumerate(row_images):
                 image = load_image(value)
                 if image is not None:
                     loaded_images.append(image)
+                    slots.append((row, slot))
+                    if slot == 0 and len(row_images) == 1 and grounder is not None and num_crops > 0:
+                        to_ground.append((row, image))
+        if to_ground:
+            found = grounder.ground([image for _, image in to_ground], [texts[row] for row, _ in to_ground])
+            for (row, image), boxes in zip(to_ground, found):
+                for slot, box in enumerate(list(boxes)[:num_crops], start=1):
+                    loaded_images.append(image.crop(tuple(int(v) for v in box)))
                     slots.append((row, slot))
         pixel_values = torch.zeros((batch, 1 + num_crops, *self._image_chw()), dtype=torch.float32)
         image_mask = torch.zeros((batch, 1 + num_crops), dtype=torch.long)
@@ -564,7 +607,7 @@ class RAPProcessor(ProcessorMixin):
             encoded = self.encode_re(tokens, subject_spans, object_spans, relations, max_length)
         data = self.pad(encoded, pad_to_multiple_of=pad_to_multiple_of)
         if return_images and (images is not None or crops is not None):
-            data.update(self.process_images(images, crops))
+            data.update(self.process_images(images, crops, texts=[" ".join(words) for words in tokens]))
         return BatchFeature(data=data)
 
     def pad(self, encoded: dict[str, list], pad_to_multiple_of: int | None = None) -> dict[str, Any]:
@@ -600,7 +643,8 @@ class RAPProcessor(ProcessorMixin):
         else:
             raise ValueError(f"task must be 'ner' or 're', got {task!r}")
         if with_images:
-            visual = self.process_images(examples.get("image"), examples.get("crops"))
+            texts = [" ".join(words) for words in examples["tokens"]]
+            visual = self.process_images(examples.get("image"), examples.get("crops"), texts=texts)
             out["pixel_values"] = [values.numpy() for values in visual["pixel_values"]]
             out["image_mask"] = visual["image_mask"].tolist()
         return out
@@ -718,9 +762,10 @@ class RAPDataCollator:
         if not has_visual and ("image" in first or "crops" in first):
             if self.processor is None:
                 raise ValueError("RAPDataCollator needs a processor to turn image/crops columns into pixel_values")
+            texts = [" ".join(f["tokens"]) if f.get("tokens") else None for f in features]
             batch.update(
                 self.processor.process_images(
-                    [f.get("image") for f in features], [f.get("crops") for f in features], self.num_crops
+                    [f.get("image") for f in features], [f.get("crops") for f in features], self.num_crops, texts
                 )
             )
         return batch

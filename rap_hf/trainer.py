@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
+import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .grounding import VisionEncoderGrounder, VisualGrounder, find_vision_encoder, load_grounder, no_grounding
 from .metrics import compute_ner_metrics, compute_re_metrics
 from .model_card import RAPModelCardCallback, RAPModelCardData, save_model_card
 from .modeling_rap import RAPPreTrainedModel
 from .pipelines import RAPPipeline, save_pipeline_code
-from .processing_rap import RAPDataCollator, RAPProcessor
+from .processing_rap import RAPDataCollator, RAPProcessor, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +250,47 @@ def save_text_encoder_adapter(model: RAPPreTrainedModel, folder: Path) -> None:
     save_file(state, str(folder / "adapter_model.safetensors"))
 
 
+GROUNDING_CACHE = "grounding"  # under the feature cache folder: the boxes of each grounder, one JSON file per grounder
+GROUNDING_BATCH = 16  # pictures per grounder call
+
+
+class BoxCache:
+    """Boxes a grounder found, per picture (and text, where the grounder reads it): ``{key: [[x0, y0, x1, y1]]}``
+    in one JSON file per grounder, written atomically; computed once, reused by every later run and split."""
+
+    def __init__(self, path: Path, grounder: dict[str, Any]):
+        self.path, self.grounder = path, grounder
+        self.boxes: dict[str, list[list[int]]] = {}
+        if path.is_file():
+            try:
+                self.boxes = json.loads(path.read_text())["boxes"]
+            except (ValueError, KeyError, TypeError):  # a damaged file is recomputed, not trusted
+                logger.warning("grounding cache %s is damaged; computing its boxes again", path)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"grounder": self.grounder, "boxes": self.boxes}))
+        os.replace(temporary, self.path)
+
+
+def png_bytes(image) -> dict[str, Any]:
+    """A PIL picture as the ``{"bytes", "path"}`` value of a ``datasets.Image`` column (lossless PNG)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def undecoded(dataset: datasets.Dataset) -> datasets.Dataset:
+    """`dataset` with its image/crops columns as undecoded ``{"bytes", "path"}`` values."""
+    features = dataset.features.copy()
+    if "image" in features:
+        features["image"] = datasets.Image(decode=False)
+    if "crops" in features:
+        features["crops"] = datasets.List(datasets.Image(decode=False))
+    return dataset.cast(features) if features != dataset.features else dataset
+
+
 def feature_cache_dir(args: TrainingArguments) -> Path:
     from .encoders import cache_root
 
@@ -333,6 +378,8 @@ class RAPTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         self.task = model.config.task
+        # Trainer pins loader memory by default; without a GPU torch then warns at every loader (30 times a run)
+        warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
         processing_class = processing_class or RAPProcessor.from_pretrained(model.name_or_path)
         self.processing_class = processing_class
         args = args if args is not None else RAPTrainingArguments(output_dir="rap_trainer_output")
@@ -363,18 +410,131 @@ class RAPTrainer(Trainer):
 
     # -- data ----------------------------------------------------------------------------------------------------------
     def prepare(self, dataset: datasets.Dataset | None, name: str = "split") -> datasets.Dataset | None:
-        """A split as the model reads it: tokenised, numbered (`example_index`) and, for a frozen vision encoder with
-        the feature cache on, with cached `visual_features` instead of pictures; prepared splits pass through."""
+        """A split as the model reads it: tokenised, numbered (`example_index`), pictures without crops given the
+        crops of `config.grounding_model`'s grounder (`_ground_pictures`) and, for a frozen vision encoder with the
+        feature cache on, with cached `visual_features` instead of pictures; prepared splits pass through. The
+        processor records `config.grounding_model`, so the saved model predicts with the objects it was trained on."""
+        config = self.model.config
+        if config.multimodal:  # the saved processor predicts with the objects the model was trained with
+            self.processing_class.grounding_model = getattr(config, "grounding_model", "none") or "none"
         if dataset is None or "example_index" in dataset.column_names and "input_ids" in dataset.column_names:
             return dataset
         dataset = tokenize_split(dataset, self.processing_class, self.task, name)
-        config = self.model.config
         pictures = [c for c in ("image", "crops") if c in dataset.column_names]
         if not config.multimodal:  # nothing to look at: no pictures decoded
             return dataset.remove_columns(pictures)
+        if "image" in pictures:
+            dataset = self._ground_pictures(dataset, name)
+            pictures = [c for c in ("image", "crops") if c in dataset.column_names]
         if pictures and getattr(self.args, "feature_cache", True) and config.freeze_vision_encoder:
             dataset = self._attach_visual_features(dataset)
         return dataset
+
+    def grounder(self) -> VisualGrounder | None:
+        """The grounder of `config.grounding_model` (built once; None for "none")."""
+        if not hasattr(self, "_grounder"):
+            config = self.model.config
+            spec = getattr(config, "grounding_model", None)
+            self._grounder = load_grounder(
+                spec,
+                vision_model=self.model,
+                image_processor=self.processing_class.image_processor,
+                num_objects=config.num_crops,
+                device=None if spec == "vision-encoder" else self.args.device,
+            )
+        return self._grounder
+
+    def _grounding_id(self, grounder: VisualGrounder) -> str:
+        """What the boxes depend on: the grounder's settings and, for the vision-encoder grounder, the encoder."""
+        parts = [grounder.cache_id]
+        if isinstance(grounder, VisionEncoderGrounder):
+            from .data.features import vision_fingerprint
+
+            parts.append(vision_fingerprint(grounder.encoder, self.processing_class.image_processor))
+        return hash_text(*parts)
+
+    def _ground_pictures(self, dataset: datasets.Dataset, name: str) -> datasets.Dataset:
+        """Crops for the pictures that come without any (a corpus without `img_vg`), from the grounder of
+        `config.grounding_model`, so that training sees the objects the pipeline will give a user's picture. The boxes
+        are computed once and cached (`BoxCache`, keyed by the picture's content, its text where the grounder reads
+        it, and the grounder); the crops join the `crops` column, where the feature cache encodes them like a
+        corpus's. Pictures that have crops keep them."""
+        from .data.features import image_key
+
+        if self.model.config.num_crops < 1 or no_grounding(getattr(self.model.config, "grounding_model", None)):
+            return dataset
+        view = undecoded(dataset.select_columns([c for c in ("image", "crops", "tokens") if c in dataset.column_names]))
+        needed: dict[int, tuple[str, str | None]] = {}  # row -> (picture key, text)
+        for row, example in enumerate(view):
+            if example["image"] is not None and not example.get("crops"):
+                needed[row] = (image_key(example["image"]), " ".join(example.get("tokens") or []))
+        if not needed:
+            return dataset
+        grounder = self.grounder()
+        if grounder is None:
+            return dataset
+        grounding_id = self._grounding_id(grounder)
+        cache = BoxCache(feature_cache_dir(self.args) / GROUNDING_CACHE / f"{grounding_id}.json", grounder.settings)
+
+        def key_of(row: int) -> str:
+            picture, text = needed[row]
+            return hash_text(picture, text) if grounder.uses_text else picture
+
+        with self.args.main_process_first(desc="grounding"):  # rank 0 fills the cache, the others read it
+            cache = BoxCache(cache.path, grounder.settings)
+            first_rows = {key_of(row): row for row in reversed(needed)}  # a picture seen twice is grounded once
+            missing = [row for key, row in first_rows.items() if key not in cache.boxes][::-1]
+            if missing:
+                logger.info("%s: grounding %d pictures without crops (%s)", name, len(missing), grounder.name)
+                self._compute_boxes(grounder, view, missing, [needed[row][1] for row in missing], key_of, cache)
+        return self._add_crops(dataset, {row: cache.boxes[key_of(row)] for row in needed}, grounding_id)
+
+    def _compute_boxes(self, grounder, view, rows, texts, key_of, cache: BoxCache) -> None:
+        encoder = find_vision_encoder(self.model) if isinstance(grounder, VisionEncoderGrounder) else None
+        original = next(encoder.parameters()).device if encoder is not None else None
+        if encoder is not None:
+            encoder.to(self.args.device)  # back where it was afterwards
+        try:
+            for start in range(0, len(rows), GROUNDING_BATCH):
+                chunk = rows[start : start + GROUNDING_BATCH]
+                pictures = [load_image(view[row]["image"]) for row in chunk]
+                found = grounder.ground(pictures, texts[start : start + GROUNDING_BATCH])
+                cache.boxes.update({key_of(row): [list(box) for box in boxes] for row, boxes in zip(chunk, found)})
+        finally:
+            if encoder is not None:
+                encoder.to(original)
+        cache.save()
+
+    @staticmethod
+    def _add_crops(dataset: datasets.Dataset, boxes: dict[int, list[list[int]]], grounding_id: str) -> datasets.Dataset:
+        """`dataset` with the crops of `boxes` (row -> boxes) in its `crops` column (added where it has none)."""
+        features = dataset.features.copy()
+        raw = undecoded(dataset)
+        if "crops" not in raw.column_names:
+            raw = raw.add_column("crops", [[] for _ in range(len(raw))])
+        new_features = raw.features.copy()
+        new_features["crops"] = datasets.List(datasets.Image(decode=False))
+
+        def add(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+            crops = []
+            for row, image, given in zip(indices, batch["image"], batch["crops"]):
+                if row in boxes:
+                    picture = load_image(image)
+                    given = [png_bytes(picture.crop(tuple(box))) for box in boxes[row]]
+                crops.append(given or [])
+            return {"crops": crops}
+
+        grounded = raw.map(
+            add,
+            with_indices=True,
+            batched=True,
+            batch_size=64,
+            features=new_features,
+            new_fingerprint=hash_text(dataset._fingerprint, GROUNDING_CACHE, grounding_id),
+            desc="crops of the grounder",
+        )
+        features["crops"] = datasets.List(datasets.Image())
+        return grounded.cast(features)
 
     def _attach_visual_features(self, dataset: datasets.Dataset) -> datasets.Dataset:
         """Runs the frozen vision encoder once per picture and stores its features with the dataset."""

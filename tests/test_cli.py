@@ -1,8 +1,6 @@
 """The `rap-hf` command line: JSON and JSONL predictions, line-numbered errors, routing picture."""
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,8 +8,6 @@ from PIL import Image
 
 from rap_hf.cli import main
 from rap_hf.pipelines import pipeline
-
-from conftest import run_python
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,23 +31,13 @@ def inputs(tmp_path):
     return path
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`python -m rap_hf.cli ARGS` in a process of its own (tests/warm_python.py)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    return run_python(["-m", "rap_hf.cli", *args], cwd=REPO_ROOT, env=env, timeout=120)
-
-
-def test_jsonl_round_trip_in_a_subprocess(folders, inputs, tmp_path):
+def test_jsonl_round_trip(folders, inputs, tmp_path, capsys, caplog):
     output = tmp_path / "out" / "predictions.jsonl"
-    completed = run_cli("predict", "--model", str(folders["ner"]), "--input", str(inputs), "--output", str(output))
-    assert completed.returncode == 0, completed.stderr
-    assert "missing.jpg" in completed.stderr  # warned, then predicted text-only
-    assert "predicting: 100%" in completed.stderr and "4/4" in completed.stderr  # the progress bar, over the lines
-    assert completed.stderr.rstrip().splitlines()[-1] == f"wrote 4 predictions to {output}"
+    assert main(["predict", "--model", str(folders["ner"]), "--input", str(inputs), "--output", str(output)]) == 0
+    stderr = capsys.readouterr().err
+    assert "missing.jpg" in caplog.text + stderr  # warned, then predicted text-only
+    assert "predicting: 100%" in stderr and "4/4" in stderr  # the progress bar, over the lines
+    assert stderr.rstrip().splitlines()[-1] == f"wrote 4 predictions to {output}"
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [record["line"] for record in records] == [1, 3, 4, 5]
     sources = [json.loads(line) for line in inputs.read_text(encoding="utf-8").splitlines() if line]
@@ -82,6 +68,21 @@ def test_jsonl_to_stdout_in_process(folders, inputs, capsys):
     captured = capsys.readouterr()
     assert [json.loads(line)["line"] for line in captured.out.splitlines()] == [1, 3, 4, 5]
     assert captured.err.rstrip().endswith("\nwrote 4 predictions to standard output")
+
+
+@pytest.mark.parametrize("grounding", [None, "none"])
+def test_a_picture_alone_is_grounded_as_the_model_was_saved_unless_told(folders, tmp_path, capsys, grounding):
+    """`--grounding-model`: the default grounds a picture given without crops (as the pipeline does); `none` reads
+    the picture alone."""
+    picture = tmp_path / "green.png"
+    Image.new("RGB", (64, 48), (40, 170, 60)).save(picture)
+    flag = ["--grounding-model", grounding] if grounding else []
+    argv = ["predict", "--model", str(folders["ner"]), "--text", "Dakota tonight", "--image", str(picture)]
+    assert main([*argv, *flag]) == 0
+    result = json.loads(capsys.readouterr().out)
+    pipe = pipeline(folders["ner"], device="cpu", grounding_model=grounding)
+    assert (pipe.grounder is None) == (grounding == "none")
+    assert result == pipe("Dakota tonight", image=str(picture))
 
 
 def test_single_text_prints_json(folders, capsys):

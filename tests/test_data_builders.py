@@ -96,7 +96,7 @@ def test_generator_shares_of_unrelated_and_misleading_images(tmp_path):
     ]
     assert run_main_in_process("../make_sample_data.py", *arguments)[0] == 0
     manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
-    assert manifest["kind_shares_percent"]["easy_unrelated"] == 8 and manifest["misleading_share"] == 1
+    assert manifest["kind_shares_percent"]["twitter2017"]["easy_unrelated"] == 8 and manifest["misleading_share"] == 1
     for corpus in ("twitter2017", "mnre"):
         entries = manifest[corpus]["train"]
         kinds = [entry["kind"] for entry in entries]

@@ -332,7 +332,7 @@ def trained(tmp_path_factory, minilm, one_thread):
     from rap_hf import RAPTrainer, RAPTrainingArguments, build_model_and_processor, load_dataset
 
     tmp_path = tmp_path_factory.mktemp("card_run")
-    corpus = load_dataset("twitter2017")
+    corpus = load_dataset("twitter2015")
     labels = corpus["train"].features["ner_tags"].feature.names
     text_model = make_tiny_text_model(tmp_path_factory, minilm)
     model, processor = build_model_and_processor("ner", labels, str(text_model), "", **json.loads(TINY_OVERRIDES))
@@ -380,7 +380,7 @@ def test_callback_fills_the_card_data_during_training(trained):
     assert trained["spy"].seen == [(1, [1]), (2, [1, 2]), (2, [1, 2])]
     validations = [entry for entry in trainer.state.log_history if "eval_f1" in entry]
     assert [entry["validation"]["f1"] for entry in card.history] == [entry["eval_f1"] for entry in validations]
-    assert card.task == "ner" and card.labels == trained["labels"] and card.dataset_id == "twitter2017"
+    assert card.task == "ner" and card.labels == trained["labels"] and card.dataset_id == "twitter2015"
     assert card.text_encoder == trained["text_model"].name and card.vision_encoder == ""  # random vision encoder
     assert card.num_train_examples == len(trainer.train_dataset) and card.trained
     assert card.best_epoch == trainer.best["epoch"] and card.validation["f1"] == trainer.best["f1"]
@@ -403,7 +403,7 @@ def test_save_model_writes_a_card_the_hub_parses(trained):
     card = ModelCard(text)
     metrics, result, name = model_index_metrics(text)
     assert metrics == {key: round(100 * test[f"test_{key}"], 2) for key in ("precision", "recall", "f1")}
-    assert name == "rap-tiny" and result["dataset"]["type"] == "twitter2017"
+    assert name == "rap-tiny" and result["dataset"]["type"] == "twitter2015"
     assert card.data.to_dict()["pipeline_tag"] == "token-classification"
     assert 'AutoModel.from_pretrained("org/rap-tiny", trust_remote_code=True)' in card.text
     assert f"| This checkpoint (rap-hf) | test | {100 * test['test_precision']:.2f} |" in text

@@ -13,7 +13,7 @@ from rap_hf import RAPForMultimodalNER, RAPProcessor, RAPTrainer, RAPTrainingArg
 from conftest import tiny_config
 from training_helpers import make_tiny_text_model, run_script_in_process
 
-EPOCHS = ("--dataset", "twitter2017", "--num_train_epochs", "3", "--seed", "5", "--save_total_limit", "10")
+EPOCHS = ("--dataset", "twitter2015", "--num_train_epochs", "3", "--seed", "5", "--save_total_limit", "10")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tiny_text_model(tmp_path_factory, minilm) -> Path:
 
 
 def tiny_trainer(tmp_path: Path, tiny_text_model: Path, **arguments) -> RAPTrainer:
-    corpus = load_dataset("twitter2017", text_only=True)
+    corpus = load_dataset("twitter2015", text_only=True)
     labels = corpus["train"].features["ner_tags"].feature.names
     config = tiny_config(
         "ner",

@@ -60,11 +60,11 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", ["twitter2017", "mnre"])
+@pytest.mark.parametrize("dataset", ["twitter2015", "mnre"])
 def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model, dataset):
     # NER through `accelerate launch` (the user's command: the script in a fresh interpreter), RE through the same
     # script in-process
-    launch = run_script if dataset == "twitter2017" else run_script_in_process
+    launch = run_script if dataset == "twitter2015" else run_script_in_process
     results = launch(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
     best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
     for name in (
@@ -78,7 +78,7 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
     ):
         assert (best / name).exists(), name
     assert not list(best.glob("checkpoint-*")) and not (best / "training_args.bin").exists()
-    assert results["task"] == ("ner" if dataset == "twitter2017" else "re")
+    assert results["task"] == ("ner" if dataset == "twitter2015" else "re")
     splits = load_dataset(dataset)
     assert (results["num_train_examples"], results["num_test_examples"]) == (len(splits["train"]), len(splits["test"]))
     assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
@@ -105,7 +105,7 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_tex
     fresh = run_python(["-c", code], cwd=tmp_path, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
-    assert rap_modules == [] and ("entities" in prediction if dataset == "twitter2017" else "relation" in prediction)
+    assert rap_modules == [] and ("entities" in prediction if dataset == "twitter2015" else "relation" in prediction)
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_lora_adapters_on_the_text_encoder_train_save_and_load_the_peft_way(tmp_
         tmp_path / "run",
         tiny_text_model,
         "--dataset",
-        "twitter2017",
+        "twitter2015",
         "--num_train_epochs",
         "1",
         "--lora_r",
