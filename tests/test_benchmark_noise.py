@@ -47,8 +47,11 @@ def test_json_report_is_complete(smoke):
     _, report = smoke
     assert report["settings"]["smoke"] and report["settings"]["epochs"] == 1
     assert {(r["variant"], r["seed"]) for r in report["runs"]} == {("rap", 0), ("mrr", 0), ("text", 0)}
+    objects = {"grounded", "grounded_shuffled", "alone", "alone_shuffled"}
     for run in report["runs"]:
-        assert set(run["conditions"]) == {"matched", "shuffled", "none"}
+        assert set(run["conditions"]) == {"matched", "shuffled", "none"} | (
+            objects if run["variant"] != "text" else set()
+        )
         assert len(run["kinds"]) > 0
         for scores in run["conditions"].values():
             assert math.isfinite(scores["f1"]) and 0 <= scores["f1"] <= 100
@@ -114,3 +117,18 @@ def test_paper_size_variant_keeps_the_default_relevance_training():
     assert noise.VARIANTS["rap-paper"][1:] == ({"paper_architecture": True}, {})  # the paper mode, untouched
     settings, _ = noise.parse_arguments([])
     assert (settings.unrelated_share, settings.misleading_share) == (8.0, 0.25)
+
+
+def test_visual_object_sources_are_scored_and_differ(smoke):
+    """The grounding issue's conditions: the test split without its crops, with grounded objects and alone."""
+    stdout, report = smoke
+    rows = table_rows(stdout, "### Visual objects at prediction")
+    assert [(row[0], row[1][:12]) for row in rows] == [
+        (model, source) for model in MODELS[:2] for source in ("the corpus's", "objects of t", "the picture ")
+    ]
+    assert all(0 <= number(row[2]) <= 100 for row in rows)
+    rap = next(run for run in report["runs"] if run["variant"] == "rap")
+    grounded, alone = rap["conditions"]["grounded"]["beta"], rap["conditions"]["alone"]["beta"]
+    assert any(abs(a - b) > 1e-6 for a, b in zip(grounded, alone))  # the grounded crops reach the model
+    targets = [check["target"] for check in report["object_targets"]]
+    assert len(targets) == 12 and all(check["passed"] in (True, False, None) for check in report["object_targets"])

@@ -29,7 +29,7 @@ image is relevant; and the targets of the relevance issue (PASS/MISS).
 Usage:
     python scripts/benchmarks/noise.py --jobs 2                      # 4 models x 3 seeds, 600/150/300 (~1 h, 2 CPUs)
     python scripts/benchmarks/noise.py --variants rap mrr --seeds 0
-    python scripts/benchmarks/noise.py --smoke                       # bundled sample, 1 epoch, 1 seed
+    python scripts/benchmarks/noise.py --smoke                       # 40/16/16 corpus, 1 epoch, 1 seed
     python scripts/benchmarks/noise.py --report results.json         # tables of a saved run
 
 Results and their reading: docs/benchmarks_noise.md.
@@ -62,6 +62,13 @@ from rap_experiment.reporting import markdown_table  # noqa: E402
 
 DATASET = "twitter2017"
 CONDITIONS = ("matched", "shuffled", "none")
+# Visual objects at prediction (the grounding issue): (condition, its shuffled twin, what the model reads)
+OBJECT_SOURCES = (
+    ("matched", "shuffled", "the corpus's precomputed crops"),
+    ("grounded", "grounded_shuffled", "objects of the offline default grounder (vision-encoder)"),
+    ("alone", "alone_shuffled", "the picture alone (no crops, no grounding)"),
+)
+MAX_OBJECT_F1_GAP = 5.0  # image-only F1 with grounded objects / the picture alone within this of the corpus's crops
 # name -> (label, ModelArguments fields, RAPConfig overrides)
 VARIANTS = {
     "rap": ("RAP", {}, {}),
@@ -94,6 +101,12 @@ VARIANTS = {
         },
     ),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
+    "rap-crop-dropout": ("RAP, crops hidden for half the training tweets", {}, {"crop_dropout": 0.5}),
+    "mrr-crop-dropout": (
+        "MRR ablation, crops hidden for half the training tweets",
+        {"use_relevance_reasoning": False},
+        {"crop_dropout": 0.5},
+    ),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
 SUBSETS = {  # subset -> the sample kinds of make_sample_data.py it holds ("hard" tweets always have an image)
@@ -109,6 +122,7 @@ MAX_TEXT_SUFFICIENT_LOSS = 1.0
 # (docs/benchmarks_noise.md).
 UNRELATED_SHARE = 8.0
 MISLEADING_SHARE = 0.25
+SMOKE_SIZES = (40, 16, 16)  # a generated corpus of the bundled sample's first size (seconds, not minutes)
 SMOKE_OVERRIDES = {"fusion_num_heads": 4, "relevance_dim": 16, "routing_layers": 2}
 
 
@@ -247,6 +261,7 @@ def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, 
             "none": without_images(test),
         }
         splits = {condition: trainer.evaluate_split(dataset, condition) for condition, dataset in splits.items()}
+        splits.update(object_conditions(trainer, settings.shuffle_seed, topics))
     conditions = {}
     for condition, predictions in splits.items():
         has_beta = not text_only and VARIANTS[variant][1].get("use_relevance_reasoning", True)
@@ -265,6 +280,31 @@ def run_one(variant: str, seed: int, settings: Settings, data_dir: Path | None, 
         "holders": holders,
         "conditions": conditions,
     }
+
+
+def object_conditions(trainer, shuffle_seed: int, topics: Sequence[str]) -> dict[str, Any]:
+    """The test split without its crops, evaluated with the objects of the offline default grounder ("grounded")
+    and with the picture alone ("alone"), each also with shuffled pictures: what a user's picture gets."""
+    from rap_hf.data import load_dataset
+
+    from rap_experiment.relevance import shuffled_images
+
+    raw = load_dataset(DATASET, trainer.data_args.data_dir)["test"]
+    without_crops = raw.map(lambda _: {"crops": []}, features=raw.features, desc="test without crops")
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    trained_with = config.grounding_model
+    splits = {}
+    try:
+        for name, grounding in (("grounded", "vision-encoder"), ("alone", "none")):
+            config.grounding_model = grounding
+            splits[name] = trainer.evaluate_split(without_crops, name)
+            prepared = trainer.scored_dataset  # with the grounded crops' (or no crops') features attached
+            splits[f"{name}_shuffled"] = trainer.evaluate_split(
+                shuffled_images(prepared, shuffle_seed, topics), f"{name}_shuffled"
+            )
+    finally:
+        config.grounding_model = trained_with
+    return splits
 
 
 # ======================================================================================================================
@@ -299,14 +339,40 @@ def f1_of(run: dict[str, Any], condition: str, subset: str | None = None) -> flo
     return scores["f1"] if subset is None else scores["subsets"][subset]
 
 
-def beta_auc(run: dict[str, Any], relevant_only: bool = True) -> float | None:
-    """ROC AUC of beta, matched above shuffled images, over the image holders (whose own image is relevant)."""
+def beta_auc(
+    run: dict[str, Any], relevant_only: bool = True, own: str = "matched", other: str = "shuffled"
+) -> float | None:
+    """ROC AUC of beta, own above shuffled images (condition `own` vs `other`), over the image holders (whose own
+    image is relevant)."""
     from rap_experiment.relevance import RELEVANT_KINDS, own_versus_other
 
-    if run["conditions"]["matched"]["beta"] is None:
+    if own not in run["conditions"] or run["conditions"][own]["beta"] is None:
         return None
     members = [i for i in run["holders"] if not relevant_only or run["kinds"][i] in RELEVANT_KINDS]
-    return own_versus_other(run["conditions"]["matched"]["beta"], run["conditions"]["shuffled"]["beta"], members)["auc"]
+    return own_versus_other(run["conditions"][own]["beta"], run["conditions"][other]["beta"], members)["auc"]
+
+
+def objects_table(results: list[dict[str, Any]]) -> str:
+    """Per model and source of visual objects: image-only F1, the text-sufficient loss under shuffled pictures and
+    beta's AUC (own above shuffled)."""
+    image_only, text_sufficient = list(SUBSETS)
+    rows = []
+    for variant in present_variants(results):
+        runs = [r for r in runs_of(results, variant) if "grounded" in r["conditions"]]
+        for condition, shuffled, label in OBJECT_SOURCES if runs else ():
+            losses = [f1_of(r, condition, text_sufficient) - f1_of(r, shuffled, text_sufficient) for r in runs]
+            rows.append(
+                [
+                    VARIANTS[variant][0],
+                    label,
+                    cell([f1_of(r, condition, image_only) for r in runs]),
+                    cell([f1_of(r, condition) for r in runs]),
+                    cell(losses),
+                    cell([beta_auc(r, own=condition, other=shuffled) for r in runs], 3),
+                ]
+            )
+    header = ["model", "visual objects at prediction", f"F1 {image_only}", "F1 all", "text-sufficient loss, shuffled"]
+    return markdown_table([*header, "beta AUC (own > shuffled)"], rows)
 
 
 def mean_beta(run: dict[str, Any], condition: str, kinds: Sequence[str]) -> float | None:
@@ -400,6 +466,45 @@ def target_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def object_checks(results: list[dict[str, Any]], variant: str = "rap") -> list[dict[str, Any]]:
+    """The grounding issue's targets for `variant`: grounded objects and the picture alone within 5 F1 of the
+    corpus's crops on the image-only subset, beta AUC >= 0.9 and the text-sufficient loss <= 1 F1 with each."""
+    image_only, text_sufficient = list(SUBSETS)
+    runs = [r for r in runs_of(results, variant) if "grounded" in r["conditions"]]
+    checks = []
+    for condition, shuffled, label in OBJECT_SOURCES[1:] if runs else ():
+        gap = statistics.fmean(f1_of(r, "matched", image_only) - f1_of(r, condition, image_only) for r in runs)
+        auc = spread([beta_auc(r, own=condition, other=shuffled) for r in runs])
+        loss = statistics.fmean(
+            f1_of(r, condition, text_sufficient) - f1_of(r, shuffled, text_sufficient) for r in runs
+        )
+        name = f"{VARIANTS[variant][0]}, {label}"
+        checks += [
+            {
+                "target": f"{name}: image-only F1 below the corpus's crops",
+                "value": gap,
+                "limit": f"<= {MAX_OBJECT_F1_GAP:g}",
+                "passed": gap <= MAX_OBJECT_F1_GAP,
+                "note": "",
+            },
+            {
+                "target": f"{name}: beta ROC AUC",
+                "value": auc and auc[0],
+                "limit": f">= {MIN_AUC}",
+                "passed": None if auc is None else auc[0] >= MIN_AUC,
+                "note": "",
+            },
+            {
+                "target": f"{name}: text-sufficient loss under shuffled pictures (F1)",
+                "value": loss,
+                "limit": f"<= {MAX_TEXT_SUFFICIENT_LOSS:g}",
+                "passed": loss <= MAX_TEXT_SUFFICIENT_LOSS,
+                "note": "",
+            },
+        ]
+    return checks
+
+
 def target_table(checks: list[dict[str, Any]]) -> str:
     verdict = {True: "PASS", False: "MISS", None: "n/a"}
     rows = [
@@ -426,6 +531,14 @@ def report(results: list[dict[str, Any]], settings: Settings, environment: dict[
         "### Targets",
         target_table(target_checks(results)),
     ]
+    if any("grounded" in r["conditions"] for r in results):
+        object_targets = [check for v in present_variants(results) for check in object_checks(results, v)]
+        sections += [
+            "### Visual objects at prediction: the corpus's crops, grounded objects, the picture alone",
+            objects_table(results),
+            "### Targets for a user's picture (grounded objects, the picture alone)",
+            target_table(object_targets),
+        ]
     runs = [
         [
             VARIANTS[r["variant"]][0],
@@ -453,7 +566,7 @@ def report(results: list[dict[str, Any]], settings: Settings, environment: dict[
 # ======================================================================================================================
 def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="bundled sample, small RAP layers, 1 epoch, seed 0")
+    parser.add_argument("--smoke", action="store_true", help="a 40/16/16 corpus, small RAP layers, 1 epoch, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument(
@@ -509,7 +622,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
         settings = Settings(
             seeds=[0],
             epochs=1,
-            sizes=None,
+            sizes=list(SMOKE_SIZES),
             data_dir=None,
             variants=list(args.variants),
             config_overrides={**SMOKE_OVERRIDES, **overrides},
@@ -630,6 +743,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "settings": asdict(settings),
             "environment": environment,
             "targets": target_checks(results),
+            "object_targets": [c for v in present_variants(results) for c in object_checks(results, v)],
             "runs": results,
         }
         args.json.write_text(json.dumps(payload, indent=2))
