@@ -417,11 +417,13 @@ def _space_requirements(package: str | None) -> list[str]:
     except metadata.PackageNotFoundError:
         requires = []
     base = [requirement for requirement in requires if "extra ==" not in requirement]
-    if not base:  # run from a source tree without installed metadata
-        base = ["torch>=2.9,<2.15", "transformers>=5.25,<5.26", "huggingface_hub>=1.31,<3", "pytorch-crf>=0.7.2,<0.8",
-                "datasets>=4.0,<6", "safetensors>=0.4", "pillow>=10", "numpy>=1.24", "matplotlib>=3.7", "timm>=1.0,<2",
-                "regex>=2023.0", "seqeval>=1.2.2,<1.3", "tqdm>=4.60", "scikit-learn>=1.3", "pyyaml>=6", "jinja2>=3",
-                "accelerate>=1.10,<2"]  # fmt: skip
+    if not base:  # run from a source tree without installed metadata: the dependencies of its pyproject.toml
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        if not pyproject.is_file():
+            raise RuntimeError("rap-hf is neither installed nor in a source tree: pass package= (a pip requirement)")
+        base = list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
     return [*base, GRADIO_REQUIREMENT]
 
 

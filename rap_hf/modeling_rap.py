@@ -1033,7 +1033,8 @@ class RAPForMultimodalNER(RAPPreTrainedModel):
     ) -> RAPNEROutput:
         backbone = self.rap(input_ids, attention_mask, token_type_ids, pixel_values, visual_features, image_mask)
         if word_start_mask is None:  # without alignment, label positions (or every real token) are the words
-            word_start_mask = labels.ne(-100) if labels is not None else attention_mask.bool()
+            real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            word_start_mask = labels.ne(-100) if labels is not None else real
         word_start_mask = word_start_mask.bool()
         token_emissions = self.classifier(self.dropout(backbone.last_hidden_state))
         emissions, word_mask = self.gather_words(token_emissions, word_start_mask)

@@ -42,7 +42,8 @@ def cache_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", ["twitter2017", "twitter2015", "mnre"])
 def test_sample_loads_with_expected_sizes_and_features(name, cache_dir):
     dataset = load_dataset(name, cache_dir=cache_dir)
-    assert {split: len(dataset[split]) for split in SPLITS} == {"train": 40, "validation": 16, "test": 16}
+    sizes = (300, 60, 60) if name == "twitter2017" else (40, 16, 16)  # the main job's corpus, two small ones
+    assert {split: len(dataset[split]) for split in SPLITS} == dict(zip(SPLITS, sizes))
     manifest = json.loads((SAMPLE_DIR / "manifest.json").read_text())[name]
     manifest_splits = ("train", "val", "test") if name == "mnre" else ("train", "valid", "test")
     for split, manifest_split in zip(SPLITS, manifest_splits):
@@ -130,7 +131,7 @@ def test_text_only_has_no_pictures(cache_dir):
 
 
 def test_builders_used_directly(tmp_path):
-    builder = TwitterNER(config_name="twitter2017", data_dir=str(SAMPLE_DIR), cache_dir=str(tmp_path))
+    builder = TwitterNER(config_name="twitter2015", data_dir=str(SAMPLE_DIR), cache_dir=str(tmp_path))
     builder.download_and_prepare()
     assert len(builder.as_dataset()["validation"]) == 16
     builder = MNRE(data_dir=str(SAMPLE_DIR), cache_dir=str(tmp_path), text_only=True)
@@ -396,7 +397,7 @@ def sample_copy(tmp_path):
 def test_embedded_images_survive_moving_the_corpus_and_parquet_export(sample_copy, tmp_path):
     import shutil
 
-    split = load_dataset("twitter2017", data_dir=sample_copy, cache_dir=tmp_path / "cache")["train"]
+    split = load_dataset("twitter2015", data_dir=sample_copy, cache_dir=tmp_path / "cache")["train"]
     shutil.move(sample_copy, tmp_path / "moved")  # the prepared data must not need the corpus any more
     raw = split.cast_column("image", datasets.Image(decode=False))
     stored = [row["image"] for row in raw if row["image"] is not None]

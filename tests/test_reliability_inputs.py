@@ -215,6 +215,8 @@ def damage(folder: Path, how: str) -> None:
         config["id2label"] = {str(i): f"L{i}" for i in range(3)}
         config["label2id"] = {f"L{i}": i for i in range(3)}
     elif how == "text hidden size edited":
+        config["text_config"]["hidden_size"] = 4096  # a model of another size than the weights
+    elif how == "text hidden size absurd":
         config["text_config"]["hidden_size"] = 10**6  # would allocate terabytes
     elif how == "routing_layers absurd":
         config["routing_layers"] = 10**6  # built for minutes and gigabytes before the bounds
@@ -233,7 +235,12 @@ def damage(folder: Path, how: str) -> None:
         (
             "text hidden size edited",
             ValueError,
-            ["config.json' does not describe the weights", "(text_config)", "the config builds [1000000]"],
+            ["config.json' does not describe the weights", "(text_config)", "the config builds [4096]"],
+        ),
+        (
+            "text hidden size absurd",
+            ValueError,
+            ["config.json': RAPConfig.text_config.hidden_size must be an integer in [1, 65536]", "TEXT_CONFIG_BOUNDS"],
         ),
         (
             "routing_layers absurd",

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training_runs import assert_same_weights
 
 from rap_hf import RAPForMultimodalNER, RAPProcessor, RAPTrainer, RAPTrainingArguments, load_dataset
 
 from conftest import tiny_config
-from training_helpers import make_tiny_text_model, run_script_in_process
+from training_helpers import make_learning_text_model, make_tiny_text_model, run_script_in_process
 
 EPOCHS = ("--dataset", "twitter2015", "--num_train_epochs", "3", "--seed", "5", "--save_total_limit", "10")
 
@@ -19,6 +20,11 @@ EPOCHS = ("--dataset", "twitter2015", "--num_train_epochs", "3", "--seed", "5", 
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory, minilm) -> Path:
     return make_tiny_text_model(tmp_path_factory, minilm)
+
+
+@pytest.fixture(scope="module")
+def learning_text_model(tmp_path_factory, minilm) -> Path:
+    return make_learning_text_model(tmp_path_factory, minilm)
 
 
 def tiny_trainer(tmp_path: Path, tiny_text_model: Path, **arguments) -> RAPTrainer:
@@ -64,20 +70,22 @@ def copy_up_to(source: Path, target: Path, checkpoint: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["checkpoint-10", "checkpoint-7"], ids=["epoch end", "mid-epoch"])
-def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(tmp_path, tiny_text_model, checkpoint):
+def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(tmp_path, learning_text_model, checkpoint):
     # the sample's 40 tweets at batch 8: 5 updates per epoch; saving every 5 (or every 7) updates puts a checkpoint on
     # the second epoch's last update (or in the middle of the second epoch)
     save_steps = "5" if checkpoint == "checkpoint-10" else "7"
-    full = run_script_in_process(tmp_path / "full", tiny_text_model, *EPOCHS, "--save_steps", save_steps)
+    full = run_script_in_process(tmp_path / "full", learning_text_model, *EPOCHS, "--save_steps", save_steps)
     assert (tmp_path / "full" / checkpoint / "rap_checkpoint_complete").exists()
     copy_up_to(tmp_path / "full", tmp_path / "cut", checkpoint)
     resumed = run_script_in_process(
-        tmp_path / "cut", tiny_text_model, *EPOCHS, "--save_steps", save_steps, "--resume_from_checkpoint", "latest"
+        tmp_path / "cut", learning_text_model, *EPOCHS, "--save_steps", save_steps, "--resume_from_checkpoint", "latest"
     )
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]  # no epoch's evaluation lost
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
     assert [h["validation"] for h in resumed["history"]] == [h["validation"] for h in full["history"]]
     assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["test"] == full["test"] and full["test"]["f1"] >= 0.25  # a model that learnt, tested alike
+    assert_same_weights(tmp_path / "full", tmp_path / "cut")
     assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
     from safetensors.torch import load_file
 

@@ -23,6 +23,20 @@ def make_tiny_text_model(tmp_path_factory, minilm: Path) -> Path:
     return Path(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert"), str(minilm)))
 
 
+def make_learning_text_model(tmp_path_factory, minilm: Path) -> Path:
+    """The first 2 layers of the real MiniLM with its pretrained embeddings: nearly as fast as the random BERT, and it
+    learns the sample's entities within a few epochs (the tests that compare trained runs need F1 well above 0)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("minilm_2_layers")
+    model = AutoModel.from_pretrained(str(minilm), add_pooling_layer=False)
+    model.encoder.layer = model.encoder.layer[:2]
+    model.config.num_hidden_layers = 2
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(folder)
+    return Path(folder)
+
+
 def script_arguments(output_dir: Path, text_model: Path, *extra: str) -> list[str]:
     """run_rap.py's arguments for a tiny run (tiny RAP layers, tiny random vision encoder, own feature cache)."""
     return [
@@ -95,3 +109,12 @@ def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expec
         torch.set_num_threads(threads)
         sys.argv = argv
     return outcome(output_dir, 0, "", "", expect_failure=False)
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    """The saved (best) models of two runs hold the same tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
