@@ -95,8 +95,9 @@ _FILE_KINDS = (
 )
 
 
-def _read_image_file(path: str | os.PathLike) -> Image.Image:
-    """The RGB picture of an image file, decoded and with the file closed; only regular files are read."""
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a picture file; a path that is not a regular file (a FIFO, a device, a directory) raises
+    ``OSError`` naming it without reading it, since reading a FIFO would wait for a writer forever."""
     # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer opens it (no effect on files)
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
@@ -109,7 +110,12 @@ def _read_image_file(path: str | os.PathLike) -> Image.Image:
         kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
         raise OSError(f"{os.fspath(path)!r} is {kind}, not an image file")
     with os.fdopen(descriptor, "rb") as handle:
-        return _decoded_rgb(Image.open(handle))
+        return handle.read()
+
+
+def _read_image_file(path: str | os.PathLike) -> Image.Image:
+    """The RGB picture of an image file, decoded and with the file closed; only regular files are read."""
+    return _decoded_rgb(Image.open(io.BytesIO(read_regular_file(path))))
 
 
 def _decoded_rgb(image: Image.Image) -> Image.Image:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from ..processing_rap import read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,43 +61,16 @@ def image_key(value: Any) -> str | None:
         if data is None:
             if not value.get("path"):
                 return None
-            data = _read_regular_file(value["path"])
+            data = read_regular_file(value["path"])
         digest.update(data)
     elif isinstance(value, (str, os.PathLike)):
-        digest.update(_read_regular_file(value))
+        digest.update(read_regular_file(value))
     elif isinstance(value, Image.Image):
         digest.update(f"pil:{value.mode}:{value.size}".encode())
         digest.update(value.tobytes())
     else:
         raise TypeError(f"cannot key an image given as {type(value).__name__}")
     return digest.hexdigest()
-
-
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _read_regular_file(path: str | os.PathLike) -> bytes:
-    """The bytes of a picture file; a path that is not a regular file (a FIFO, a device, a directory) raises
-    ``OSError`` naming it without reading it, since reading a FIFO would wait for a writer forever."""
-    # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer opens it (no effect on files)
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(descriptor).st_mode
-    except OSError:
-        os.close(descriptor)
-        raise
-    if not stat.S_ISREG(mode):
-        os.close(descriptor)
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-        raise OSError(f"{os.fspath(path)!r} is {kind}, not an image file")
-    with os.fdopen(descriptor, "rb") as handle:
-        return handle.read()
 
 
 def shard_checksum(keys: Sequence[str], features: torch.Tensor) -> str:
