@@ -750,14 +750,18 @@ def load_encoder_weights(target: nn.Module, state_dict: dict[str, torch.Tensor])
 
 @contextlib.contextmanager
 def loading_reports_silenced() -> Iterator[None]:
-    """Silences transformers' loading warnings (the LOAD REPORT table, the resizing note): callers log one line."""
-    loading_logger = logging.get_logger("transformers.modeling_utils")
-    level = loading_logger.level
-    loading_logger.setLevel(logging.ERROR)
+    """Silences transformers' loading warnings (the LOAD REPORT table, the resizing note): callers log one line. The
+    tensor-parallel logger too: modeling_utils checks the TP plan (and warns of every unsharded layer) when its own
+    logger is set to WARNING or above."""
+    loggers = [logging.get_logger(name) for name in ("transformers.modeling_utils", "transformers.distributed")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        loading_logger.setLevel(level)
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 def pretrained_encoder(model_class: Any, name_or_path: str, role: str, **kwargs) -> PreTrainedModel:

@@ -27,6 +27,7 @@ from rap_hf import RAPForMultimodalRE
 from rap_hf.configuration_rap import pooled_vision_width
 from rap_hf.encoders import (
     EFFICIENTNET_SHA256_PREFIX,
+    build_model_and_processor,
     convert_efficientnet_lite0,
     load_image_processor,
     resolve_text_model,
@@ -176,3 +177,16 @@ def test_rap_from_the_aliases_end_to_end(efficientnet, one_thread):
     assert batch["pixel_values"].shape[-2:] == (224, 224)
     out = model.eval()(**{k: v for k, v in batch.items() if k != "word_ids"})
     assert 0 < out.relevance.item() < 1
+
+
+def test_building_on_pretrained_encoders_logs_one_line_each_not_load_reports(efficientnet, minilm, capfd, caplog):
+    """Issue 25 item 5: the checkpoint heads RAP does not use (BERT's pooler, the ImageNet classifier) are one info
+    line each, not transformers' LOAD REPORT tables, and no tensor-parallel note on every layer."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="rap_hf"):
+        build_model_and_processor("ner", ["O", "B-PER", "I-PER"], str(minilm), efficientnet)
+    printed = capfd.readouterr().err + caplog.text
+    assert "LOAD REPORT" not in printed and "not sharded" not in printed and "UNEXPECTED" not in printed
+    assert "text encoder: 2 checkpoint weights RAP does not use (pooler.dense.bias" in caplog.text
+    assert "vision encoder: 2 checkpoint weights RAP does not use (timm_model.classifier.bias" in caplog.text

@@ -122,3 +122,12 @@ def test_resume_with_another_configuration_is_refused_with_the_fields(tmp_path, 
         "4",
     )
     assert [h["epoch"] for h in extended["history"]] == [1, 2, 3, 4]
+
+
+def test_training_on_cpu_does_not_warn_about_pinned_memory(tmp_path, tiny_text_model, recwarn):
+    """Issue 25 item 5: Trainer pins loader memory by default; on a machine without a GPU torch warned at every
+    loader (31 times in the main job)."""
+    trainer = tiny_trainer(tmp_path, tiny_text_model, max_steps=2, eval_strategy="steps", eval_steps=1)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]
