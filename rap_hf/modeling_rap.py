@@ -852,6 +852,10 @@ class RAPModel(RAPPreTrainedModel):
         """Pooled vision-encoder feature of each image: (N, 3, H, W) -> (N, C_v). This is what the cache stores."""
         if not self.config.multimodal:
             raise ValueError("this RAP model is a text-only baseline (config.multimodal=False): no vision encoder")
+        # channels-last pixels: the convolutions of ResNet/EfficientNet run about 2x faster on CPU, same features
+        pixel_values = (
+            pixel_values.contiguous(memory_format=torch.channels_last) if pixel_values.dim() == 4 else pixel_values
+        )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
             pooled = self.vision_encoder(pixel_values=pixel_values).pooler_output
         return pooled.flatten(1)
