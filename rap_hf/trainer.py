@@ -652,10 +652,18 @@ class RAPTrainer(Trainer):
             resume_from_checkpoint = str(folder)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def summed_epoch_losses(self) -> tuple[float, int]:
+        """(sum, count) of this epoch's training losses over all processes (each process records its own batches)."""
+        local = torch.tensor([sum(self.epoch_losses), len(self.epoch_losses)], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.reduce(local.to(self.args.device), reduction="sum").cpu()
+        return float(local[0]), int(local[1])
+
     def restore_best_from(self, folder: Path) -> None:
         """Reads the best weights and scores a checkpoint holds (resume)."""
         self.best = json.loads((folder / BEST_STATE).read_text())
-        self.epoch_losses = list(self.best.pop("epoch_losses", []))
+        # the first process carries the epoch's losses so far of all processes (`BestModelCallback.on_save`)
+        self.epoch_losses = list(self.best.pop("epoch_losses", [])) if self.is_world_process_zero() else []
         if (folder / BEST_WEIGHTS).exists():
             self.best_state = load_file(str(folder / BEST_WEIGHTS))
 
@@ -688,10 +696,10 @@ class BestModelCallback(TrainerCallback):
         self.trainer = trainer
 
     def _log_epoch_loss(self, state) -> None:
-        losses = self.trainer.epoch_losses
-        if losses:  # logged into trainer_state.json, so a resumed run keeps the losses of the epochs before
+        total, count = self.trainer.summed_epoch_losses()
+        if count:  # logged into trainer_state.json, so a resumed run keeps the losses of the epochs before
             state.log_history.append(
-                {"epoch": round(state.epoch), "epoch_loss": sum(losses) / len(losses), "step": state.global_step}
+                {"epoch": round(state.epoch), "epoch_loss": total / count, "step": state.global_step}
             )
         self.trainer.epoch_losses = []
 
@@ -722,8 +730,12 @@ class BestModelCallback(TrainerCallback):
             )
 
     def on_save(self, args, state, control, **kwargs):
+        total, count = self.trainer.summed_epoch_losses()  # every process: a collective under DDP
         if state.is_world_process_zero:
+            # the epoch's losses so far, all processes summed, as one entry per update of a single process
+            self.trainer.epoch_losses = [total / count] * count if count else []
             self.trainer.save_best_into(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        self.trainer.epoch_losses = self.trainer.epoch_losses if state.is_world_process_zero else []
         return control
 
 

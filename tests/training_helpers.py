@@ -3,6 +3,7 @@ tests/test_training*.py."""
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,6 +36,15 @@ def make_learning_text_model(tmp_path_factory, minilm: Path) -> Path:
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(folder)
     return Path(folder)
+
+
+def without_dropout(text_model: Path, folder: Path) -> Path:
+    """A copy of a text-model folder whose config turns the encoder's dropout off (deterministic forward passes)."""
+    shutil.copytree(text_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 def script_arguments(output_dir: Path, text_model: Path, *extra: str) -> list[str]:
