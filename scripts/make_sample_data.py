@@ -312,8 +312,8 @@ AMBIGUOUS_EASY_SHARE = 0.5  # easy NER tweets whose first entity has an ambiguou
 # The bundled sample (no --sizes): Twitter-2017 is the main job's corpus (`accelerate launch scripts/run_rap.py` with no
 # argument), large enough to learn from in 3 CPU minutes and with few image-only tweets, which that run does not
 # learn to read (docs/benchmarks_noise.md); the two others stay small, for tests.
-SAMPLE_SIZES = {"twitter2017": (300, 60, 60), "twitter2015": (40, 16, 16), "mnre": (40, 16, 16)}
-MAIN_JOB_KIND_SHARES = {"hard": 15, "hard_noimage": 0, "easy_relevant": 45, "easy_unrelated": 25, "easy_noimage": 15}
+SAMPLE_SIZES = {"twitter2017": (450, 60, 60), "twitter2015": (40, 16, 16), "mnre": (40, 16, 16)}
+MAIN_JOB_KIND_SHARES = {"hard": 15, "hard_noimage": 0, "easy_relevant": 60, "easy_unrelated": 10, "easy_noimage": 15}
 
 
 @dataclass(frozen=True)

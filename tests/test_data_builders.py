@@ -42,7 +42,7 @@ def cache_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", ["twitter2017", "twitter2015", "mnre"])
 def test_sample_loads_with_expected_sizes_and_features(name, cache_dir):
     dataset = load_dataset(name, cache_dir=cache_dir)
-    sizes = (300, 60, 60) if name == "twitter2017" else (40, 16, 16)  # the main job's corpus, two small ones
+    sizes = (450, 60, 60) if name == "twitter2017" else (40, 16, 16)  # the main job's corpus, two small ones
     assert {split: len(dataset[split]) for split in SPLITS} == dict(zip(SPLITS, sizes))
     manifest = json.loads((SAMPLE_DIR / "manifest.json").read_text())[name]
     manifest_splits = ("train", "val", "test") if name == "mnre" else ("train", "valid", "test")
