@@ -62,6 +62,17 @@ def test_a_non_finite_loss_stops_training_at_its_update_and_nothing_is_saved(tmp
     assert not (tmp_path / "final" / "model.safetensors").exists()
 
 
+def test_a_non_finite_gradient_stops_training_before_the_update(tmp_path, tiny_text_model):
+    """A finite loss whose gradient overflows (here: an infinite factor on the CRF's gradient) stops before the
+    optimizer applies it, naming the update and the parameter; the weights stay finite."""
+    trainer = tiny_trainer(tmp_path, tiny_text_model, max_steps=3)
+    trainer.model.crf.transitions.register_hook(lambda gradient: gradient * float("inf"))
+    with pytest.raises(FloatingPointError, match=r"update 1: non-finite gradient in \[.*crf\.transitions"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert all(parameter.isfinite().all() for parameter in trainer.model.parameters())
+
+
 def copy_up_to(source: Path, target: Path, checkpoint: str) -> None:
     """A copy of an interrupted run's folder that holds only `checkpoint` (as if the run had been killed after it)."""
     target.mkdir(parents=True)
