@@ -1,6 +1,6 @@
 """`import rap_hf` and `rap-hf --help` load no torch, datasets or model code; every public name still resolves, and the
-in-process auto classes are registered once the RAP classes are loaded. Each check runs in a fresh interpreter (never
-tests/warm_python.py: its preloaded modules would hide what an import pulls in). No timing assertions."""
+in-process auto classes are registered once the RAP classes are loaded. Each check runs in a fresh interpreter (a process
+that had imported anything before would hide what an import pulls in). No timing assertions."""
 
 import ast
 import json

@@ -12,7 +12,7 @@ from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
 
 from conftest import REPO_ROOT, run_python, tiny_batch, tiny_config
 
-# Runs in a process that never imported rap_hf (tests/warm_python.py), from a neutral folder: rap_hf must not be
+# Runs in a fresh interpreter that never imported rap_hf, from a neutral folder: rap_hf must not be
 # importable by accident. Loads every (model reference, batch, output) triple of argv in turn.
 LOADER = """
 import sys, torch
