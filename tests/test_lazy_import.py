@@ -1,5 +1,5 @@
 """`import rap_hf` and `rap-hf --help` load no torch, datasets or model code; every public name still resolves, and the
-in-process auto classes are registered once the RAP classes are loaded. Each check runs in a fresh interpreter (a process
+in-process auto classes are registered once the RAP classes are loaded. Each check runs in a fresh interpreter (one
 that had imported anything before would hide what an import pulls in). No timing assertions."""
 
 import ast
