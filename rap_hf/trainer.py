@@ -731,11 +731,10 @@ class BestModelCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         total, count = self.trainer.summed_epoch_losses()  # every process: a collective under DDP
+        # from here the first process carries the epoch's losses of all processes (what the checkpoint stores)
+        self.trainer.epoch_losses = [total / count] * count if count and state.is_world_process_zero else []
         if state.is_world_process_zero:
-            # the epoch's losses so far, all processes summed, as one entry per update of a single process
-            self.trainer.epoch_losses = [total / count] * count if count else []
             self.trainer.save_best_into(Path(args.output_dir) / f"checkpoint-{state.global_step}")
-        self.trainer.epoch_losses = self.trainer.epoch_losses if state.is_world_process_zero else []
         return control
 
 

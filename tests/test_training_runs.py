@@ -24,9 +24,10 @@ def test_two_processes_match_one_process(tmp_path, learning_text_model):
     """DDP over gloo with per-device batch 4 x 2 processes vs batch 8 x 1 process (same effective batch), on a model
     that learns (both runs well above F1 0, so a collapsed run fails).
 
-    Dropout is off (encoder and RAP layers): the two layouts draw different dropout streams, which made the first
-    epoch's loss differ by up to 12%; without it both compute the same updates on the same batches of 8, so the
-    first-epoch loss agrees to 2% (float summation order) and test F1 to 0.12. The two batch-composition terms are off,
+    The logged epoch loss is the mean over both processes' batches (it was the first process's alone: 12% off).
+    Dropout is off (encoder and RAP layers), since the two layouts draw different dropout streams: both then compute
+    the same updates on the same batches of 8, so the first-epoch loss agrees to 2% (float summation order) and test F1
+    to 0.12. The two batch-composition terms are off,
     because each process computes them over its own batch by design: the router loss of Eq. 22 (a sum over the batch's
     pairs: 16 per process of 4 against 64 in a batch of 8) and the image-text matching loss (in-batch negatives: 3
     foreign images in a batch of 4, 7 in a batch of 8).

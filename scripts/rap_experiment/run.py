@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = "outputs/rap"
 # Epochs, encoder lr and RAP-layer lr on the bundled sample (the main job: 3 CPU minutes; docs/benchmarks_speed.md):
-# the paper's encoder lr, its new layers at 1e-3 so that beta learns within the 10 epochs (docs/benchmarks_noise.md).
+# the paper's encoder lr, its new layers at 1e-3 so that beta learns within the 7 epochs (docs/benchmarks_noise.md).
 SAMPLE_DEFAULTS = (7, 3e-5, 1e-3)
 TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 
