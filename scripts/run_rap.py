@@ -29,16 +29,21 @@ def parse_arguments(argv: list[str] | None = None):
         if path.suffix == ".json":
             return parser.parse_json_file(str(path))
         return parser.parse_yaml_file(str(path))
-    return parser.parse_args_into_dataclasses(args=argv)
+    *arguments, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:  # argparse's usage line and exit status 2, not HfArgumentParser's ValueError traceback
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return tuple(arguments)
 
 
 def check_hub_access(args) -> None:
-    """`--push_to_hub` needs a token and the network: refused before anything is built or trained, in one line."""
+    """`--push_to_hub` needs a token and the network: refused before anything is built or trained, in one line (a
+    failing Hub request, e.g. no network or a token the Hub rejects, as `hub_errors_as_value_errors` words it)."""
     if not args.push_to_hub:
         return
-    from huggingface_hub import constants, get_token
+    from huggingface_hub import HfApi, constants, get_token
 
-    if not (args.hub_token or get_token()):
+    token = args.hub_token or get_token()
+    if not token:
         raise ValueError(
             "--push_to_hub needs a Hugging Face token with write access: run `hf auth login`, or set "
             "HF_TOKEN (or pass --hub_token)"
@@ -48,6 +53,7 @@ def check_hub_access(args) -> None:
             "--push_to_hub cannot upload while HF_HUB_OFFLINE is set: unset it (and check the network "
             "connection), or leave out --push_to_hub"
         )
+    HfApi().whoami(token=token)  # the Hub reachable and the token known to it, before minutes of training
 
 
 def _hub_error_types() -> tuple[type[BaseException], ...]:
@@ -63,8 +69,9 @@ def _hub_error_types() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def hub_errors_as_value_errors(args) -> Iterator[None]:
-    """With `--push_to_hub`, a failing Hub request (creating the repository when the trainer starts, the upload at the
-    end) becomes one `ValueError` naming the cause and the fix, instead of a long traceback."""
+    """With `--push_to_hub`, a failing Hub request (the check before anything is built, creating the repository when
+    the trainer starts, the upload at the end) becomes one `ValueError` naming the cause and the fix, instead of a
+    long traceback."""
     if not args.push_to_hub:
         yield
         return
@@ -97,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     model_args, data_args, training_args = parse_arguments(argv)
     try:
-        check_hub_access(training_args)
         with hub_errors_as_value_errors(training_args):
+            check_hub_access(training_args)
             results = run(model_args, data_args, training_args)
     except (DataFormatError, FileNotFoundError, ValueError) as error:  # a bad argument or corpus: one line
         logging.getLogger("run_rap").debug("traceback", exc_info=True)

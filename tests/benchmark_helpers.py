@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO_ROOT, call_main, run_python
+from conftest import REPO_ROOT, call_main, run_forked
 from rap_experiment.reporting import table_rows  # noqa: F401  (re-exported for the benchmark tests)
 
 BENCHMARKS = REPO_ROOT / "scripts" / "benchmarks"
@@ -21,17 +21,18 @@ def number(cell: str) -> float:
     return float(match.group().replace(",", ""))
 
 
-# speed.py tunes the process's allocator and threads for its timings: it runs in a process of its own
+# speed.py tunes the process's allocator and threads for its timings: it runs in a forked child of its own
 OWN_PROCESS = {"speed.py"}
 
 
-def run_benchmark(script: str, *args: str, timeout: int = 600) -> str:
-    """Runs scripts/benchmarks/<script> with `args` from the repository root (its `main(argv)` in this interpreter,
-    one torch thread; `OWN_PROCESS` scripts as `python script`); returns stdout, fails on error."""
+def run_benchmark(script: str, *args: str) -> str:
+    """Runs `main(args)` of scripts/benchmarks/<script> from the repository root in this interpreter (one torch
+    thread; `OWN_PROCESS` scripts in a forked child); returns stdout, fails on error."""
     if script in OWN_PROCESS:
-        process = run_python([str(BENCHMARKS / script), *args], cwd=REPO_ROOT, timeout=timeout)
-        assert process.returncode == 0, process.stderr[-3000:]
-        return process.stdout
+        module = load_benchmark(script, f"benchmark_{Path(script).stem}_forked")
+        done = run_forked(module.main, list(args))
+        assert done["returncode"] == 0, done["stderr"][-3000:]
+        return done["stdout"]
     import torch
 
     threads = torch.get_num_threads()
@@ -61,8 +62,8 @@ def run_main_in_process(script: str, *args: str) -> tuple[int, str, str]:
     return done["returncode"], done["stdout"], done["stderr"]
 
 
-def run_smoke(tmp_folder: Path, script: str, *args: str, timeout: int = 600) -> tuple[str, Any]:
+def run_smoke(tmp_folder: Path, script: str, *args: str) -> tuple[str, Any]:
     """Runs `script --smoke *args --json FILE`; returns stdout and the parsed JSON report."""
     report = tmp_folder / f"{Path(script).stem}.json"
-    stdout = run_benchmark(script, "--smoke", *args, "--json", str(report), timeout=timeout)
+    stdout = run_benchmark(script, "--smoke", *args, "--json", str(report))
     return stdout, json.loads(report.read_text())

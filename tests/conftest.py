@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,20 +37,31 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+_OWN_SESSION: list[Path] = []  # the session folder this process made (and removes at the end)
+
+
 def pytest_configure(config) -> None:
     """The tests run offline, with a Hub cache and a remote-code folder of this session (not the user's), set before
-    huggingface_hub and transformers read them at import. Under pytest-xdist every worker gets one core: one torch
-    thread here and in every process it starts (two workers with two threads each on a 2-core machine would fight
-    over the cores and run several times slower)."""
-    session = Path(tempfile.mkdtemp(prefix="rap_hf_tests_"))
+    huggingface_hub and transformers read them at import. pytest-xdist workers share the controller's session folder
+    (`shared_folder`), each with caches of its own. Under pytest-xdist every worker gets one core: one torch thread
+    here and in every process it starts (two workers with two threads each on a 2-core machine would fight over the
+    cores and run several times slower)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    inherited = os.environ.get("RAP_HF_TEST_SESSION") if worker else None
+    if inherited and Path(inherited).is_dir():
+        session = Path(inherited)
+    else:
+        session = Path(tempfile.mkdtemp(prefix="rap_hf_tests_"))
+        _OWN_SESSION.append(session)
+    own = session / worker if worker else session
     os.environ.update(
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         RAP_HF_TEST_SESSION=str(session),
-        HF_HUB_CACHE=str(session / "hub"),
-        HF_MODULES_CACHE=str(session / "modules"),
+        HF_HUB_CACHE=str(own / "hub"),
+        HF_MODULES_CACHE=str(own / "modules"),
     )
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if worker:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = "1"
         import torch
@@ -57,7 +70,20 @@ def pytest_configure(config) -> None:
 
 
 def pytest_unconfigure(config) -> None:
-    shutil.rmtree(os.environ.pop("RAP_HF_TEST_SESSION", ""), ignore_errors=True)
+    for session in _OWN_SESSION:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def shared_folder(name: str):
+    """A folder of this test session that every pytest-xdist worker sees, locked while the block runs: the first worker
+    fills it, the others wait and find it filled (a `done` marker says so)."""
+    from filelock import FileLock
+
+    folder = Path(os.environ["RAP_HF_TEST_SESSION"]) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        yield folder
 
 
 def pytest_collection_modifyitems(config, items: list) -> None:
@@ -133,6 +159,46 @@ def call_main(main, argv: list[str], folder: Path | str | None = None) -> dict:
     finally:
         os.chdir(cwd)
     return {"returncode": returncode, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def run_forked(function, *args) -> dict:
+    """`function(*args)` in a forked child of this process, so that what it changes in its process (limits, signals,
+    the allocator) stays there, without starting an interpreter: exit status (the return value if an int), stdout and
+    stderr, as `call_main` gives them."""
+    pipes = {1: os.pipe(), 2: os.pipe()}
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        status = 70
+        try:
+            for fd, (read, write) in pipes.items():
+                os.close(read)
+                os.dup2(write, fd)
+            sys.stdout, sys.stderr = (open(fd, "w", closefd=False) for fd in (1, 2))  # noqa: SIM115
+            result = function(*args)
+            status = result if isinstance(result, int) else 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    outputs: dict[int, str] = {}
+
+    def drain(fd: int) -> None:
+        with os.fdopen(pipes[fd][0]) as stream:
+            outputs[fd] = stream.read()
+
+    readers = [threading.Thread(target=drain, args=(fd,)) for fd in pipes]
+    for _, write in pipes.values():
+        os.close(write)
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return {"returncode": status, "stdout": outputs[1], "stderr": outputs[2]}
 
 
 def run_python(

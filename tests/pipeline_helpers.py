@@ -2,15 +2,12 @@
 
 A tiny BERT (MiniLM's uncased WordPiece vocabulary, random weights) and a tiny ResNet, trained for a few steps on the
 bundled Twitter-2017 sample (NER) or left untrained (RE), saved with their `RAPProcessor` like a real checkpoint.
-Built once per test process.
+Built once per test session (shared by the pytest-xdist workers).
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,7 +16,7 @@ from rap_hf import RAPConfig, RAPForMultimodalNER, RAPForMultimodalRE
 from rap_hf.data import MNRE_RELATIONS, NER_LABELS, load_dataset
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
-from conftest import TINY_VISION, minilm_path
+from conftest import TINY_VISION, minilm_path, shared_folder
 
 IMAGE_SIZE = 32
 NER_TRAIN_STEPS = 80
@@ -96,8 +93,15 @@ def saved_models() -> dict[str, Path]:
 
 
 def _build_and_save() -> dict[str, Path]:
-    root = Path(tempfile.mkdtemp(prefix="rap-pipeline-test-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    names = ("ner", "re", "ner_text_only")
+    with shared_folder("pipeline-models") as root:  # built by one pytest-xdist worker, used by all
+        if not (root / "done").exists():
+            _train_and_save(root)
+            (root / "done").write_text("")
+    return {name: root / name for name in names}
+
+
+def _train_and_save(root: Path) -> None:
     processor = make_processor()
     torch.manual_seed(0)
     models = {
@@ -106,9 +110,6 @@ def _build_and_save() -> dict[str, Path]:
         "ner_text_only": RAPForMultimodalNER(tiny_rap_config(processor, "ner", NER_LABELS, multimodal=False)),
     }
     train_ner(models["ner"], processor, str(root / "datasets-cache"), NER_TRAIN_STEPS)
-    folders = {}
     for name, model in models.items():
-        folders[name] = root / name
-        model.save_pretrained(folders[name])
-        processor.save_pretrained(folders[name])
-    return folders
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)

@@ -11,7 +11,7 @@ from pipeline_helpers import saved_models
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    return run_smoke(tmp_path_factory.mktemp("relevance"), "relevance.py", "--train_steps", "4", timeout=300)
+    return run_smoke(tmp_path_factory.mktemp("relevance"), "relevance.py", "--train_steps", "4")
 
 
 def test_beta_table_matches_the_json_and_depends_on_the_image(fresh):
@@ -38,6 +38,6 @@ def test_gradient_table_reaches_every_relevance_module(fresh):
 
 
 def test_a_saved_model_is_diagnosed(tmp_path):
-    stdout, report = run_smoke(tmp_path, "relevance.py", "--model", str(saved_models()["ner"]), timeout=300)
+    stdout, report = run_smoke(tmp_path, "relevance.py", "--model", str(saved_models()["ner"]))
     assert report["model"] == "saved model ner"
     assert report["beta"]["matched"]["n"] > 0 and "### Gradient after one backward" in stdout

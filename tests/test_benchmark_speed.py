@@ -14,7 +14,7 @@ VARIANTS = ["floor (text-only)", "RAP (defaults)", "RAP, paper size (before)", "
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> tuple[str, dict]:
-    return run_smoke(tmp_path_factory.mktemp("speed"), "speed.py", "--pixels", "--profile", timeout=300)
+    return run_smoke(tmp_path_factory.mktemp("speed"), "speed.py", "--pixels", "--profile")
 
 
 def test_main_table_has_every_variant_with_ratios_to_the_floor(smoke):

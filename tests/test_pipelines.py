@@ -19,8 +19,6 @@ from rap_hf.pipelines import (
 )
 from rap_hf.processing_rap import RAPProcessor
 
-from conftest import run_python
-
 NER_TYPES = {"PER", "LOC", "ORG", "MISC"}
 TEXTS = [
     "RT @JayKenMinaj_ :  Me outside of Where   #NBA Kevin Durant's house!!",
@@ -496,24 +494,20 @@ def test_transformers_pipeline_task(folders, ner):
 
 
 def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
-    """`pipe.save_pretrained` + `transformers.pipeline(model=folder, trust_remote_code=True)` in a Python that never
-    imports rap_hf: the task comes from config.custom_pipelines, the code from the folder."""
+    """`pipe.save_pretrained` + `transformers.pipeline(model=folder, trust_remote_code=True)`: the task comes from
+    config.custom_pipelines, the code from the folder (a Python that never imported rap_hf does the same on a trained
+    run's folder: tests/test_training.py)."""
     import json
-    import os
+
+    import transformers
 
     ner.save_pretrained(tmp_path / "shared")
     assert json.loads((tmp_path / "shared" / "config.json").read_text())["custom_pipelines"] == {
         "rap-extraction": {"impl": "pipelines.RAPPipeline", "pt": ["AutoModel"], "type": "multimodal"}
     }
-    script = (
-        "import json, sys, transformers\n"
-        f"pipe = transformers.pipeline(model={str(tmp_path / 'shared')!r}, trust_remote_code=True, device='cpu')\n"
-        f"print(json.dumps([pipe({TEXTS[1]!r}), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))\n"
-    )
-    completed = run_python(["-c", script], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    result, rap_modules = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert rap_modules == []
+    pipe = transformers.pipeline(model=str(tmp_path / "shared"), trust_remote_code=True, device="cpu")
+    assert type(pipe).__module__.startswith("transformers_modules.") and type(pipe).__name__ == "RAPPipeline"
+    result = pipe(TEXTS[1])
     assert spans(result) == spans(ner(TEXTS[1]))
     assert result["routing_weights"] == pytest.approx(ner(TEXTS[1])["routing_weights"], abs=1e-5)
 

@@ -19,7 +19,7 @@ from rap_hf.processing_rap import (
     marker_order,
 )
 
-from conftest import minilm_path, run_python
+from conftest import minilm_path
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = minilm_path()
@@ -362,25 +362,6 @@ def test_save_and_load_round_trip(processor, tmp_path):
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["entity_positions"], b["entity_positions"])
     assert a["pixel_values"].shape == b["pixel_values"].shape == (1, 3, 3, 224, 224)
     assert torch.allclose(a["pixel_values"], b["pixel_values"], atol=1e-5)
-
-
-def test_auto_processor_with_remote_code_in_subprocess(processor, tmp_path):
-    processor.save_pretrained(tmp_path / "checkpoint")
-    script = f"""
-import json, sys
-from transformers import AutoProcessor
-p = AutoProcessor.from_pretrained({str(tmp_path / "checkpoint")!r}, trust_remote_code=True)
-assert "rap_hf" not in sys.modules, "remote code must not need the rap_hf package"
-out = p(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_spans=[(3, 4)])
-print(json.dumps({{"cls": type(p).__name__, "module": type(p).__module__, "ids": out["input_ids"].tolist(),
-                  "pos": out["entity_positions"].tolist()}}))
-"""
-    result = run_python(["-c", script], cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    payload = json.loads(result.stdout.strip().splitlines()[-1])
-    local = processor(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_spans=[(3, 4)])
-    assert payload["cls"] == "RAPProcessor" and payload["module"].startswith("transformers_modules.")
-    assert payload["ids"] == local["input_ids"].tolist() and payload["pos"] == local["entity_positions"].tolist()
 
 
 def test_remote_file_is_self_contained():

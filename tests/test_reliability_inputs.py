@@ -7,9 +7,10 @@ import gc
 import http.server
 import json
 import os
+import resource
 import shutil
+import signal
 import stat
-import sys
 import threading
 import time
 import warnings
@@ -25,7 +26,7 @@ from rap_hf.pipelines import pipeline, read_picture
 from rap_hf.processing_rap import RAPProcessor, default_image_processor, load_image
 
 from benchmark_helpers import run_main_in_process
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, run_forked, run_python
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
@@ -324,22 +325,22 @@ def test_full_disk_during_predict_output_is_one_line(folders, tmp_path, capsys):
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # written to, never replaced by a renamed file
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE and fork are POSIX")
 def test_output_file_that_cannot_grow_keeps_the_earlier_output(folders, tmp_path):
     """A disk that fills up while a regular --output file is written (here: a file-size limit, the same write error
     path): one line, the earlier file kept, no temporary file left."""
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": NER_TEXT}] * 20)
     out = tmp_path / "out.jsonl"
     out.write_text("earlier results\n")
-    code = (
-        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300)); from rap_hf.cli import main; "
-        f"sys.exit(main(['predict', '--model', {str(folders['ner'])!r}, '--input', {str(path)!r}, '--output', "
-        f"{str(out)!r}]))"
-    )
-    done = run_python(["-c", code], cwd=tmp_path, timeout=300)
-    assert done.returncode == 2, done.stderr[-3000:]
-    (line,) = error_lines(done.stderr)
+
+    def predict_with_a_300_byte_file_limit() -> int:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+        return main(["predict", "--model", str(folders["ner"]), "--input", str(path), "--output", str(out)])
+
+    done = run_forked(predict_with_a_300_byte_file_limit)
+    assert done["returncode"] == 2, done["stderr"][-3000:]
+    (line,) = error_lines(done["stderr"])
     assert line.startswith(f"rap-hf: error: cannot write --output {str(out)!r}: [Errno 27] File too large")
     assert out.read_text() == "earlier results\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]
@@ -470,6 +471,12 @@ RUN_RAP = "../run_rap.py"  # scripts/run_rap.py, as benchmark_helpers loads scri
 PUSH = ["--push_to_hub", "True", "--hub_model_id", "org/rap-test"]
 
 
+def test_unknown_option_is_a_usage_error_not_a_traceback():
+    status, _, stderr = run_main_in_process(RUN_RAP, "--no_such_option", "1")
+    assert status == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].endswith("error: unrecognized arguments: --no_such_option 1")
+
+
 def test_push_to_hub_without_a_token_stops_before_training(tmp_path, monkeypatch):
     from huggingface_hub import get_token
 
@@ -495,29 +502,21 @@ def test_push_to_hub_offline_stops_before_training(tmp_path, monkeypatch):
     ]
 
 
-@pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory, minilm):
-    from training_helpers import make_tiny_text_model
+def test_push_to_hub_without_network_is_one_line_before_anything_is_built(tmp_path, monkeypatch):
+    """A token but no network (the Hub endpoint is a closed port; the only patch: where huggingface_hub sends its
+    requests, as HF_ENDPOINT would set it): one `error:` line instead of a 170-line traceback, before the corpus or
+    the model is touched."""
+    from huggingface_hub import constants
 
-    return make_tiny_text_model(tmp_path_factory, minilm)
-
-
-@pytest.mark.slow
-def test_push_to_hub_without_network_is_one_line(tmp_path, tiny_text_model):
-    """A token but no network (the Hub endpoint is a closed port): the repository the trainer creates at the start
-    cannot be reached; one `error:` line instead of a 170-line traceback."""
-    from training_helpers import SCRIPT, script_arguments
-
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_TOKEN="hf_not_a_real_token", HF_ENDPOINT="http://127.0.0.1:9", TOKENIZERS_PARALLELISM="false")
-    arguments = script_arguments(tmp_path / "run", tiny_text_model, "--num_train_epochs", "1", *PUSH)
-    done = run_python([str(SCRIPT), *arguments], cwd=REPO_ROOT, env=env, timeout=600)
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    status, _, stderr = run_main_in_process(RUN_RAP, "--output_dir", str(tmp_path / "run"), *PUSH)
+    assert status == 2 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: --push_to_hub: the Hugging Face Hub request failed (ConnectError: ")
     assert "check the network connection and that your token (`hf auth login` or HF_TOKEN) may write to " in last
-    assert not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -546,25 +545,28 @@ def test_reproduce_checks_every_corpus_before_starting_anything(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_exits_non_zero_when_a_run_failed(tmp_path):
-    """Two runs (Table 3 on Twitter-2017, one seed) that fail at once (run_rap.py refuses an unknown option): the
-    report is written from what finished (nothing) and the exit status says the runs failed."""
+    """Table 3 on Twitter-2017, one seed: the text-only baseline has finished before (its results.json), RAP's run
+    fails at once (run_rap.py refuses an unknown option). The report is written from what finished and the exit
+    status says a run failed."""
+    from benchmark_helpers import load_benchmark
+
     out = tmp_path / "out"
-    status, stdout, stderr = run_main_in_process(
+    reproduce = load_benchmark("../reproduce.py", "reproduce_failing")
+    specs = reproduce.expand_grid([3], ["twitter2017"], [0], paper=True)
+    finished = next(spec for spec in specs if spec.name == "text_only_baseline=True").folder(out)
+    finished.mkdir(parents=True)
+    scores = {"precision": 0.5, "recall": 0.25, "f1": 1 / 3}
+    (finished / "results.json").write_text(
+        json.dumps({"test": scores, "best_epoch": 1, "timings": {"train_seconds": 1}})
+    )
+    status, _, stderr = run_main_in_process(
         "../reproduce.py",
-        "--table",
-        "3",
-        "--datasets",
-        "twitter2017",
-        "--seeds",
-        "0",
-        "--jobs",
-        "2",
-        "--output_dir",
-        str(out),
-        "--no_such_option",
-        "1",
+        *("--table", "3", "--datasets", "twitter2017", "--seeds", "0", "--output_dir", str(out)),
+        *("--no_such_option", "1"),
     )
     assert status == 1, stderr[-3000:]
-    assert "error: 2 of 2 runs failed (twitter2017 " in stderr and str(out / "logs") in stderr
-    assert "Finished runs: 0 of 2." in (out / "report.md").read_text()
-    assert len(list((out / "logs").glob("*.log"))) == 2
+    assert "error: 1 of 1 runs failed (twitter2017 default seed 0)" in stderr and str(out / "logs") in stderr
+    report = (out / "report.md").read_text()
+    assert "Finished runs: 1 of 2." in report and "33.33" in report  # the baseline's F1, in Table 3
+    (log,) = (out / "logs").glob("*.log")
+    assert "unrecognized arguments: --no_such_option 1" in log.read_text()

@@ -3,6 +3,7 @@
 import ast
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,17 +14,22 @@ from rap_hf import RAPForMultimodalNER, RAPForMultimodalRE
 from conftest import REPO_ROOT, run_python, tiny_batch, tiny_config
 
 # Runs in a fresh interpreter that never imported rap_hf, from a neutral folder: rap_hf must not be
-# importable by accident. Loads every (model reference, batch, output) triple of argv in turn.
+# importable by accident. Loads every (kind, reference, inputs, output) of argv in turn: "model" runs the model on a
+# saved batch, "processor" (AutoProcessor) encodes saved keyword arguments.
 LOADER = """
 import sys, torch
 sys.path = [p for p in sys.path if p not in ("", ".")]
-from transformers import AutoModel
-for model_ref, batch_path, out_path in zip(*[iter(sys.argv[1:])] * 3):
-    model = AutoModel.from_pretrained(model_ref, trust_remote_code=True).eval()
-    with torch.no_grad():
-        logits = model(**torch.load(batch_path)).logits
+from transformers import AutoModel, AutoProcessor
+for kind, reference, inputs_path, out_path in zip(*[iter(sys.argv[1:])] * 4):
+    if kind == "model":
+        loaded = AutoModel.from_pretrained(reference, trust_remote_code=True).eval()
+        with torch.no_grad():
+            output = {"logits": loaded(**torch.load(inputs_path)).logits}
+    else:
+        loaded = AutoProcessor.from_pretrained(reference, trust_remote_code=True)
+        output = dict(loaded(**torch.load(inputs_path)))
     assert "rap_hf" not in sys.modules, "the remote code imported the rap_hf package"
-    torch.save({"logits": logits, "class": type(model).__name__}, out_path)
+    torch.save({**output, "class": type(loaded).__name__, "module": type(loaded).__module__}, out_path)
 """
 
 
@@ -44,15 +50,15 @@ def assert_package_imports_are_optional(source: str) -> None:
             assert id(node) in guarded, f"line {node.lineno}: rap_hf imported outside a try/except ImportError"
 
 
-def run_loader(loads: list[tuple[str, Path, Path]], folder: Path) -> list[dict]:
-    """Runs LOADER once over `loads` ((model reference, batch file, output file), ...); returns each output."""
+def run_loader(loads: list[tuple[str, str, Path, Path]], folder: Path) -> list[dict]:
+    """Runs LOADER once over `loads` ((kind, reference, inputs file, output file), ...); returns each output."""
     script = folder / "load_remote.py"
     script.write_text(LOADER)
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     arguments = [str(item) for load in loads for item in load]
     result = run_python([str(script), *arguments], cwd=folder, env=clean_env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return [torch.load(out_path) for _, _, out_path in loads]
+    return [torch.load(out_path) for *_, out_path in loads]
 
 
 def save_tiny(task: str, folder: Path):
@@ -78,19 +84,42 @@ def hub_cache_snapshot(saved: Path, hub_cache: Path, repo_id: str) -> None:
     (repo / "refs" / "main").write_text(revision)
 
 
+PROCESSOR_CALL = dict(tokens=[["Bill", "Cosby", "in", "LA"]], subject_spans=[(0, 2)], object_spans=[(3, 4)])
+
+
+def save_processor(folder: Path):
+    """The MiniLM processor saved to `folder`, its encoding of PROCESSOR_CALL, and the saved call."""
+    from rap_hf import RAPProcessor
+
+    from conftest import minilm_path
+
+    processor = RAPProcessor.from_text_model(str(minilm_path()))
+    processor.save_pretrained(folder)
+    torch.save(PROCESSOR_CALL, folder.parent / "processor_call.pt")
+    return dict(processor(**PROCESSOR_CALL)), folder.parent / "processor_call.pt"
+
+
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory) -> dict:
-    """Tiny NER and RE models saved to folders, and the RE model as the Hub id "org/rap-mnre" in an offline HF cache,
-    each loaded with trust_remote_code in one process without rap_hf: {name: (expected, loaded, folder)}."""
+def loaded(tmp_path_factory, minilm) -> dict:
+    """Tiny NER and RE models saved to folders, the RE model as the Hub id "org/rap-mnre" in an offline HF cache, and
+    a saved processor, each loaded with trust_remote_code in one process without rap_hf: {name: (expected, loaded,
+    folder)}."""
     folder = tmp_path_factory.mktemp("remote")
-    saved = {"ner": save_tiny("ner", folder / "model_ner"), "re": save_tiny("re", folder / "model_re")}
+    saved = {
+        "ner": save_tiny("ner", folder / "model_ner"),
+        "re": save_tiny("re", folder / "model_re"),
+        "processor": save_processor(folder / "processor"),
+    }
     hub_cache_snapshot(folder / "model_re", Path(os.environ["HF_HUB_CACHE"]), "org/rap-mnre")  # tests' own, offline
-    references = {"ner": str(folder / "model_ner"), "re": str(folder / "model_re"), "hub": "org/rap-mnre"}
-    batches = {"ner": saved["ner"][1], "re": saved["re"][1], "hub": saved["re"][1]}
-    loads = [(references[name], batches[name], folder / f"out_{name}.pt") for name in references]
+    saved["hub"] = saved["re"]
+    references = {"ner": folder / "model_ner", "re": folder / "model_re", "hub": "org/rap-mnre"}
+    references["processor"] = folder / "processor"
+    loads = [
+        ("processor" if name == "processor" else "model", str(reference), saved[name][1], folder / f"out_{name}.pt")
+        for name, reference in references.items()
+    ]
     outputs = dict(zip(references, run_loader(loads, folder)))
-    expected = {"ner": saved["ner"][0], "re": saved["re"][0], "hub": saved["re"][0]}
-    return {name: (expected[name], outputs[name], folder) for name in references}
+    return {name: (saved[name][0], outputs[name], folder) for name in references}
 
 
 @pytest.mark.parametrize("task,cls", [("ner", "RAPForMultimodalNER"), ("re", "RAPForMultimodalRE")])
@@ -107,6 +136,13 @@ def test_save_and_load_with_remote_code_in_fresh_process(loaded, task, cls):
     torch.testing.assert_close(output["logits"], expected)
 
 
+def test_auto_processor_with_remote_code_in_fresh_process(loaded):
+    expected, output, _ = loaded["processor"]
+    assert output["class"] == "RAPProcessor" and output["module"].startswith("transformers_modules.")
+    assert torch.equal(output["input_ids"], expected["input_ids"])
+    assert torch.equal(output["entity_positions"], expected["entity_positions"])
+
+
 def test_exact_user_call_from_offline_hub_cache(loaded):
     """`AutoModel.from_pretrained("org/rap-mnre", trust_remote_code=True)` from a laid-out HF cache snapshot."""
     expected, output, _ = loaded["hub"]
@@ -114,17 +150,20 @@ def test_exact_user_call_from_offline_hub_cache(loaded):
     torch.testing.assert_close(output["logits"], expected)
 
 
-def test_missing_pytorch_crf_names_the_pip_package():
-    code = (
-        "import sys; sys.modules['torchcrf'] = None\n"
-        "from rap_hf.modeling_rap import RAPForMultimodalNER, RAPForMultimodalRE\n"
-        "sys.path.insert(0, 'tests'); from conftest import tiny_config\n"
-        "RAPForMultimodalRE(tiny_config('re'))\n"  # RE needs no CRF
-        "RAPForMultimodalNER(tiny_config('ner'))\n"
-    )
-    result = run_python(["-c", code], cwd=REPO_ROOT, timeout=120)
-    assert result.returncode != 0
-    assert "pip install pytorch-crf" in result.stderr and "ImportError" in result.stderr
+def test_missing_pytorch_crf_names_the_pip_package(monkeypatch):
+    """modeling_rap.py imported where pytorch-crf is missing (None in sys.modules makes `import torchcrf` fail):
+    RE models still build, NER names the pip package."""
+    import importlib.util
+
+    monkeypatch.setitem(sys.modules, "torchcrf", None)
+    source = REPO_ROOT / "rap_hf" / "modeling_rap.py"
+    spec = importlib.util.spec_from_file_location("rap_hf.modeling_without_crf", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.CRF is None
+    module.RAPForMultimodalRE(tiny_config("re"))  # RE needs no CRF
+    with pytest.raises(ImportError, match=r"pip install pytorch-crf"):
+        module.RAPForMultimodalNER(tiny_config("ner"))
 
 
 def test_minilm_rap_learns_a_handful_of_samples(minilm):

@@ -2,15 +2,12 @@
 
 import csv
 import json
-import os
+import logging
 
 import pytest
 
 from benchmark_helpers import load_benchmark, run_main_in_process
-from conftest import REPO_ROOT, run_python
 from rap_experiment.reporting import table_rows
-
-SCRIPT = REPO_ROOT / "scripts" / "reproduce.py"
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +70,13 @@ def test_dry_run_prints_commands_and_the_gpu_hour_estimate(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_runs_every_table_and_reports_paper_beside_ours(tmp_path):
+def test_smoke_runs_every_table_and_reports_paper_beside_ours(tmp_path, caplog):
     """Every table on the RE corpus (17 tiny runs; the grid of all three corpora is checked above)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    command = [
-        str(SCRIPT),
-        "--smoke",
-        "--table",
-        "all",
-        "--datasets",
-        "mnre",
-        "--output_dir",
-        str(tmp_path),
-    ]
-    done = run_python(command, cwd=tmp_path, env=env, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    command = ("--smoke", "--table", "all", "--datasets", "mnre", "--output_dir", str(tmp_path))
+    status, stdout, stderr = run_main_in_process("../reproduce.py", *command)
+    assert status == 0, stderr[-4000:]
     report = (tmp_path / "report.md").read_text()
-    assert report.strip() == done.stdout.strip().split("\n# Paper tables", 1)[-1].join(["# Paper tables", ""]).strip()
+    assert report.strip() == stdout.strip().split("\n# Paper tables", 1)[-1].join(["# Paper tables", ""]).strip()
     assert "Finished runs: 17 of 17." in report
     expected_rows = {3: 2, 4: 6, 5: 3, 6: 3}
     for number, rows in expected_rows.items():
@@ -111,5 +98,6 @@ def test_smoke_runs_every_table_and_reports_paper_beside_ours(tmp_path):
     assert len(runs) == 17 == len(json.loads((tmp_path / "runs.json").read_text()))
     assert {run["dataset"] for run in runs} == {"mnre"}
     assert not any(str(tmp_path) in line for line in (tmp_path / "runs.csv").read_text().splitlines())
-    again = run_python(command, cwd=tmp_path, env=env, timeout=300)
-    assert again.returncode == 0 and "17 runs, 17 already finished" in again.stderr
+    caplog.set_level(logging.INFO)  # reproduce.py logs to the root logger; pytest's handler holds it here
+    status, _, stderr = run_main_in_process("../reproduce.py", *command)
+    assert status == 0 and "17 runs, 17 already finished" in caplog.text

@@ -1,18 +1,16 @@
-"""rap_hf/trainer.py: a non-finite loss stops training and nothing non-finite is saved; a resume from any complete
-checkpoint (an epoch's last update or mid-epoch) equals the uninterrupted run; a resume with another configuration is
-refused with the fields that differ."""
+"""rap_hf/trainer.py: a non-finite loss or gradient stops training and nothing non-finite is saved; a resume with
+another configuration is refused with the fields that differ (a resume equals the uninterrupted run:
+tests/test_training_runs.py)."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from test_training_runs import assert_same_weights
 
 from rap_hf import RAPForMultimodalNER, RAPProcessor, RAPTrainer, RAPTrainingArguments, load_dataset
 
 from conftest import tiny_config
-from training_helpers import make_learning_text_model, make_tiny_text_model, run_script_in_process
+from training_helpers import make_tiny_text_model, run_script_in_process
 
 EPOCHS = ("--dataset", "twitter2015", "--num_train_epochs", "3", "--seed", "5", "--save_total_limit", "10")
 
@@ -20,11 +18,6 @@ EPOCHS = ("--dataset", "twitter2015", "--num_train_epochs", "3", "--seed", "5", 
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory, minilm) -> Path:
     return make_tiny_text_model(tmp_path_factory, minilm)
-
-
-@pytest.fixture(scope="module")
-def learning_text_model(tmp_path_factory, minilm) -> Path:
-    return make_learning_text_model(tmp_path_factory, minilm)
 
 
 def tiny_trainer(tmp_path: Path, tiny_text_model: Path, **arguments) -> RAPTrainer:
@@ -73,39 +66,6 @@ def test_a_non_finite_gradient_stops_training_before_the_update(tmp_path, tiny_t
     assert all(parameter.isfinite().all() for parameter in trainer.model.parameters())
 
 
-def copy_up_to(source: Path, target: Path, checkpoint: str) -> None:
-    """A copy of an interrupted run's folder that holds only `checkpoint` (as if the run had been killed after it)."""
-    target.mkdir(parents=True)
-    shutil.copytree(source / checkpoint, target / checkpoint)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("checkpoint", ["checkpoint-10", "checkpoint-7"], ids=["epoch end", "mid-epoch"])
-def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(tmp_path, learning_text_model, checkpoint):
-    # the sample's 40 tweets at batch 8: 5 updates per epoch; saving every 5 (or every 7) updates puts a checkpoint on
-    # the second epoch's last update (or in the middle of the second epoch)
-    save_steps = "5" if checkpoint == "checkpoint-10" else "7"
-    full = run_script_in_process(tmp_path / "full", learning_text_model, *EPOCHS, "--save_steps", save_steps)
-    assert (tmp_path / "full" / checkpoint / "rap_checkpoint_complete").exists()
-    copy_up_to(tmp_path / "full", tmp_path / "cut", checkpoint)
-    resumed = run_script_in_process(
-        tmp_path / "cut", learning_text_model, *EPOCHS, "--save_steps", save_steps, "--resume_from_checkpoint", "latest"
-    )
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]  # no epoch's evaluation lost
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
-    assert [h["validation"] for h in resumed["history"]] == [h["validation"] for h in full["history"]]
-    assert resumed["best_epoch"] == full["best_epoch"]
-    assert resumed["test"] == full["test"] and full["test"]["f1"] >= 0.25  # a model that learnt, tested alike
-    assert_same_weights(tmp_path / "full", tmp_path / "cut")
-    assert resumed["test"]["f1"] == pytest.approx(full["test"]["f1"], abs=1e-9)
-    from safetensors.torch import load_file
-
-    weights = [load_file(str(tmp_path / run / "model.safetensors")) for run in ("full", "cut")]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
-
-
-@pytest.mark.slow
 def test_resume_with_another_configuration_is_refused_with_the_fields(tmp_path, tiny_text_model):
     run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", "--stop_after_epoch", "1")
     resume = ("--resume_from_checkpoint", "latest")

@@ -1,20 +1,14 @@
 """End-to-end tests of scripts/run_rap.py (transformers.Trainer) on the bundled sample: reload, cut-off checkpoints,
 Hub push, LoRA (two processes and resume: tests/test_training_runs.py)."""
 
-import json
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModel
 
-from rap_hf.data import load_dataset
-from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
-from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
-
-from conftest import REPO_ROOT, run_python
-from training_helpers import TINY_OVERRIDES, make_tiny_text_model, run_script, run_script_in_process
+from conftest import REPO_ROOT
+from training_helpers import TINY_OVERRIDES, assert_complete_run_folder, make_tiny_text_model, run_script_in_process
 
 
 @pytest.fixture(scope="session")
@@ -23,89 +17,17 @@ def tiny_text_model(tmp_path_factory, minilm) -> Path:
     return make_tiny_text_model(tmp_path_factory, minilm)
 
 
-def reevaluate(model_dir: Path, dataset: str) -> dict:
-    """Scores the saved model on the test split with a plain loop: AutoModel + remote code, pixels, no cache."""
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
-    processor = RAPProcessor.from_pretrained(model_dir)
-    test = load_dataset(dataset)["test"]
-    task = model.config.task
-    encoded = test.map(processor.preprocess, batched=True, fn_kwargs={"task": task})
-    collator = RAPDataCollator(processor=processor, return_word_ids=True)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    predictions, references = [], []
-    for start in range(0, len(encoded), 8):
-        rows = [encoded[i] for i in range(start, min(start + 8, len(encoded)))]
-        batch = collator(
-            [
-                {k: v for k, v in r.items() if k not in ("id", "tokens", "ner_tags", "relation", "subject", "object")}
-                for r in rows
-            ]
-        )
-        word_ids = batch.pop("word_ids", None)
-        batch.pop("labels", None)
-        with torch.no_grad():
-            out = model(**batch)
-        for j, row in enumerate(rows):
-            if task == "ner":
-                references.append([labels[t] for t in row["ner_tags"]])
-                predictions += processor.post_process_ner(
-                    out.predictions[j : j + 1], word_ids[j : j + 1], [len(row["tokens"])], model.config.id2label
-                )
-            else:
-                references.append(labels[row["relation"]])
-                predictions.append(labels[int(out.logits[j].argmax())])
-    if task == "ner":
-        return compute_ner_metrics(predictions, references)
-    return compute_re_metrics(predictions, references, labels)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", ["twitter2015", "mnre"])
-def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model, dataset):
-    # NER through `accelerate launch` (the user's command: the script in a fresh interpreter), RE through the same
-    # script in-process
-    launch = run_script if dataset == "twitter2015" else run_script_in_process
-    results = launch(tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2")
-    best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "modeling_rap.py",
-        "configuration_rap.py",
-        "processing_rap.py",
-        "README.md",
-        "results.json",
-    ):
-        assert (best / name).exists(), name
-    assert not list(best.glob("checkpoint-*")) and not (best / "training_args.bin").exists()
-    assert results["task"] == ("ner" if dataset == "twitter2015" else "re")
-    splits = load_dataset(dataset)
-    assert (results["num_train_examples"], results["num_test_examples"]) == (len(splits["train"]), len(splits["test"]))
-    assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
-    assert len(results["history"]) == 2
-    # copy-pasteable from the repository root, and no path of this machine anywhere in the outputs
-    assert shlex.split(results["command"])[:3] == ["accelerate", "launch", "scripts/run_rap.py"]
-    for name in ("results.json", "README.md", "config.json", "processor_config.json"):
-        assert str(tmp_path) not in (best / name).read_text() and str(REPO_ROOT) not in (best / name).read_text()
-    for figure in results["figures"].values():
-        assert (best / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = reevaluate(best, dataset)
-    for key in ("precision", "recall", "f1"):
-        assert again[key] == pytest.approx(results["test"][key], abs=1e-9), key
-    card = (best / "README.md").read_text()
-    assert f"{100 * results['test']['f1']:.2f}" in card
-    # the run's folder works with plain transformers, in a process that never imported rap_hf
-    code = (
-        "import json, sys, transformers\n"
-        f"pipe = transformers.pipeline(model={str(best)!r}, trust_remote_code=True, device='cpu')\n"
-        "text = 'Vela Motors announces new headquarters in Bellhaven'\n"
-        "kwargs = dict(subject='Vela Motors', object='Bellhaven') if pipe.model.config.task == 're' else {}\n"
-        "print(json.dumps([pipe(text, **kwargs), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))"
+def test_script_end_to_end_and_reload_reproduces_test_metrics(tmp_path, tiny_text_model):
+    """RE through the script's parser and `run` in this interpreter (NER in a process of its own:
+    tests/test_training_runs.py)."""
+    dataset = "mnre"
+    results = run_script_in_process(
+        tmp_path / "run", tiny_text_model, "--dataset", dataset, "--num_train_epochs", "2", "--make_figures", "True"
     )
-    fresh = run_python(["-c", code], cwd=tmp_path, timeout=300)
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
-    assert rap_modules == [] and ("entities" in prediction if dataset == "twitter2015" else "relation" in prediction)
+    best = tmp_path / "run"  # transformers' layout: the final (best) model in output_dir, no checkpoint left over
+    assert not list(best.glob("checkpoint-*")) and not (best / "training_args.bin").exists()
+    assert_complete_run_folder(best, results, dataset, epochs=2, machine_paths=(tmp_path, REPO_ROOT))
 
 
 @pytest.mark.slow

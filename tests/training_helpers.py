@@ -3,13 +3,19 @@ tests/test_training*.py."""
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModel
 
+from rap_hf.data import load_dataset
 from rap_hf.encoders import save_tiny_text_model
+from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
+from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
 from conftest import REPO_ROOT, TINY_VISION, run_python
 
@@ -48,7 +54,8 @@ def without_dropout(text_model: Path, folder: Path) -> Path:
 
 
 def script_arguments(output_dir: Path, text_model: Path, *extra: str) -> list[str]:
-    """run_rap.py's arguments for a tiny run (tiny RAP layers, tiny random vision encoder, own feature cache)."""
+    """run_rap.py's arguments for a tiny run (tiny RAP layers, tiny random vision encoder, own feature cache, no
+    figures unless `extra` asks: drawing them takes ~3 s of a ~10 s run)."""
     return [
         "--text_model",
         str(text_model),
@@ -68,6 +75,8 @@ def script_arguments(output_dir: Path, text_model: Path, *extra: str) -> list[st
         "1e-3",
         "--feature_cache_dir",
         str(output_dir.parent / "features"),
+        "--make_figures",
+        "False",
         *extra,
     ]
 
@@ -99,7 +108,6 @@ def run_script(
 def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expect_failure=False) -> dict:
     """The same single-process run as `run_script`, through the script's own parser and `run` in this interpreter:
     the script's code path without the ~10 s of starting two interpreters (launcher and script)."""
-    import torch
     from transformers import HfArgumentParser
 
     from rap_experiment.run import DataArguments, ModelArguments, RunArguments, run
@@ -123,8 +131,94 @@ def run_script_in_process(output_dir: Path, text_model: Path, *extra: str, expec
 
 def assert_same_weights(first: Path, second: Path) -> None:
     """The saved (best) models of two runs hold the same tensors."""
-    import torch
     from safetensors.torch import load_file
 
     a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def reevaluate(model_dir: Path, dataset: str) -> dict:
+    """Scores the saved model on the test split with a plain loop: AutoModel + remote code, pixels, no cache."""
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    processor = RAPProcessor.from_pretrained(model_dir)
+    test = load_dataset(dataset)["test"]
+    task = model.config.task
+    encoded = test.map(processor.preprocess, batched=True, fn_kwargs={"task": task})
+    collator = RAPDataCollator(processor=processor, return_word_ids=True)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    predictions, references = [], []
+    for start in range(0, len(encoded), 8):
+        rows = [encoded[i] for i in range(start, min(start + 8, len(encoded)))]
+        batch = collator(
+            [
+                {k: v for k, v in r.items() if k not in ("id", "tokens", "ner_tags", "relation", "subject", "object")}
+                for r in rows
+            ]
+        )
+        word_ids = batch.pop("word_ids", None)
+        batch.pop("labels", None)
+        with torch.no_grad():
+            out = model(**batch)
+        for j, row in enumerate(rows):
+            if task == "ner":
+                references.append([labels[t] for t in row["ner_tags"]])
+                predictions += processor.post_process_ner(
+                    out.predictions[j : j + 1], word_ids[j : j + 1], [len(row["tokens"])], model.config.id2label
+                )
+            else:
+                references.append(labels[row["relation"]])
+                predictions.append(labels[int(out.logits[j].argmax())])
+    if task == "ner":
+        return compute_ner_metrics(predictions, references)
+    return compute_re_metrics(predictions, references, labels)
+
+
+def assert_plain_transformers_predicts_as_rap_hf(folder: Path, tmp_path: Path) -> None:
+    """The run's folder works with plain transformers (task from config.custom_pipelines, code from the folder), in a
+    process that never imported rap_hf, and predicts what rap_hf's pipeline predicts."""
+    from rap_hf import pipeline
+
+    text = "Vela Motors announces new headquarters in Bellhaven"
+    code = (
+        "import json, sys, transformers\n"
+        f"pipe = transformers.pipeline(model={str(folder)!r}, trust_remote_code=True, device='cpu')\n"
+        f"print(json.dumps([pipe({text!r}), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))"
+    )
+    fresh = run_python(["-c", code], cwd=tmp_path, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert rap_modules == []
+    expected = json.loads(json.dumps(pipeline(folder, device="cpu")(text)))
+    spans = [[(e["type"], e["start_word"], e["end_word"]) for e in r["entities"]] for r in (prediction, expected)]
+    assert spans[0] == spans[1]
+    assert prediction["routing_weights"] == pytest.approx(expected["routing_weights"], abs=1e-5)
+
+
+def assert_complete_run_folder(best: Path, results: dict, dataset: str, epochs: int, machine_paths) -> None:
+    """What a finished run leaves: model, remote code, card, results.json and figures, no path of this machine in
+    them, a copy-pasteable command, and a saved model that scores the test split as the run reported."""
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_rap.py",
+        "configuration_rap.py",
+        "processing_rap.py",
+        "README.md",
+        "results.json",
+    ):
+        assert (best / name).exists(), name
+    assert results["task"] == ("re" if dataset == "mnre" else "ner")
+    splits = load_dataset(dataset)
+    assert (results["num_train_examples"], results["num_test_examples"]) == (len(splits["train"]), len(splits["test"]))
+    assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
+    assert len(results["history"]) == epochs
+    assert shlex.split(results["command"])[:3] == ["accelerate", "launch", "scripts/run_rap.py"]
+    for name in ("results.json", "README.md", "config.json", "processor_config.json"):
+        assert not any(str(path) in (best / name).read_text() for path in machine_paths), name
+    assert {"routing_paths", "routing_map", "relevance_by_class"} <= set(results["figures"])
+    for figure in results["figures"].values():
+        assert (best / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = reevaluate(best, dataset)
+    for key in ("precision", "recall", "f1"):
+        assert again[key] == pytest.approx(results["test"][key], abs=1e-9), key
+    assert f"{100 * results['test']['f1']:.2f}" in (best / "README.md").read_text()

@@ -38,17 +38,18 @@ Results and their reading: docs/benchmarks_noise.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,22 +154,14 @@ class Settings:
 # One run: train a variant, score it under every condition
 # ======================================================================================================================
 def generate_corpus(out: Path, settings: Settings) -> Path:
-    """A corpus in the sample's design with the benchmark's shares, written by `scripts/make_sample_data.py`."""
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "scripts" / "make_sample_data.py"),
-        "--out",
-        str(out),
-        "--sizes",
-        *map(str, settings.sizes),
-        "--seed",
-        str(settings.corpus_seed),
-        "--unrelated-share",
-        str(settings.unrelated_share),
-        "--misleading-share",
-        str(settings.misleading_share),
-    ]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    """A corpus in the sample's design with the benchmark's shares, written by `scripts/make_sample_data.py` (its
+    `main`, in this process: the generator is seeded, so the corpus is the same as from the command line)."""
+    import make_sample_data
+
+    argv = ["--out", str(out), "--sizes", *map(str, settings.sizes), "--seed", str(settings.corpus_seed)]
+    argv += ["--unrelated-share", str(settings.unrelated_share), "--misleading-share", str(settings.misleading_share)]
+    with contextlib.redirect_stdout(io.StringIO()):  # its one line ("wrote ...") is not the benchmark's output
+        make_sample_data.main(argv)
     return out
 
 
@@ -686,6 +679,28 @@ def run_in_worker(
     return run_one(variant, seed, settings, data_dir, work_dir)
 
 
+class InThisProcess:
+    """`--jobs 1`: each run in this process, one after another (a worker process would import everything again)."""
+
+    def __enter__(self) -> InThisProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def submit(self, function, *args) -> Future:
+        import torch
+
+        threads, future = torch.get_num_threads(), Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # raised by `result()`, as a worker's would be
+            future.set_exception(error)
+        finally:
+            torch.set_num_threads(threads)  # the runs set their own
+        return future
+
+
 def run_benchmark(
     settings: Settings, work_dir: Path, jobs: int, threads: int, json_path: Path | None = None
 ) -> list[dict[str, Any]]:
@@ -699,7 +714,7 @@ def run_benchmark(
     load_dataset(DATASET, str(data_dir) if data_dir else None)  # prepare the Arrow cache once, before the workers
     plan = [(variant, seed) for seed in settings.seeds for variant in settings.variants]
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else InThisProcess() as pool:
         multimodal = next((v for v, _ in plan if v != "text"), None)
         if multimodal is not None:  # every run reads the same visual features: compute them once, first
             pool.submit(fill_feature_cache, multimodal, settings, data_dir, work_dir, jobs * threads).result()
