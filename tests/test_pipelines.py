@@ -493,25 +493,6 @@ def test_transformers_pipeline_task(folders, ner):
     assert result["object"] == {"text": "@WLWT", "start_word": 1, "end_word": 2, "start_char": 3, "end_char": 8}
 
 
-def test_saved_pipeline_runs_from_plain_transformers(folders, ner, tmp_path):
-    """`pipe.save_pretrained` + `transformers.pipeline(model=folder, trust_remote_code=True)`: the task comes from
-    config.custom_pipelines, the code from the folder (a Python that never imported rap_hf does the same on a trained
-    run's folder: tests/test_training.py)."""
-    import json
-
-    import transformers
-
-    ner.save_pretrained(tmp_path / "shared")
-    assert json.loads((tmp_path / "shared" / "config.json").read_text())["custom_pipelines"] == {
-        "rap-extraction": {"impl": "pipelines.RAPPipeline", "pt": ["AutoModel"], "type": "multimodal"}
-    }
-    pipe = transformers.pipeline(model=str(tmp_path / "shared"), trust_remote_code=True, device="cpu")
-    assert type(pipe).__module__.startswith("transformers_modules.") and type(pipe).__name__ == "RAPPipeline"
-    result = pipe(TEXTS[1])
-    assert spans(result) == spans(ner(TEXTS[1]))
-    assert result["routing_weights"] == pytest.approx(ner(TEXTS[1])["routing_weights"], abs=1e-5)
-
-
 @pytest.mark.parametrize("style", ["punct", "tweet"])
 def test_split_words_keeps_combining_marks_and_emoji_sequences_whole(style):
     family, thumbs = "\U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001f44d\U0001f3fd"

@@ -15,19 +15,23 @@ from conftest import REPO_ROOT, run_python, tiny_batch, tiny_config
 
 # Runs in a fresh interpreter that never imported rap_hf, from a neutral folder: rap_hf must not be
 # importable by accident. Loads every (kind, reference, inputs, output) of argv in turn: "model" runs the model on a
-# saved batch, "processor" (AutoProcessor) encodes saved keyword arguments.
+# saved batch, "processor" (AutoProcessor) encodes saved keyword arguments, "pipeline" (transformers.pipeline with no
+# task: it comes from config.custom_pipelines) runs on saved keyword arguments.
 LOADER = """
 import sys, torch
 sys.path = [p for p in sys.path if p not in ("", ".")]
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoProcessor, pipeline
 for kind, reference, inputs_path, out_path in zip(*[iter(sys.argv[1:])] * 4):
     if kind == "model":
         loaded = AutoModel.from_pretrained(reference, trust_remote_code=True).eval()
         with torch.no_grad():
             output = {"logits": loaded(**torch.load(inputs_path)).logits}
-    else:
+    elif kind == "processor":
         loaded = AutoProcessor.from_pretrained(reference, trust_remote_code=True)
         output = dict(loaded(**torch.load(inputs_path)))
+    else:
+        loaded = pipeline(model=reference, trust_remote_code=True, device="cpu")
+        output = {"result": loaded(**torch.load(inputs_path))}
     assert "rap_hf" not in sys.modules, "the remote code imported the rap_hf package"
     torch.save({**output, "class": type(loaded).__name__, "module": type(loaded).__module__}, out_path)
 """
@@ -99,8 +103,21 @@ def save_processor(folder: Path):
     return dict(processor(**PROCESSOR_CALL)), folder.parent / "processor_call.pt"
 
 
+PIPELINE_CALL = dict(inputs="Vela Motors announces new headquarters in Bellhaven")  # the tiny model finds ORG, LOC
+
+
+def save_pipeline(model_folder: Path, folder: Path):
+    """The tiny trained NER model (conftest's `folders`) as a saved pipeline, its rap_hf result, and the saved call."""
+    from rap_hf import pipeline
+
+    pipe = pipeline(model_folder, device="cpu")
+    pipe.save_pretrained(folder)
+    torch.save(PIPELINE_CALL, folder.parent / "pipeline_call.pt")
+    return pipe(PIPELINE_CALL["inputs"]), folder.parent / "pipeline_call.pt"
+
+
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory, minilm) -> dict:
+def loaded(tmp_path_factory, minilm, folders) -> dict:
     """Tiny NER and RE models saved to folders, the RE model as the Hub id "org/rap-mnre" in an offline HF cache, and
     a saved processor, each loaded with trust_remote_code in one process without rap_hf: {name: (expected, loaded,
     folder)}."""
@@ -109,13 +126,15 @@ def loaded(tmp_path_factory, minilm) -> dict:
         "ner": save_tiny("ner", folder / "model_ner"),
         "re": save_tiny("re", folder / "model_re"),
         "processor": save_processor(folder / "processor"),
+        "pipeline": save_pipeline(folders["ner"], folder / "pipeline"),
     }
     hub_cache_snapshot(folder / "model_re", Path(os.environ["HF_HUB_CACHE"]), "org/rap-mnre")  # tests' own, offline
     saved["hub"] = saved["re"]
     references = {"ner": folder / "model_ner", "re": folder / "model_re", "hub": "org/rap-mnre"}
-    references["processor"] = folder / "processor"
+    references.update(processor=folder / "processor", pipeline=folder / "pipeline")
+    kinds = {"processor": "processor", "pipeline": "pipeline"}
     loads = [
-        ("processor" if name == "processor" else "model", str(reference), saved[name][1], folder / f"out_{name}.pt")
+        (kinds.get(name, "model"), str(reference), saved[name][1], folder / f"out_{name}.pt")
         for name, reference in references.items()
     ]
     outputs = dict(zip(references, run_loader(loads, folder)))
@@ -141,6 +160,21 @@ def test_auto_processor_with_remote_code_in_fresh_process(loaded):
     assert output["class"] == "RAPProcessor" and output["module"].startswith("transformers_modules.")
     assert torch.equal(output["input_ids"], expected["input_ids"])
     assert torch.equal(output["entity_positions"], expected["entity_positions"])
+
+
+def test_saved_pipeline_runs_from_plain_transformers_in_fresh_process(loaded):
+    """`pipe.save_pretrained` + `transformers.pipeline(model=folder, trust_remote_code=True)`: the task from
+    config.custom_pipelines, the code from the folder; it predicts what rap_hf's pipeline predicts."""
+    expected, output, folder = loaded["pipeline"]
+    assert json.loads((folder / "pipeline" / "config.json").read_text())["custom_pipelines"] == {
+        "rap-extraction": {"impl": "pipelines.RAPPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+    }
+    assert output["class"] == "RAPPipeline" and output["module"].startswith("transformers_modules.")
+    result = output["result"]
+    assert [(e["type"], e["start_word"], e["end_word"]) for e in result["entities"]] == [
+        (e["type"], e["start_word"], e["end_word"]) for e in expected["entities"]
+    ]
+    assert expected["entities"] and result["routing_weights"] == pytest.approx(expected["routing_weights"], abs=1e-5)
 
 
 def test_exact_user_call_from_offline_hub_cache(loaded):

@@ -33,7 +33,7 @@ def test_two_processes_match_one_process(tmp_path, learning_text_model):
         "--dataset",
         "twitter2015",
         "--num_train_epochs",
-        "4",
+        "3",
         "--seed",
         "3",
         "--relevance_matching_weight",

@@ -40,12 +40,12 @@ def full_run(tmp_path_factory, learning_text_model) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow
-def test_script_end_to_end_and_reload_reproduces_test_metrics(full_run, tmp_path):
+def test_script_end_to_end_and_reload_reproduces_test_metrics(full_run):
     folder, results = full_run
     assert_complete_run_folder(folder, results, "twitter2015", epochs=3, machine_paths=(folder.parent, REPO_ROOT))
     validation = [h["validation"]["f1"] for h in results["history"]]
     assert results["test"]["f1"] >= 0.25 and len(set(validation)) > 1  # it learnt: the epochs and their F1 differ
-    assert_plain_transformers_predicts_as_rap_hf(folder, tmp_path)
+    assert_plain_transformers_predicts_as_rap_hf(folder)
 
 
 def resume_from(checkpoint: Path, output_dir: Path, text_model: Path) -> dict:

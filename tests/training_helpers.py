@@ -173,22 +173,18 @@ def reevaluate(model_dir: Path, dataset: str) -> dict:
     return compute_re_metrics(predictions, references, labels)
 
 
-def assert_plain_transformers_predicts_as_rap_hf(folder: Path, tmp_path: Path) -> None:
-    """The run's folder works with plain transformers (task from config.custom_pipelines, code from the folder), in a
-    process that never imported rap_hf, and predicts what rap_hf's pipeline predicts."""
+def assert_plain_transformers_predicts_as_rap_hf(folder: Path) -> None:
+    """The run's folder works with plain transformers: the task from config.custom_pipelines, the code from the
+    folder (a transformers_modules copy, not rap_hf's; tests/test_remote_code.py runs a saved pipeline in a Python
+    without rap_hf), predicting what rap_hf's pipeline predicts."""
+    import transformers
+
     from rap_hf import pipeline
 
     text = "Vela Motors announces new headquarters in Bellhaven"
-    code = (
-        "import json, sys, transformers\n"
-        f"pipe = transformers.pipeline(model={str(folder)!r}, trust_remote_code=True, device='cpu')\n"
-        f"print(json.dumps([pipe({text!r}), sorted(m for m in sys.modules if m.startswith('rap_hf'))]))"
-    )
-    fresh = run_python(["-c", code], cwd=tmp_path, timeout=300)
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    prediction, rap_modules = json.loads(fresh.stdout.strip().splitlines()[-1])
-    assert rap_modules == []
-    expected = json.loads(json.dumps(pipeline(folder, device="cpu")(text)))
+    plain = transformers.pipeline(model=str(folder), trust_remote_code=True, device="cpu")
+    assert type(plain).__name__ == "RAPPipeline" and type(plain).__module__.startswith("transformers_modules.")
+    prediction, expected = plain(text), pipeline(folder, device="cpu")(text)
     spans = [[(e["type"], e["start_word"], e["end_word"]) for e in r["entities"]] for r in (prediction, expected)]
     assert spans[0] == spans[1]
     assert prediction["routing_weights"] == pytest.approx(expected["routing_weights"], abs=1e-5)
