@@ -66,6 +66,7 @@ TRAINING_FIELDS = (
     "optim_args",
     "seed",
     "data_seed",
+    "best_model_on_tie",
     "label_smoothing_factor",
     "bf16",
     "fp16",
@@ -100,6 +101,14 @@ class RAPTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "lr of the RAP layers and heads (not in the pretrained encoders); default: --learning_rate"},
     )
+    best_model_on_tie: str = field(
+        default="later",
+        metadata={
+            "help": "Which epoch a tie in validation F1 keeps: 'later' (trained longer, beta included, which F1 does "
+            "not see) or 'earlier' (transformers' rule)",
+            "choices": ["later", "earlier"],
+        },
+    )
     feature_cache: bool = field(
         default=True, metadata={"help": "Compute a frozen vision encoder's features once and cache them on disk"}
     )
@@ -112,10 +121,12 @@ class RAPTrainingArguments(TrainingArguments):
     )
 
     # Fields this class and its subclasses add to `TrainingArguments` and RAP's code reads (not dataclass fields).
-    own_fields = frozenset({"new_params_learning_rate", "feature_cache", "feature_cache_dir"})
+    own_fields = frozenset({"new_params_learning_rate", "best_model_on_tie", "feature_cache", "feature_cache_dir"})
 
     def __post_init__(self):
         check_training_argument_fields(type(self))
+        if self.best_model_on_tie not in ("later", "earlier"):
+            raise ValueError(f"best_model_on_tie={self.best_model_on_tie!r}: use 'later' or 'earlier'")
         super().__post_init__()
         check_warmup_schedule(self)
 
@@ -616,7 +627,10 @@ class RAPTrainer(Trainer):
     # -- the best validation weights -----------------------------------------------------------------------------------
     def _keep_if_best(self, metrics: dict[str, float]) -> None:
         f1 = metrics.get("eval_f1")
-        if f1 is None or f1 <= self.best["f1"]:
+        # A tie keeps the later epoch by default: a small validation split ties often (one entity apart), and the
+        # later model has trained beta longer (the main job's beta AUC came from epoch 3 of 7 on a tie otherwise).
+        later_wins = getattr(self.args, "best_model_on_tie", "later") == "later"
+        if f1 is None or f1 < self.best["f1"] or (f1 == self.best["f1"] and not later_wins):
             return
         self.best = {"f1": f1, "epoch": round(self.state.epoch or 0), "validation": self.last_predictions.metrics}
         model = self.accelerator.unwrap_model(self.model)

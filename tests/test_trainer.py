@@ -66,6 +66,24 @@ def test_a_non_finite_gradient_stops_training_before_the_update(tmp_path, tiny_t
     assert all(parameter.isfinite().all() for parameter in trainer.model.parameters())
 
 
+@pytest.mark.parametrize("rule,kept", [("later", 3), ("earlier", 1)])
+def test_a_tie_in_validation_f1_keeps_the_epoch_the_rule_names(tmp_path, tiny_text_model, rule, kept):
+    """At learning rate 0 every epoch's validation F1 ties: the default keeps the last epoch (trained longest), the
+    'earlier' rule the first, as transformers' own best-model choice does."""
+    trainer = tiny_trainer(
+        tmp_path, tiny_text_model, num_train_epochs=3, learning_rate=0.0, eval_strategy="epoch", best_model_on_tie=rule
+    )
+    trainer.train()
+    scores = [entry["eval_f1"] for entry in trainer.state.log_history if "eval_f1" in entry]
+    assert len(scores) == 3 and len(set(scores)) == 1  # a tie, three times
+    assert trainer.best["epoch"] == kept and trainer.best["f1"] == scores[0]
+
+
+def test_an_unknown_tie_rule_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="best_model_on_tie='last': use 'later' or 'earlier'"):
+        RAPTrainingArguments(output_dir=str(tmp_path), best_model_on_tie="last")
+
+
 def test_resume_with_another_configuration_is_refused_with_the_fields(tmp_path, tiny_text_model):
     run_script_in_process(tmp_path / "run", tiny_text_model, *EPOCHS, "--save_steps", "5", "--stop_after_epoch", "1")
     resume = ("--resume_from_checkpoint", "latest")
