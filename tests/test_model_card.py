@@ -334,7 +334,7 @@ def trained(tmp_path_factory, minilm, one_thread):
     tmp_path = tmp_path_factory.mktemp("card_run")
     corpus = load_dataset("twitter2015")
     labels = corpus["train"].features["ner_tags"].feature.names
-    text_model = make_tiny_text_model(tmp_path_factory, minilm)
+    text_model = make_tiny_text_model(minilm)
     model, processor = build_model_and_processor("ner", labels, str(text_model), "", **json.loads(TINY_OVERRIDES))
     args = RAPTrainingArguments(
         output_dir=str(tmp_path / "run"),

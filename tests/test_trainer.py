@@ -16,8 +16,8 @@ EPOCHS = ("--dataset", "twitter2015", "--num_train_epochs", "3", "--seed", "5", 
 
 
 @pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory, minilm) -> Path:
-    return make_tiny_text_model(tmp_path_factory, minilm)
+def tiny_text_model(minilm) -> Path:
+    return make_tiny_text_model(minilm)
 
 
 def tiny_trainer(tmp_path: Path, tiny_text_model: Path, **arguments) -> RAPTrainer:
@@ -66,16 +66,16 @@ def test_a_non_finite_gradient_stops_training_before_the_update(tmp_path, tiny_t
     assert all(parameter.isfinite().all() for parameter in trainer.model.parameters())
 
 
-@pytest.mark.parametrize("rule,kept", [("later", 3), ("earlier", 1)])
+@pytest.mark.parametrize("rule,kept", [("later", 2), ("earlier", 1)])
 def test_a_tie_in_validation_f1_keeps_the_epoch_the_rule_names(tmp_path, tiny_text_model, rule, kept):
     """At learning rate 0 every epoch's validation F1 ties: the default keeps the last epoch (trained longest), the
     'earlier' rule the first, as transformers' own best-model choice does."""
     trainer = tiny_trainer(
-        tmp_path, tiny_text_model, num_train_epochs=3, learning_rate=0.0, eval_strategy="epoch", best_model_on_tie=rule
+        tmp_path, tiny_text_model, num_train_epochs=2, learning_rate=0.0, eval_strategy="epoch", best_model_on_tie=rule
     )
     trainer.train()
     scores = [entry["eval_f1"] for entry in trainer.state.log_history if "eval_f1" in entry]
-    assert len(scores) == 3 and len(set(scores)) == 1  # a tie, three times
+    assert len(scores) == 2 and len(set(scores)) == 1  # a tie
     assert trainer.best["epoch"] == kept and trainer.best["f1"] == scores[0]
 
 

@@ -12,9 +12,9 @@ from training_helpers import TINY_OVERRIDES, assert_complete_run_folder, make_ti
 
 
 @pytest.fixture(scope="session")
-def tiny_text_model(tmp_path_factory, minilm) -> Path:
+def tiny_text_model(minilm) -> Path:
     """A 2-layer random BERT with the real MiniLM (uncased WordPiece) tokenizer: fast, and a real tokenizer."""
-    return make_tiny_text_model(tmp_path_factory, minilm)
+    return make_tiny_text_model(minilm)
 
 
 @pytest.mark.slow

@@ -9,8 +9,8 @@ from training_helpers import make_learning_text_model, run_script, run_script_in
 
 
 @pytest.fixture(scope="module")
-def learning_text_model(tmp_path_factory, minilm) -> Path:
-    return make_learning_text_model(tmp_path_factory, minilm)
+def learning_text_model(minilm) -> Path:
+    return make_learning_text_model(minilm)
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ from training_helpers import (
 
 
 @pytest.fixture(scope="module")
-def learning_text_model(tmp_path_factory, minilm) -> Path:
-    return make_learning_text_model(tmp_path_factory, minilm)
+def learning_text_model(minilm) -> Path:
+    return make_learning_text_model(minilm)
 
 
 # An uninterrupted run that saves every 2 updates (the sample's 40 tweets at batch 8: 5 updates per epoch), so that
@@ -35,14 +35,14 @@ def full_run(tmp_path_factory, learning_text_model) -> tuple[Path, dict]:
     """The uninterrupted NER run, in a process of its own as a user starts it (`python scripts/run_rap.py`, one torch
     thread as in this process): the run the end-to-end checks read and the resumed runs must equal."""
     folder = tmp_path_factory.mktemp("full") / "run"
-    extra = (*FULL_RUN, *KEEP_CHECKPOINTS, "--make_figures", "True")
-    return folder, run_script(folder, learning_text_model, *extra, launcher=False)
+    return folder, run_script(folder, learning_text_model, *FULL_RUN, *KEEP_CHECKPOINTS, launcher=False)
 
 
 @pytest.mark.slow
 def test_script_end_to_end_and_reload_reproduces_test_metrics(full_run):
     folder, results = full_run
-    assert_complete_run_folder(folder, results, "twitter2015", epochs=3, machine_paths=(folder.parent, REPO_ROOT))
+    paths = (folder.parent, REPO_ROOT)  # figures: the RE end-to-end run (tests/test_training.py)
+    assert_complete_run_folder(folder, results, "twitter2015", epochs=3, machine_paths=paths, figures=False)
     validation = [h["validation"]["f1"] for h in results["history"]]
     assert results["test"]["f1"] >= 0.25 and len(set(validation)) > 1  # it learnt: the epochs and their F1 differ
     assert_plain_transformers_predicts_as_rap_hf(folder)

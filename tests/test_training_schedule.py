@@ -18,8 +18,8 @@ from training_helpers import make_tiny_text_model, script_arguments
 
 
 @pytest.fixture(scope="module")
-def tiny_text_model(tmp_path_factory, minilm):
-    return make_tiny_text_model(tmp_path_factory, minilm)
+def tiny_text_model(minilm):
+    return make_tiny_text_model(minilm)
 
 
 def run_script_parser(argv: list[str], monkeypatch) -> tuple:

@@ -17,7 +17,7 @@ from rap_hf.encoders import save_tiny_text_model
 from rap_hf.metrics import compute_ner_metrics, compute_re_metrics
 from rap_hf.processing_rap import RAPDataCollator, RAPProcessor
 
-from conftest import REPO_ROOT, TINY_VISION, run_python
+from conftest import REPO_ROOT, TINY_VISION, run_python, shared_folder
 
 SCRIPT = REPO_ROOT / "scripts" / "run_rap.py"
 TINY_OVERRIDES = json.dumps(
@@ -25,23 +25,34 @@ TINY_OVERRIDES = json.dumps(
 )
 
 
-def make_tiny_text_model(tmp_path_factory, minilm: Path) -> Path:
+def built_once(name: str, build) -> Path:
+    """A folder of this test session that `build(folder)` fills once, for every module and pytest-xdist worker."""
+    with shared_folder(name) as folder:
+        if not (folder / "done").exists():
+            build(folder)
+            (folder / "done").write_text("")
+    return folder
+
+
+def make_tiny_text_model(minilm: Path) -> Path:
     """A 2-layer random BERT with the real MiniLM (uncased WordPiece) tokenizer: fast, and a real tokenizer."""
-    return Path(save_tiny_text_model(tmp_path_factory.mktemp("tiny_bert"), str(minilm)))
+    return built_once("tiny_bert", lambda folder: save_tiny_text_model(folder, str(minilm)))
 
 
-def make_learning_text_model(tmp_path_factory, minilm: Path) -> Path:
+def make_learning_text_model(minilm: Path) -> Path:
     """The first 2 layers of the real MiniLM with its pretrained embeddings: nearly as fast as the random BERT, and it
     learns the sample's entities within a few epochs (the tests that compare trained runs need F1 well above 0)."""
-    from transformers import AutoModel, AutoTokenizer
 
-    folder = tmp_path_factory.mktemp("minilm_2_layers")
-    model = AutoModel.from_pretrained(str(minilm), add_pooling_layer=False)
-    model.encoder.layer = model.encoder.layer[:2]
-    model.config.num_hidden_layers = 2
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(folder)
-    return Path(folder)
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        model = AutoModel.from_pretrained(str(minilm), add_pooling_layer=False)
+        model.encoder.layer = model.encoder.layer[:2]
+        model.config.num_hidden_layers = 2
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(str(minilm)).save_pretrained(folder)
+
+    return built_once("minilm_2_layers", build)
 
 
 def without_dropout(text_model: Path, folder: Path) -> Path:
@@ -190,9 +201,11 @@ def assert_plain_transformers_predicts_as_rap_hf(folder: Path) -> None:
     assert prediction["routing_weights"] == pytest.approx(expected["routing_weights"], abs=1e-5)
 
 
-def assert_complete_run_folder(best: Path, results: dict, dataset: str, epochs: int, machine_paths) -> None:
-    """What a finished run leaves: model, remote code, card, results.json and figures, no path of this machine in
-    them, a copy-pasteable command, and a saved model that scores the test split as the run reported."""
+def assert_complete_run_folder(
+    best: Path, results: dict, dataset: str, epochs: int, machine_paths, figures: bool = True
+) -> None:
+    """What a finished run leaves: model, remote code, card, results.json and (`figures`) the figures, no path of this
+    machine in them, a copy-pasteable command, and a saved model that scores the test split as the run reported."""
     for name in (
         "config.json",
         "model.safetensors",
@@ -209,9 +222,11 @@ def assert_complete_run_folder(best: Path, results: dict, dataset: str, epochs: 
     assert set(results["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "rap_hf"}
     assert len(results["history"]) == epochs
     assert shlex.split(results["command"])[:3] == ["accelerate", "launch", "scripts/run_rap.py"]
+    machine_paths = (*machine_paths, os.environ["RAP_HF_TEST_SESSION"])  # where the tests' text models are
     for name in ("results.json", "README.md", "config.json", "processor_config.json"):
         assert not any(str(path) in (best / name).read_text() for path in machine_paths), name
-    assert {"routing_paths", "routing_map", "relevance_by_class"} <= set(results["figures"])
+    expected_figures = {"routing_paths", "routing_map", "relevance_by_class"} if figures else set()
+    assert expected_figures <= set(results["figures"]) and (figures or not results["figures"])
     for figure in results["figures"].values():
         assert (best / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = reevaluate(best, dataset)
