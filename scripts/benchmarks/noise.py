@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -680,7 +680,8 @@ def run_in_worker(
 
 
 class InThisProcess:
-    """`--jobs 1`: each run in this process, one after another (a worker process would import everything again)."""
+    """`--jobs 1`: each run in this process, when its result is asked for (in plan order, so partial results are
+    written after every run as with workers); a worker process would import everything again."""
 
     def __enter__(self) -> InThisProcess:
         return self
@@ -688,17 +689,26 @@ class InThisProcess:
     def __exit__(self, *exc_info) -> None:
         return None
 
-    def submit(self, function, *args) -> Future:
+    def submit(self, function, *args) -> DeferredRun:
+        return DeferredRun(function, args)
+
+
+class DeferredRun:
+    """The `Future.result()` of `InThisProcess`: runs the call on first use, restoring torch's thread count."""
+
+    def __init__(self, function, args: tuple):
+        self.function, self.args, self.value, self.done = function, args, None, False
+
+    def result(self) -> Any:
         import torch
 
-        threads, future = torch.get_num_threads(), Future()
-        try:
-            future.set_result(function(*args))
-        except Exception as error:  # raised by `result()`, as a worker's would be
-            future.set_exception(error)
-        finally:
-            torch.set_num_threads(threads)  # the runs set their own
-        return future
+        if not self.done:
+            threads = torch.get_num_threads()
+            try:
+                self.value, self.done = self.function(*self.args), True
+            finally:
+                torch.set_num_threads(threads)  # the runs set their own
+        return self.value
 
 
 def run_benchmark(
