@@ -120,10 +120,15 @@ class RAPConfig(PreTrainedConfig):
             objects); see docs/benchmarks_noise.md for its measured effect.
         grounding_model (`str`, *optional*, defaults to `"vision-encoder"`):
             Where the visual objects of a picture without corpus crops came from in training, and so should come from
-            at prediction (`rap_hf/grounding.py`): `"vision-encoder"` (regions of high activation in this model's own
-            vision encoder's feature map; offline), the Hub id or folder of a zero-shot detector (OWL-ViT, OWLv2,
-            Grounding DINO, queried with phrases of the text) or of an object detector (DETR, ...), or `"none"` (such
-            a picture keeps its crop slots empty). Crops a corpus or a caller gives are used as they are.
+            at prediction (`rap_hf/grounding.py`): `"vision-encoder"` (regions of this model's own vision encoder's
+            feature map that the rest of the picture does not repeat; offline), the Hub id or folder of a zero-shot
+            detector (OWL-ViT, OWLv2, Grounding DINO, queried with phrases of the text) or of an object detector
+            (DETR, ...), or `"none"` (such a picture keeps its crop slots empty). Crops a corpus or a caller gives are
+            used as they are.
+        train_on_grounded_objects (`bool`, *optional*, defaults to `False`):
+            Whether `RAPTrainer` replaces the corpus's crops of the training and validation pictures by the objects
+            of `grounding_model`, so that the model learns to read what a user's picture will get (the pipeline
+            grounds it) rather than crops it will never see. Not in the paper; docs/benchmarks_noise.md measures it.
         relevance_dim (`int`, *optional*):
             Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
             Defaults to `fusion_hidden_size`.
@@ -237,6 +242,7 @@ class RAPConfig(PreTrainedConfig):
     visual_objects: Literal["image_and_crops", "crops"] = "image_and_crops"
     crop_dropout: float = 0.0
     grounding_model: str = "vision-encoder"
+    train_on_grounded_objects: bool = False
     relevance_dim: int | None = None
     relevance_temperature: float | int = 9.0
     graph_iterations: int = 2

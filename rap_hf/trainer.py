@@ -52,6 +52,7 @@ RESUME_ARGUMENTS = "rap_training_arguments.json"  # in a checkpoint: the argumen
 TRAINING_FIELDS = (
     "learning_rate",
     "new_params_learning_rate",
+    "relevance_learning_rate",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "weight_decay",
@@ -101,6 +102,13 @@ class RAPTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "lr of the RAP layers and heads (not in the pretrained encoders); default: --learning_rate"},
     )
+    relevance_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "lr of beta's relevance reasoning (Algorithm 1) and its own projections, which learn from the "
+            "image-text matching loss; default: --new_params_learning_rate"
+        },
+    )
     best_model_on_tie: str = field(
         default="later",
         metadata={
@@ -121,7 +129,15 @@ class RAPTrainingArguments(TrainingArguments):
     )
 
     # Fields this class and its subclasses add to `TrainingArguments` and RAP's code reads (not dataclass fields).
-    own_fields = frozenset({"new_params_learning_rate", "best_model_on_tie", "feature_cache", "feature_cache_dir"})
+    own_fields = frozenset(
+        {
+            "new_params_learning_rate",
+            "relevance_learning_rate",
+            "best_model_on_tie",
+            "feature_cache",
+            "feature_cache_dir",
+        }
+    )
 
     def __post_init__(self):
         check_training_argument_fields(type(self))
@@ -171,24 +187,27 @@ def check_warmup_schedule(args: TrainingArguments, updates: int = 1000) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
+RELEVANCE_MODULES = (".relevance_reasoning.", ".relevance_features.")  # beta's reasoning and its own projections
+
+
 def parameter_groups(model: RAPPreTrainedModel, args: TrainingArguments) -> list[dict[str, Any]]:
-    """Encoder parameters at the encoder lr; the new RAP layers and heads at their own lr; no decay on norms/biases."""
+    """Encoder parameters at the encoder lr; the new RAP layers and heads at their own lr (beta's reasoning at
+    `relevance_learning_rate` where set); no decay on norms/biases."""
     new_lr = getattr(args, "new_params_learning_rate", None) or args.learning_rate
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    relevance_lr = getattr(args, "relevance_learning_rate", None) or new_lr
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         # LoRA adapters are new weights too, even inside the encoder
         pretrained = (".text_encoder." in name or ".vision_encoder." in name) and "lora_" not in name
+        relevance = any(part in f".{name}" for part in RELEVANCE_MODULES)
+        lr = args.learning_rate if pretrained else relevance_lr if relevance else new_lr
         decay = parameter.dim() > 1 and "norm" not in name.lower()
-        groups.setdefault((pretrained, decay), []).append(parameter)
+        groups.setdefault((lr, decay), []).append(parameter)
     return [
-        {
-            "params": params,
-            "lr": args.learning_rate if pretrained else new_lr,
-            "weight_decay": args.weight_decay if decay else 0.0,
-        }
-        for (pretrained, decay), params in groups.items()
+        {"params": params, "lr": lr, "weight_decay": args.weight_decay if decay else 0.0}
+        for (lr, decay), params in groups.items()
     ]
 
 
@@ -469,15 +488,18 @@ class RAPTrainer(Trainer):
         `config.grounding_model`, so that training sees the objects the pipeline will give a user's picture. The boxes
         are computed once and cached (`BoxCache`, keyed by the picture's content, its text where the grounder reads
         it, and the grounder); the crops join the `crops` column, where the feature cache encodes them like a
-        corpus's. Pictures that have crops keep them."""
+        corpus's. Pictures that have crops keep them, except in the training and validation splits of a model with
+        `config.train_on_grounded_objects`, which then learns from the objects a user's picture gets."""
         from .data.features import image_key
 
-        if self.model.config.num_crops < 1 or no_grounding(getattr(self.model.config, "grounding_model", None)):
+        config = self.model.config
+        if config.num_crops < 1 or no_grounding(getattr(config, "grounding_model", None)):
             return dataset
+        replace_given = getattr(config, "train_on_grounded_objects", False) and name in ("train", "validation")
         view = undecoded(dataset.select_columns([c for c in ("image", "crops", "tokens") if c in dataset.column_names]))
         needed: dict[int, tuple[str, str | None]] = {}  # row -> (picture key, text)
         for row, example in enumerate(view):
-            if example["image"] is not None and not example.get("crops"):
+            if example["image"] is not None and (replace_given or not example.get("crops")):
                 needed[row] = (image_key(example["image"]), " ".join(example.get("tokens") or []))
         if not needed:
             return dataset
@@ -496,7 +518,7 @@ class RAPTrainer(Trainer):
             first_rows = {key_of(row): row for row in reversed(needed)}  # a picture seen twice is grounded once
             missing = [row for key, row in first_rows.items() if key not in cache.boxes][::-1]
             if missing:
-                logger.info("%s: grounding %d pictures without crops (%s)", name, len(missing), grounder.name)
+                logger.info("%s: grounding %d pictures (%s)", name, len(missing), grounder.name)
                 self._compute_boxes(grounder, view, missing, [needed[row][1] for row in missing], key_of, cache)
         return self._add_crops(dataset, {row: cache.boxes[key_of(row)] for row in needed}, grounding_id)
 

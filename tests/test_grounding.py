@@ -78,7 +78,7 @@ def test_vision_encoder_grounder_finds_the_face_on_a_real_photo(photo, one_threa
     folder = resolve_vision_model("efficientnet-lite0")
     encoder, image_processor = AutoModel.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
     grounder = load_grounder("vision-encoder", vision_model=encoder, image_processor=image_processor, num_objects=3)
-    assert isinstance(grounder, VisionEncoderGrounder) and grounder.input_size == (448, 448)  # twice 224
+    assert isinstance(grounder, VisionEncoderGrounder) and grounder.input_size == (224, 224)  # the encoder's own
     boxes = grounder.ground([photo], ["Grace Hopper"])[0]
     assert len(boxes) == 3 and len(set(boxes)) == 3, boxes
     for x0, y0, x1, y1 in boxes:
@@ -99,7 +99,9 @@ def test_a_vit_encoder_is_read_as_a_grid_of_patches_at_its_own_input_size(photo)
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32)
     encoder = ViTModel(config, add_pooling_layer=False).eval()
-    grounder = load_grounder("vision-encoder", vision_model=encoder, image_processor=ViTImageProcessor(size=32))
+    grounder = load_grounder(
+        "vision-encoder", vision_model=encoder, image_processor=ViTImageProcessor(size=32), scale=2
+    )
     assert grounder.input_size == (64, 64)  # twice the input size is tried first
     assert grounder.activation_maps([photo]).shape == (1, 2, 2)  # ViT refuses 64 px: its own 32 px, 2 x 2 patches
     assert grounder.input_size == (32, 32)
@@ -331,6 +333,33 @@ def test_pipeline_grounds_a_users_picture_and_warns_on_another_source(processor,
 # ---------------------------------------------------------------------------------------------------------------------
 # Training on a corpus without img_vg
 # ---------------------------------------------------------------------------------------------------------------------
+def grounding_trainer(processor, tmp_path, train, config_fields=None, **arguments) -> RAPTrainer:
+    """A tiny RAP NER trainer over `train` with the feature and box caches in `tmp_path`."""
+    labels = train.features["ner_tags"].feature.names
+    config = tiny_config(
+        "ner",
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        prompt_source_length=processor.max_length,
+        **(config_fields or {}),
+    )
+    assert config.grounding_model == "vision-encoder"  # the default
+    torch.manual_seed(0)
+    args = RAPTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+        feature_cache_dir=str(tmp_path / "features"),
+        per_device_train_batch_size=8,
+        **arguments,
+    )
+    model = RAPForMultimodalNER(config)
+    model.resize_token_embeddings(len(processor.tokenizer))
+    return RAPTrainer(model=model, args=args, processing_class=processor, train_dataset=train)
+
+
 def test_a_corpus_without_crops_trains_on_the_grounders_crops_cached_once(processor, tmp_path, one_thread):
     sample = REPO_ROOT / "rap_hf" / "data" / "sample" / "NER_data"
     corpus = tmp_path / "corpus" / "NER_data"
@@ -339,30 +368,9 @@ def test_a_corpus_without_crops_trains_on_the_grounders_crops_cached_once(proces
     data = load_dataset("twitter2017", data_dir=str(corpus), cache_dir=str(tmp_path / "datasets"))
     data["train"] = data["train"].select(range(40))
     assert not any(data["train"]["crops"])
-    labels = data["train"].features["ner_tags"].feature.names
 
     def trainer(**arguments) -> RAPTrainer:
-        config = tiny_config(
-            "ner",
-            id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)},
-            prompt_source_length=processor.max_length,
-        )
-        assert config.grounding_model == "vision-encoder"  # the default
-        torch.manual_seed(0)
-        args = RAPTrainingArguments(
-            output_dir=str(tmp_path / "run"),
-            save_strategy="no",
-            eval_strategy="no",
-            disable_tqdm=True,
-            report_to="none",
-            feature_cache_dir=str(tmp_path / "features"),
-            per_device_train_batch_size=8,
-            **arguments,
-        )
-        model = RAPForMultimodalNER(config)
-        model.resize_token_embeddings(len(processor.tokenizer))
-        return RAPTrainer(model=model, args=args, processing_class=processor, train_dataset=data["train"])
+        return grounding_trainer(processor, tmp_path, data["train"], **arguments)
 
     first = trainer(max_steps=2)
     with_image = [image is not None for image in data["train"]["image"]]
@@ -383,3 +391,27 @@ def test_a_corpus_without_crops_trains_on_the_grounders_crops_cached_once(proces
     torch.testing.assert_close(
         torch.tensor(second.train_dataset["visual_features"]), torch.tensor(first.train_dataset["visual_features"])
     )
+
+
+def test_train_on_grounded_objects_replaces_the_corpus_crops_in_training_only(processor, tmp_path, one_thread):
+    data = load_dataset("twitter2017", data_dir=str(REPO_ROOT / "rap_hf" / "data" / "sample" / "NER_data"))
+    train, test = data["train"].select(range(24)), data["test"].select(range(12))
+    given = [len(crops) for crops in train["crops"]]
+    assert any(0 < count < 3 for count in given)  # corpus crops alone would leave some slots empty
+    trainer = grounding_trainer(processor, tmp_path, train, {"train_on_grounded_objects": True}, max_steps=1)
+    has_picture = [image is not None for image in train["image"]]
+    assert [list(m) for m in trainer.train_dataset["image_mask"]] == [
+        [1, 1, 1, 1] if p else [0] * 4 for p in has_picture
+    ]
+    pictures = train.cast_column("image", datasets.Image(decode=False))["image"]
+    assert trainer.grounder().pictures_grounded == len({image_key(p) for p in pictures if p})  # crops or not
+    scored = trainer.prepare(test, "test")  # evaluation keeps what the caller gives
+    expected = [
+        [1] * (1 + len(c)) + [0] * (3 - len(c)) if i is not None else [0] * 4
+        for i, c in zip(test["image"], test["crops"])
+    ]
+    assert [list(m) for m in scored["image_mask"]] == expected
+    plain = grounding_trainer(processor, tmp_path, train, max_steps=1)  # the default keeps the corpus's crops
+    assert [sum(m) for m in plain.train_dataset["image_mask"]] == [
+        1 + g if p else 0 for g, p in zip(given, has_picture)
+    ]

@@ -419,3 +419,16 @@ def test_save_model_writes_a_card_the_hub_parses(trained):
     # the generic transformers card is never written over it
     trained["trainer"].create_model_card()
     assert (trained["tmp_path"] / "run" / "README.md").read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("grounded_training", [False, True])
+def test_the_card_says_which_objects_the_model_was_trained_on(grounded_training):
+    from rap_hf import RAPForMultimodalNER
+
+    config = tiny_config("ner", train_on_grounded_objects=grounded_training)
+    card = RAPModelCardData()
+    card.register_model(RAPForMultimodalNER(config))
+    line = next(line for line in card.setting_lines() if line.startswith("- **Visual objects:**"))
+    assert ("the corpus's crops set aside" in line) == grounded_training, line
+    assert ("the crops the corpus ships where it has them" in line) != grounded_training, line
+    assert 'grounding_model="vision-encoder"' in line

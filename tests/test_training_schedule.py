@@ -43,22 +43,31 @@ class LearningRatesUsed(TrainerCallback):
 
 @pytest.mark.slow
 def test_every_run_warms_up_over_a_tenth_of_the_updates_then_decays_linearly(tmp_path, tiny_text_model, monkeypatch):
-    updates, encoder_lr, new_lr = 20, 1e-3, 3e-3  # script_arguments' two learning rates
+    updates, encoder_lr, new_lr, relevance_lr = 20, 1e-3, 3e-3, 5e-3  # script_arguments' two, and beta's own
     argv = script_arguments(tmp_path / "run", tiny_text_model, "--max_steps", str(updates))
+    argv += ["--relevance_learning_rate", str(relevance_lr)]
     model_args, data_args, args = run_script_parser(argv, monkeypatch)
     trainer = build_trainer(model_args, data_args, args)
+    optimizer = trainer.create_optimizer()
+    relevance = {
+        id(p) for name, p in trainer.model.named_parameters() if ".relevance_" in f".{name}" and p.requires_grad
+    }
+    assert relevance and all(
+        ({id(p) for p in group["params"]} <= relevance) == (group["lr"] == relevance_lr)
+        for group in optimizer.param_groups
+    )
     used = LearningRatesUsed()
     trainer.add_callback(used)
     trainer.train()
     assert len(used.rates) == updates
     warmup = math.ceil(0.1 * updates)  # the paper's 10%, the default of every run
     peaks = used.rates[warmup]  # per optimizer group, at the first update after the warm-up
-    assert sorted(set(peaks)) == pytest.approx(sorted({encoder_lr, new_lr}))
+    assert sorted(set(peaks)) == pytest.approx(sorted({encoder_lr, new_lr, relevance_lr}))
     for update, rates in enumerate(used.rates):  # update 0 is the first
         factor = update / warmup if update < warmup else (updates - update) / (updates - warmup)
         assert rates == pytest.approx([peak * factor for peak in peaks]), update
     assert used.rates[0] == [0.0] * len(used.rates[0])  # update 1 starts from 0, not at the peak
-    assert max(used.rates[-1]) == pytest.approx(new_lr / (updates - warmup))  # the last update: nearly 0
+    assert max(used.rates[-1]) == pytest.approx(relevance_lr / (updates - warmup))  # the last update: nearly 0
 
 
 def test_a_declared_argument_the_installed_transformers_does_not_have_is_an_error():

@@ -103,6 +103,16 @@ VARIANTS = {
     ),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
     "rap-crop-dropout": ("RAP, crops hidden for half the training tweets", {}, {"crop_dropout": 0.5}),
+    "rap-grounded-training": (
+        "RAP, trained on grounded objects",
+        {},
+        {"train_on_grounded_objects": True},
+    ),
+    "mrr-grounded-training": (
+        "MRR ablation, trained on grounded objects",
+        {"use_relevance_reasoning": False},
+        {"train_on_grounded_objects": True},
+    ),
     "mrr-crop-dropout": (
         "MRR ablation, crops hidden for half the training tweets",
         {"use_relevance_reasoning": False},
