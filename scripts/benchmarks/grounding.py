@@ -125,15 +125,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         grounder = VisionEncoderGrounder(encoder, image_processor, num_objects=3, **CONFIGURATIONS[name])
         results.append({"configuration": name, **measure(grounder, pictures, shapes, args.batch_size)})
     rows = [
-        [r["configuration"], f"{r['found']:.3f}", f"{r['covered']:.3f}", f"{r['boxes_per_picture']:.2f}",
-         f"{r['ms_per_picture']:.1f}"]
+        [
+            r["configuration"],
+            f"{r['found']:.3f}",
+            f"{r['covered']:.3f}",
+            f"{r['boxes_per_picture']:.2f}",
+            f"{r['ms_per_picture']:.1f}",
+        ]
         for r in results
-    ]  # fmt: skip
-    header = ["grounder (VisionEncoderGrounder)", "shapes found (IoU >= 0.5)", "shapes covered", "boxes / picture",
-              "ms / picture"]  # fmt: skip
+    ]
+    header = [
+        "grounder (VisionEncoderGrounder)",
+        "shapes found (IoU >= 0.5)",
+        "shapes covered",
+        "boxes / picture",
+        "ms / picture",
+    ]
     print(TABLE_HEADING)
-    print(f"{args.pictures} pictures ({sum(map(len, shapes))} shapes), {args.vision_model}, {args.threads} thread(s), "
-          f"{platform.processor() or platform.machine()}\n")  # fmt: skip
+    print(
+        f"{args.pictures} pictures ({sum(map(len, shapes))} shapes), {args.vision_model}, {args.threads} thread(s), "
+        f"{platform.processor() or platform.machine()}\n"
+    )
     print(markdown_table(header, rows))
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": None}, "results": results}, indent=2))
