@@ -125,10 +125,11 @@ class RAPConfig(PreTrainedConfig):
             detector (OWL-ViT, OWLv2, Grounding DINO, queried with phrases of the text) or of an object detector
             (DETR, ...), or `"none"` (such a picture keeps its crop slots empty). Crops a corpus or a caller gives are
             used as they are.
-        train_on_grounded_objects (`bool`, *optional*, defaults to `False`):
-            Whether `RAPTrainer` replaces the corpus's crops of the training and validation pictures by the objects
-            of `grounding_model`, so that the model learns to read what a user's picture will get (the pipeline
-            grounds it) rather than crops it will never see. Not in the paper; docs/benchmarks_noise.md measures it.
+        grounded_objects_share (`float`, *optional*, defaults to 0.0):
+            The share of training and validation pictures whose corpus crops `RAPTrainer` replaces by the objects of
+            `grounding_model` (1.0: every picture; which ones is fixed by the picture's content), so that the model
+            also learns to read what a user's picture will get (the pipeline grounds it). Not in the paper;
+            docs/benchmarks_noise.md measures it.
         relevance_dim (`int`, *optional*):
             Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
             Defaults to `fusion_hidden_size`.
@@ -242,7 +243,7 @@ class RAPConfig(PreTrainedConfig):
     visual_objects: Literal["image_and_crops", "crops"] = "image_and_crops"
     crop_dropout: float = 0.0
     grounding_model: str = "vision-encoder"
-    train_on_grounded_objects: bool = False
+    grounded_objects_share: float = 0.0
     relevance_dim: int | None = None
     relevance_temperature: float | int = 9.0
     graph_iterations: int = 2
@@ -317,6 +318,8 @@ class RAPConfig(PreTrainedConfig):
                 f"RAPConfig.fusion_hidden_size ({self.fusion_hidden_size}) must be divisible by "
                 f"fusion_num_heads ({self.fusion_num_heads})"
             )
+        if not 0 <= self.grounded_objects_share <= 1:
+            raise ValueError(f"RAPConfig.grounded_objects_share must be in [0, 1], got {self.grounded_objects_share}")
         if not 0 <= self.crop_dropout <= 1:
             raise ValueError(f"RAPConfig.crop_dropout must be in [0, 1], got {self.crop_dropout}")
         if self.visual_objects == "crops" and self.num_crops < 1:

@@ -346,7 +346,7 @@ def _validate_results(results: Mapping[str, Any]) -> None:
         )
 
 
-def grounding_description(grounding_model: str, trained_on_grounded_objects: bool = False) -> str:
+def grounding_description(grounding_model: str, grounded_share: float = 0.0) -> str:
     """Where the model's visual objects came from in training (and come from in the pipeline), in one sentence."""
     if grounding_model == "none":
         source = "none: their object slots stayed empty (the pipeline leaves them empty too)"
@@ -360,8 +360,9 @@ def grounding_description(grounding_model: str, trained_on_grounded_objects: boo
         source = (
             f"the boxes of the detector `{_public(grounding_model)}`; the pipeline grounds a user's picture with it"
         )
-    if trained_on_grounded_objects and grounding_model != "none":
-        return f"in training and validation every picture's objects, the corpus's crops set aside: {source}."
+    if grounded_share > 0 and grounding_model != "none":
+        pictures = "every picture" if grounded_share >= 1 else f"{grounded_share:.0%} of the pictures"
+        return f"in training and validation, for {pictures}, the corpus's crops set aside: {source}."
     return f"the crops the corpus ships where it has them; for pictures without crops, {source}."
 
 
@@ -415,7 +416,7 @@ class RAPModelCardData(ModelCardData):
     vision_encoder: str | None = None
     text_only: bool = False
     grounding_model: str | None = None  # RAPConfig.grounding_model: objects of pictures without corpus crops
-    trained_on_grounded_objects: bool = False  # RAPConfig.train_on_grounded_objects
+    grounded_objects_share: float = 0.0  # RAPConfig.grounded_objects_share
     labels: list[str] = field(default_factory=list)
     num_train_examples: int | None = None
     max_train_samples: int | None = None
@@ -503,7 +504,7 @@ class RAPModelCardData(ModelCardData):
             self.vision_encoder = _public(getattr(config.vision_config, "_name_or_path", None)) or ""
         if self.grounding_model is None and config.multimodal:
             self.grounding_model = getattr(config, "grounding_model", None)
-        self.trained_on_grounded_objects = bool(getattr(config, "train_on_grounded_objects", False))
+        self.grounded_objects_share = float(getattr(config, "grounded_objects_share", 0.0))
         self.config_changes = config_changes(config.to_diff_dict())
 
     def register_arguments(self, args: TrainingArguments) -> None:
@@ -599,7 +600,7 @@ class RAPModelCardData(ModelCardData):
             f"- **Encoders:** text {encoders['text'][0]}, vision {encoders['vision'][0]}",
         ]
         if self.grounding_model and not self.text_only:
-            objects = grounding_description(self.grounding_model, self.trained_on_grounded_objects)
+            objects = grounding_description(self.grounding_model, self.grounded_objects_share)
             lines.append(f"- **Visual objects:** {objects}")
         differences = []
         if self.text_encoder is not None and self.text_encoder != PAPER_SETTING["text_model"]:

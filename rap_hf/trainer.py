@@ -215,6 +215,12 @@ def hash_text(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
+def grounded_instead_of_crops(picture_key: str, share: float) -> bool:
+    """Whether a picture with corpus crops is one of the `share` trained on grounded objects instead: fixed by its
+    content, so every epoch, run and process picks the same pictures (and their cached features)."""
+    return share >= 1 or int(hash_text("grounded", picture_key)[:8], 16) < share * 16**8
+
+
 def tokenization_fingerprint(processor: RAPProcessor, task: str) -> str:
     """What tokenising depends on (tokenizer, markers, the processing code, max_length), hashed in milliseconds:
     datasets' own fingerprint pickles the tokenizer with dill, ~0.7 s per split and run."""
@@ -488,19 +494,22 @@ class RAPTrainer(Trainer):
         `config.grounding_model`, so that training sees the objects the pipeline will give a user's picture. The boxes
         are computed once and cached (`BoxCache`, keyed by the picture's content, its text where the grounder reads
         it, and the grounder); the crops join the `crops` column, where the feature cache encodes them like a
-        corpus's. Pictures that have crops keep them, except in the training and validation splits of a model with
-        `config.train_on_grounded_objects`, which then learns from the objects a user's picture gets."""
+        corpus's. Pictures that have crops keep them, except a `config.grounded_objects_share` of them in the training
+        and validation splits, so that the model also learns from the objects a user's picture gets."""
         from .data.features import image_key
 
         config = self.model.config
         if config.num_crops < 1 or no_grounding(getattr(config, "grounding_model", None)):
             return dataset
-        replace_given = getattr(config, "train_on_grounded_objects", False) and name in ("train", "validation")
+        share = getattr(config, "grounded_objects_share", 0.0) if name in ("train", "validation") else 0.0
         view = undecoded(dataset.select_columns([c for c in ("image", "crops", "tokens") if c in dataset.column_names]))
         needed: dict[int, tuple[str, str | None]] = {}  # row -> (picture key, text)
         for row, example in enumerate(view):
-            if example["image"] is not None and (replace_given or not example.get("crops")):
-                needed[row] = (image_key(example["image"]), " ".join(example.get("tokens") or []))
+            if example["image"] is None:
+                continue
+            picture = image_key(example["image"])
+            if not example.get("crops") or grounded_instead_of_crops(picture, share):
+                needed[row] = (picture, " ".join(example.get("tokens") or []))
         if not needed:
             return dataset
         grounder = self.grounder()
@@ -563,7 +572,8 @@ class RAPTrainer(Trainer):
             batched=True,
             batch_size=64,
             features=new_features,
-            new_fingerprint=hash_text(dataset._fingerprint, GROUNDING_CACHE, grounding_id),
+            # the rows grounded are part of the result: a grounded share changes them on the same split
+            new_fingerprint=hash_text(dataset._fingerprint, GROUNDING_CACHE, grounding_id, json.dumps(sorted(boxes))),
             desc="crops of the grounder",
         )
         features["crops"] = datasets.List(datasets.Image())

@@ -29,6 +29,7 @@ from rap_hf.grounding import (
     query_phrases,
     same_grounding,
 )
+from rap_hf.trainer import grounded_instead_of_crops
 
 from conftest import REPO_ROOT, TINY_VISION, tiny_config
 
@@ -393,18 +394,24 @@ def test_a_corpus_without_crops_trains_on_the_grounders_crops_cached_once(proces
     )
 
 
-def test_train_on_grounded_objects_replaces_the_corpus_crops_in_training_only(processor, tmp_path, one_thread):
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_a_grounded_share_replaces_the_corpus_crops_in_training_only(processor, tmp_path, one_thread, share):
     data = load_dataset("twitter2017", data_dir=str(REPO_ROOT / "rap_hf" / "data" / "sample" / "NER_data"))
     train, test = data["train"].select(range(24)), data["test"].select(range(12))
+    keys = [image_key(p) if p else None for p in train.cast_column("image", datasets.Image(decode=False))["image"]]
     given = [len(crops) for crops in train["crops"]]
-    assert any(0 < count < 3 for count in given)  # corpus crops alone would leave some slots empty
-    trainer = grounding_trainer(processor, tmp_path, train, {"train_on_grounded_objects": True}, max_steps=1)
-    has_picture = [image is not None for image in train["image"]]
-    assert [list(m) for m in trainer.train_dataset["image_mask"]] == [
-        [1, 1, 1, 1] if p else [0] * 4 for p in has_picture
+    grounded = [
+        key is not None and (not count or grounded_instead_of_crops(key, share)) for key, count in zip(keys, given)
     ]
-    pictures = train.cast_column("image", datasets.Image(decode=False))["image"]
-    assert trainer.grounder().pictures_grounded == len({image_key(p) for p in pictures if p})  # crops or not
+    kept = [key is not None and not g for key, g in zip(keys, grounded)]
+    assert any(0 < count < 3 for count, g in zip(given, grounded) if g)  # corpus crops would leave slots empty
+    assert any(kept) == (share < 1)  # half: some pictures keep their corpus crops
+    trainer = grounding_trainer(processor, tmp_path, train, {"grounded_objects_share": share}, max_steps=1)
+    expected = [
+        [1] * 4 if g else [1] * (1 + n) + [0] * (3 - n) if k else [0] * 4 for g, k, n in zip(grounded, kept, given)
+    ]
+    assert [list(m) for m in trainer.train_dataset["image_mask"]] == expected
+    assert trainer.grounder().pictures_grounded == len({key for key, g in zip(keys, grounded) if g})  # each once
     scored = trainer.prepare(test, "test")  # evaluation keeps what the caller gives
     expected = [
         [1] * (1 + len(c)) + [0] * (3 - len(c)) if i is not None else [0] * 4

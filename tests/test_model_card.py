@@ -421,14 +421,16 @@ def test_save_model_writes_a_card_the_hub_parses(trained):
     assert (trained["tmp_path"] / "run" / "README.md").read_text(encoding="utf-8") == text
 
 
-@pytest.mark.parametrize("grounded_training", [False, True])
-def test_the_card_says_which_objects_the_model_was_trained_on(grounded_training):
+@pytest.mark.parametrize("share, pictures", [(0.0, None), (0.5, "50% of the pictures"), (1.0, "every picture")])
+def test_the_card_says_which_objects_the_model_was_trained_on(share, pictures):
     from rap_hf import RAPForMultimodalNER
 
-    config = tiny_config("ner", train_on_grounded_objects=grounded_training)
+    grounded_training = share > 0
+    config = tiny_config("ner", grounded_objects_share=share)
     card = RAPModelCardData()
     card.register_model(RAPForMultimodalNER(config))
     line = next(line for line in card.setting_lines() if line.startswith("- **Visual objects:**"))
     assert ("the corpus's crops set aside" in line) == grounded_training, line
     assert ("the crops the corpus ships where it has them" in line) != grounded_training, line
     assert 'grounding_model="vision-encoder"' in line
+    assert pictures is None or f"for {pictures}," in line, line

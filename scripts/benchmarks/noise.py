@@ -106,12 +106,22 @@ VARIANTS = {
     "rap-grounded-training": (
         "RAP, trained on grounded objects",
         {},
-        {"train_on_grounded_objects": True},
+        {"grounded_objects_share": 1.0},
     ),
     "mrr-grounded-training": (
         "MRR ablation, trained on grounded objects",
         {"use_relevance_reasoning": False},
-        {"train_on_grounded_objects": True},
+        {"grounded_objects_share": 1.0},
+    ),
+    "rap-grounded-half": (
+        "RAP, half the training pictures grounded",
+        {},
+        {"grounded_objects_share": 0.5},
+    ),
+    "mrr-grounded-half": (
+        "MRR ablation, half the training pictures grounded",
+        {"use_relevance_reasoning": False},
+        {"grounded_objects_share": 0.5},
     ),
     "mrr-crop-dropout": (
         "MRR ablation, crops hidden for half the training tweets",
