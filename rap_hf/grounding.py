@@ -342,17 +342,12 @@ def feature_map_at_stride(output: Any, input_height: int, stride: int | None) ->
     """The encoder's spatial feature map (``[N, C, h, w]``) nearest `stride` pixels per cell among its hidden states
     (the deeper on a tie); `stride` None, or no hidden states: the last hidden state."""
     last = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-    candidates = [spatial_map(last)]
     hidden_states = getattr(output, "hidden_states", None)
-    if stride is not None and hidden_states:
-        candidates = [spatial_map(hidden) for hidden in hidden_states if hidden.dim() in (3, 4)] + candidates
-
-        def distance(features: torch.Tensor) -> float:
-            return abs(math.log(input_height / features.shape[2] / stride))
-
-        best = min(distance(features) for features in candidates)
-        return [features for features in candidates if distance(features) == best][-1]
-    return candidates[-1]
+    if stride is None or not hidden_states:
+        return spatial_map(last)
+    candidates = [spatial_map(hidden) for hidden in (*hidden_states, last) if hidden.dim() in (3, 4)]
+    # reversed: min keeps the first of equals, so the deeper map wins a tie
+    return min(reversed(candidates), key=lambda features: abs(math.log(input_height / features.shape[2] / stride)))
 
 
 class VisionEncoderGrounder(VisualGrounder):

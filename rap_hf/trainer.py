@@ -505,8 +505,8 @@ class RAPTrainer(Trainer):
         view = undecoded(dataset.select_columns([c for c in ("image", "crops", "tokens") if c in dataset.column_names]))
         needed: dict[int, tuple[str, str | None]] = {}  # row -> (picture key, text)
         for row, example in enumerate(view):
-            if example["image"] is None:
-                continue
+            if example["image"] is None or example.get("crops") and share <= 0:
+                continue  # hashing a picture's content costs: only for those that may be grounded
             picture = image_key(example["image"])
             if not example.get("crops") or grounded_instead_of_crops(picture, share):
                 needed[row] = (picture, " ".join(example.get("tokens") or []))
