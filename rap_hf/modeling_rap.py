@@ -480,7 +480,10 @@ def relevance_matching_loss(
     positive = F.binary_cross_entropy_with_logits(matched_scores[holders], torch.ones(count, device=holders.device))
     if texts.numel() == 0:  # every foreign image looked like the own one
         return 0.5 * positive
-    scores = score_fn(text[texts], text_mask[texts], visual[images], visual_mask[images])
+    # index_select, not text[texts]: on CPU the backward of advanced indexing with repeated rows adds them in a
+    # nondeterministic order, which made two runs with one seed differ (index_select's backward is ordered).
+    pick = torch.index_select
+    scores = score_fn(pick(text, 0, texts), text_mask[texts], pick(visual, 0, images), visual_mask[images])
     negative = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores))
     return 0.5 * (positive + negative)
 
