@@ -77,6 +77,23 @@ def test_derangement_is_seeded_and_crosses_groups():
         derangement([0, 1, 2], seed=0, groups=["a", "a", "b"])
 
 
+def test_other_topics_picture_never_shows_the_tweets_own_topic():
+    """The relevance check hands each test tweet a picture of another topic: grouped by what the pictures show (an
+    unrelated tweet's picture shows another topic than its text, possibly the receiver's)."""
+    import json
+
+    from rap_experiment.relevance import RELEVANT_KINDS, find_manifest, test_manifest
+
+    manifest = find_manifest(None)
+    entries = json.loads(manifest.read_text())["twitter2017"]["test"]
+    kinds, picture_topics = test_manifest(manifest, "twitter2017", len(entries))
+    holders = [i for i, entry in enumerate(entries) if "image_topic" in entry]
+    assert any(entries[i]["image_topic"] != entries[i]["topic"] for i in holders)  # unrelated pictures exist
+    source = derangement(holders, 1234, [picture_topics[i] for i in holders])
+    members = [i for i in holders if kinds[i] in RELEVANT_KINDS]
+    assert members and all(entries[source[i]]["image_topic"] != entries[i]["topic"] for i in members)
+
+
 def test_shuffled_and_missing_images_move_only_the_visual_columns():
     dataset = datasets.Dataset.from_dict(
         {

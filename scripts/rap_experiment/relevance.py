@@ -84,12 +84,13 @@ def find_manifest(data_dir: str | Path | None) -> Path | None:
 
 
 def test_manifest(manifest: Path, dataset: str, num_test: int) -> tuple[list[str], list[str]]:
-    """Kind and topic of every test tweet of `dataset` in a generated corpus's manifest (the first `num_test`: a
-    split cut by `--max_eval_samples` keeps its first tweets)."""
+    """Kind of every test tweet of `dataset` in a generated corpus's manifest and the topic its picture shows (the
+    tweet's topic where it has no picture), for the first `num_test` (a split cut by `--max_eval_samples` keeps its
+    first tweets). Pictures move between picture topics: an unrelated tweet's picture can show the receiver's topic."""
     entries = json.loads(manifest.read_text())[dataset]["test"][:num_test]
     if len(entries) != num_test:
         raise ValueError(f"{manifest} lists {len(entries)} test samples of {dataset}, the split has {num_test}")
-    return [entry["kind"] for entry in entries], [entry["topic"] for entry in entries]
+    return [entry["kind"] for entry in entries], [entry.get("image_topic", entry["topic"]) for entry in entries]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
