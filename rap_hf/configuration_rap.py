@@ -27,12 +27,14 @@ MAX_ROUTING_LAYERS = 64
 MAX_GRAPH_ITERATIONS = 64
 MAX_PROMPT_LENGTH = 512
 MAX_NUM_CROPS = 64
+MAX_NEGATIVE_MEMORY = 4096  # pictures the matching loss may keep from earlier batches
 MAX_LAYER_SIZE = 65536  # widths: fusion_hidden_size, relevance_dim, fusion/router/prompt sizes, prompt_source_length
 SIZE_BOUNDS = {
     "routing_layers": (1, MAX_ROUTING_LAYERS, "MAX_ROUTING_LAYERS"),
     "graph_iterations": (1, MAX_GRAPH_ITERATIONS, "MAX_GRAPH_ITERATIONS"),
     "prompt_length": (1, MAX_PROMPT_LENGTH, "MAX_PROMPT_LENGTH"),
     "num_crops": (0, MAX_NUM_CROPS, "MAX_NUM_CROPS"),
+    "relevance_negative_memory": (0, MAX_NEGATIVE_MEMORY, "MAX_NEGATIVE_MEMORY"),
     **dict.fromkeys(
         (
             "fusion_hidden_size",
@@ -173,6 +175,11 @@ class RAPConfig(PreTrainedConfig):
             Foreign images whose whole-image feature is at least this cosine-similar to that of a sample's own image
             are not used as its negatives: such an image likely shows the same scene and may be as relevant to the
             text as the sample's own (a false negative). `None` uses every negative.
+        relevance_negative_memory (`int`, *optional*, defaults to 0):
+            Pictures of earlier training batches kept as further negatives of the matching loss (a memory bank, as in
+            contrastive training): every sample with an image is also matched against each of them, their stored
+            visual features projected anew at every step. Exact with a frozen vision encoder (its features do not
+            change); 0 matches against the batch's own images only. Not saved with the model.
         routing_layers (`int`, *optional*):
             Number `L` of routing layers (Sec. 3.4); defaults to 2 (the paper's Table 4 prefers 4 for NER and 3 for
             RE, which `RAPConfig.paper_architecture()` sets).
@@ -256,6 +263,7 @@ class RAPConfig(PreTrainedConfig):
     relevance_matching_weight: float | int = 2.0
     relevance_matching_negatives: int = 7
     relevance_negative_max_similarity: float | None = None
+    relevance_negative_memory: int = 0
     relevance_task_gradient: bool = False
     routing_layers: int | None = None
     fusion_units: list[str] | tuple[str, ...] | None = None

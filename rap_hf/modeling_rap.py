@@ -456,23 +456,34 @@ def relevance_matching_loss(
     negatives: int = 3,
     image_features: torch.Tensor | None = None,
     max_similarity: float | None = None,
+    memory: "NegativeMemory | None" = None,
 ) -> torch.Tensor:
     """Image-text matching on beta's logit (beyond the paper): own image = 1, other images of the batch = 0.
 
     Each sample with an image is scored against the images of `negatives` other such samples (the next ones, in
-    batch order: in-batch negatives as in contrastive training, no extra labels); positives and negatives weigh half
-    each. With `max_similarity`, a foreign image whose whole-image feature (slot 0 of `image_features`; the crops
-    follow) is at least that cosine-similar to the sample's own is skipped: it likely shows the same scene (a false
-    negative). Samples without an image take no part; fewer than two such samples give 0.
+    batch order: in-batch negatives as in contrastive training, no extra labels) and against every picture of
+    `memory` (earlier batches', already projected); positives and negatives weigh half each. With `max_similarity`,
+    a foreign image whose whole-image feature (slot 0 of `image_features`; the crops follow) is at least that
+    cosine-similar to the sample's own is skipped: it likely shows the same scene (a false negative). Samples without
+    an image take no part; fewer than two such samples (and an empty memory) give 0.
     """
     holders = visual_mask.any(-1).nonzero().squeeze(-1)
     count = holders.numel()
-    if count < 2:
+    remembered = 0 if memory is None else memory.visual.shape[0]
+    if count < 2 and not (count and remembered):
         return matched_scores.sum() * 0.0
     shifts = torch.arange(1, min(negatives, count - 1) + 1, device=holders.device)
     position = torch.arange(count, device=holders.device)
     texts = holders.repeat(len(shifts))
     images = holders[(position[None, :] + shifts[:, None]) % count].flatten()  # never the sample's own image
+    if remembered:  # memory pictures follow the batch's rows
+        texts = torch.cat([texts, holders.repeat_interleave(remembered)])
+        offset = visual.shape[0]
+        images = torch.cat([images, (offset + torch.arange(remembered, device=holders.device)).repeat(count)])
+        visual = torch.cat([visual, memory.visual])
+        visual_mask = torch.cat([visual_mask, memory.visual_mask])
+        if image_features is not None:
+            image_features = torch.cat([image_features[:, :1], memory.whole_image])
     if max_similarity is not None:
         pictures = F.normalize(image_features[:, 0].detach(), dim=-1, eps=1e-8)  # slot 0: the whole image
         kept = (pictures[texts] * pictures[images]).sum(-1) < max_similarity
@@ -486,6 +497,62 @@ def relevance_matching_loss(
     scores = score_fn(pick(text, 0, texts), text_mask[texts], pick(visual, 0, images), visual_mask[images])
     negative = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores))
     return 0.5 * (positive + negative)
+
+
+@dataclass
+class NegativeMemory:
+    """Pictures of earlier training batches for the matching loss: E_v of their visual objects (projected at this
+    step), their masks and whole-image features (slot 0, which decide the look-alike negatives)."""
+
+    visual: torch.Tensor
+    visual_mask: torch.Tensor
+    whole_image: torch.Tensor
+
+
+class NegativeMemoryBank:
+    """The last `size` training pictures (their visual features, detached), first in, first out
+    (`RAPConfig.relevance_negative_memory`). Lives with the model object: not saved, emptied by `clear()`."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.objects = self.visual_mask = self.whole_image = None
+
+    def __len__(self) -> int:
+        return 0 if self.objects is None else self.objects.shape[0]
+
+    def clear(self) -> None:
+        self.objects = self.visual_mask = self.whole_image = None
+
+    def recall(self, project: nn.Linear) -> NegativeMemory | None:
+        """The remembered pictures' E_v under the current visual projection `project`."""
+        if not len(self):
+            return None
+        self.load(self.state(), device=project.weight.device)  # a restored memory arrives on the CPU
+        return NegativeMemory(project(self.objects), self.visual_mask, self.whole_image)
+
+    def remember(self, objects: torch.Tensor, visual_mask: torch.Tensor, visual_features: torch.Tensor) -> None:
+        """Adds the samples of a batch that hold an image; the oldest pictures beyond `size` are dropped."""
+        holders = visual_mask.any(-1)
+        new = (objects[holders].detach(), visual_mask[holders], visual_features[holders, :1].detach())
+        if self.objects is not None and self.objects.shape[1:] == new[0].shape[1:]:
+            new = tuple(torch.cat([old, fresh]) for old, fresh in zip(self.stored(), new))
+        self.objects, self.visual_mask, self.whole_image = (part[-self.size :] for part in new)
+
+    def stored(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.objects, self.visual_mask, self.whole_image
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The remembered pictures by name (what a checkpoint stores, for an exact resume); empty when none."""
+        if not len(self):
+            return {}
+        return {name: part.contiguous() for name, part in zip(("objects", "visual_mask", "whole_image"), self.stored())}
+
+    def load(self, state: dict[str, torch.Tensor], device: torch.device | str | None = None) -> None:
+        if not state:
+            return self.clear()
+        self.objects, self.visual_mask, self.whole_image = (
+            state[name].to(device) for name in ("objects", "visual_mask", "whole_image")
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -823,6 +890,7 @@ class RAPModel(RAPPreTrainedModel):
             # Choice: the relevance path's own E_t, E_v: shared with the fusion units, the task loss dominated them.
             own = config.use_relevance_reasoning and config.relevance_own_projections
             self.relevance_features = SemanticFeatureExtractor(config) if own else None
+            self.negative_memory = NegativeMemoryBank(config.relevance_negative_memory)
             self.dynamic_fusion = DynamicFusionModule(config)
             self.prompt_projection = PromptProjection(config)
         self.post_init()
@@ -921,11 +989,21 @@ class RAPModel(RAPPreTrainedModel):
             return 1 - torch.tanh(torch.relu(-scores))
         return relevance
 
+    def _learns_matching(self) -> bool:
+        return self.training and self.relevance_reasoning is not None and self.config.relevance_matching_weight > 0
+
+    def _recall_negatives(self) -> NegativeMemory | None:
+        """Earlier batches' pictures for the matching loss, under the relevance path's current visual projection."""
+        if not self._learns_matching() or not self.config.relevance_negative_memory:
+            return None
+        features = self.relevance_features if self.relevance_features is not None else self.semantic_features
+        return self.negative_memory.recall(features.visual_projection)
+
     def _relevance(
-        self, text, visual, text_mask, visual_mask, image_features=None
+        self, text, visual, text_mask, visual_mask, image_features=None, memory=None
     ) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
         """beta (Algorithm 1), the R-Gate (Eq. 14) and, in training, the image-text matching loss (`image_features`:
-        the raw visual features, which decide the likely false negatives it skips)."""
+        the raw visual features, which decide the likely false negatives it skips; `memory`: earlier pictures)."""
         if self.relevance_reasoning is None:  # Table 5 "MRR": no relevance reasoning, gate = 1
             return None, torch.ones(text.shape[0], dtype=text.dtype, device=text.device), None
         scores = self.relevance_reasoning(text, text_mask, visual, visual_mask)
@@ -937,7 +1015,7 @@ class RAPModel(RAPPreTrainedModel):
         if not self.config.relevance_task_gradient:  # beta learns from the matching loss alone
             gate = gate.detach()
         matching = None
-        if self.training and self.config.relevance_matching_weight > 0:
+        if self._learns_matching():
             matching = relevance_matching_loss(
                 self.relevance_reasoning,
                 text,
@@ -948,6 +1026,7 @@ class RAPModel(RAPPreTrainedModel):
                 self.config.relevance_matching_negatives,
                 image_features,
                 self.config.relevance_negative_max_similarity,
+                memory,
             )
         return relevance, gate, matching
 
@@ -983,7 +1062,12 @@ class RAPModel(RAPPreTrainedModel):
         with record_function("rap.relevance"):
             own = self.relevance_features
             relevance_inputs = own(text_states, objects) if own is not None else (text, visual)
-            relevance, gate, matching_loss = self._relevance(*relevance_inputs, text_mask, visual_mask, visual_features)
+            memory = self._recall_negatives()
+            relevance, gate, matching_loss = self._relevance(
+                *relevance_inputs, text_mask, visual_mask, visual_features, memory
+            )
+            if self._learns_matching() and self.config.relevance_negative_memory:
+                self.negative_memory.remember(objects, visual_mask, visual_features)
         with record_function("rap.fusion"):
             fused, routing_weights = self.dynamic_fusion(text, text_mask, visual, visual_mask, gate)
         with record_function("rap.prompts"):

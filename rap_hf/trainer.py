@@ -75,6 +75,7 @@ TRAINING_FIELDS = (
     "metric_for_best_model",
     "greater_is_better",
 )
+NEGATIVE_MEMORY = "rap_negative_memory-{}.safetensors"  # in a checkpoint, per process: the matching loss's memory
 COMPLETE_MARKER = "rap_checkpoint_complete"  # written last: a checkpoint without it was cut off while saving
 TEXT_ENCODER_ADAPTER = "text_encoder_lora"  # peft-format copy of the text encoder's LoRA adapters in the final folder
 
@@ -696,7 +697,26 @@ class RAPTrainer(Trainer):
             if (folder / BEST_STATE).exists():
                 self.restore_best_from(folder)
             resume_from_checkpoint = str(folder)
+        self.restore_negative_memory(Path(resume_from_checkpoint) if resume_from_checkpoint else None)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _negative_memory(self) -> Any:
+        model = self.accelerator.unwrap_model(self.model)
+        return getattr(getattr(model, "rap", model), "negative_memory", None)
+
+    def save_negative_memory(self, folder: Path) -> None:
+        """This process's pictures of the matching loss's memory (`RAPConfig.relevance_negative_memory`)."""
+        memory = self._negative_memory()
+        if memory is not None and len(memory):
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(memory.state(), str(folder / NEGATIVE_MEMORY.format(self.args.process_index)))
+
+    def restore_negative_memory(self, folder: Path | None) -> None:
+        """The memory as the checkpoint `folder` left it (empty for a fresh run, or a checkpoint without one)."""
+        memory = self._negative_memory()
+        path = folder / NEGATIVE_MEMORY.format(self.args.process_index) if folder else None
+        if memory is not None:
+            memory.load(load_file(str(path)) if path is not None and path.exists() else {})
 
     def summed_epoch_losses(self) -> tuple[float, int]:
         """(sum, count) of this epoch's training losses over all processes (each process records its own batches)."""
@@ -776,6 +796,8 @@ class BestModelCallback(TrainerCallback):
             )
 
     def on_save(self, args, state, control, **kwargs):
+        # each process's memory before the collective below, so it is on disk before the completion marker
+        self.trainer.save_negative_memory(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         total, count = self.trainer.summed_epoch_losses()  # every process: a collective under DDP
         # from here the first process carries the epoch's losses of all processes (what the checkpoint stores)
         self.trainer.epoch_losses = [total / count] * count if count and state.is_world_process_zero else []

@@ -156,6 +156,18 @@ NER_HARD = [
     "RT {HANDLE} : so proud of {X}",
     "Finally saw {X}",
 ]
+# The main job's corpus words these templates and names without a scene ("snow", "tonight", "head coach", "trail"): its
+# topic phrase is then the only scene a tweet names, so another topic's picture is irrelevant to it (beta's AUC check).
+SCENE_FREE_WORDING = {
+    "{PER} scores twice as {ORG} win again": "{PER} signs a new contract with {ORG}",
+    "Heavy snow expected in {LOC} tonight": "Road works planned in {LOC} this week",
+    "Tickets for {MISC} are sold out !": "Registration for {MISC} is now open !",
+    "RT {HANDLE} : {PER} joins {ORG} as head coach": "RT {HANDLE} : {PER} joins {ORG} as chief editor",
+    "Traffic jam near {LOC} , avoid the bridge": "Power cut reported near {LOC} , stay safe",
+    "{X} tonight !": "{X} today !",
+    "Nothing beats {X} in the morning": "Nothing beats {X} , honestly",
+    "Iron Trail Marathon": "Iron Gate Marathon",  # a name, next to the forest topic's "hiking trail"
+}
 
 # MNRE relations with a visual code (hard samples): the second object in the image decides the relation.
 RE_VISUAL = {
@@ -323,6 +335,10 @@ class Design:
     image_size: int = 64
     kind_shares: dict[str, float] = field(default_factory=lambda: dict(KIND_SHARES))
     misleading_share: float = MISLEADING_SHARE
+    scene_free_wording: bool = False  # NER templates and names as SCENE_FREE_WORDING words them
+
+    def worded(self, template: str) -> str:
+        return SCENE_FREE_WORDING.get(template, template) if self.scene_free_wording else template
 
     @classmethod
     def with_unrelated_share(cls, unrelated: float, **kwargs) -> Design:
@@ -417,14 +433,16 @@ def make_ner(out: Path, corpus: str, sizes: tuple[int, ...], seed: int, design: 
                     break
             if kind.startswith("hard"):
                 entity_type = next(hard_types)
-                tokens, spans = fill(rnd.choice(NER_HARD), {"X": (rnd.choice(AMBIGUOUS), entity_type)}, rnd)
+                tokens, spans = fill(
+                    design.worded(rnd.choice(NER_HARD)), {"X": (rnd.choice(AMBIGUOUS), entity_type)}, rnd
+                )
                 shown = [entity_type]
             else:
                 template, slot_types = rnd.choice(NER_EASY)
-                slots = {t: (rnd.choice(NAMES[t]), t) for t in slot_types}
+                slots = {t: (design.worded(rnd.choice(NAMES[t])), t) for t in slot_types}
                 if rnd.random() < AMBIGUOUS_EASY_SHARE:  # the context words, not the name, tell the type
                     slots[slot_types[0]] = (rnd.choice(AMBIGUOUS), slot_types[0])
-                tokens, spans = fill(template, slots, rnd)
+                tokens, spans = fill(design.worded(template), slots, rnd)
                 shown = [slot_types[0]]
             tokens, spans, topic = with_topic(tokens, spans, rnd)
             tags = bio(tokens, sorted(spans.values()))
@@ -568,12 +586,15 @@ def main(argv: list[str] | None = None) -> None:
     sizes = dict.fromkeys(SAMPLE_SIZES, tuple(args.sizes)) if args.sizes else dict(SAMPLE_SIZES)
     designs = dict.fromkeys(SAMPLE_SIZES, design)
     if not args.sizes:
-        designs["twitter2017"] = dataclasses.replace(design, kind_shares=dict(MAIN_JOB_KIND_SHARES))
+        designs["twitter2017"] = dataclasses.replace(
+            design, kind_shares=dict(MAIN_JOB_KIND_SHARES), scene_free_wording=True
+        )
     manifest = {
         "seed": args.seed,
         "sizes": {corpus: list(size) for corpus, size in sizes.items()},
         "code": {t: {"colour": list(c), "shape": s} for t, (c, s) in CODE.items()},
         "kind_shares_percent": {corpus: d.kind_shares for corpus, d in designs.items()},
+        "scene_free_wording": {corpus: d.scene_free_wording for corpus, d in designs.items()},
         "misleading_share": design.misleading_share,
         "ambiguous_easy_share": AMBIGUOUS_EASY_SHARE,
         "topics": TOPICS,

@@ -79,6 +79,27 @@ def test_sample_images_carry_the_documented_signal(cache_dir):
         assert min(distances, key=distances.get) == entity_type
 
 
+def test_main_job_tweets_name_no_scene_but_their_topics(cache_dir):
+    """The main job's corpus is worded so that a tweet names no scene outside its topic phrase: another topic's
+    picture is then irrelevant to it, which beta's own-vs-other check assumes (docs/data.md)."""
+    manifest = json.loads((SAMPLE_DIR / "manifest.json").read_text())
+    assert manifest["scene_free_wording"] == {"twitter2017": True, "twitter2015": False, "mnre": False}
+    scene_words = {
+        word.lstrip("#") for phrases in manifest["topics"].values() for phrase in phrases for word in phrase.split()
+    }
+    scene_words -= {"at", "the", "in", "by", "on", "under"}
+    dataset = load_dataset("twitter2017", cache_dir=cache_dir)
+    named = []
+    for split, manifest_split in zip(SPLITS, ("train", "valid", "test")):
+        for row, entry in zip(dataset[split], manifest["twitter2017"][manifest_split]):
+            text = " ".join(row["tokens"])
+            phrase = next(p for p in manifest["topics"][entry["topic"]] if p in text)
+            rest = text.replace(phrase, " ", 1).split()
+            named += [word for word in rest if word.lstrip("#").lower() in scene_words]
+    assert named == []
+    assert "snow" in scene_words and "trail" in scene_words  # what the default design's tweets do name
+
+
 def test_generator_shares_of_unrelated_and_misleading_images(tmp_path):
     """scripts/make_sample_data.py --unrelated-share / --misleading-share (the relevance benchmark's corpus design)."""
     from benchmark_helpers import run_main_in_process

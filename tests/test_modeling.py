@@ -245,6 +245,35 @@ def test_relevance_matching_loss_skips_foreign_images_like_the_own_one():
         RAPConfig(task="re", relevance_negative_max_similarity=1.5)
 
 
+def test_relevance_matching_loss_adds_earlier_batches_pictures_as_negatives():
+    torch.manual_seed(0)
+    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0, relevance_negative_memory=2)
+    model.train()
+    first, second = tiny_batch("re", seed=1), tiny_batch("re", seed=2)  # samples 0-2 hold an image, 3 does not
+    model.eval()(**first)
+    assert len(model.rap.negative_memory) == 0  # evaluation remembers nothing
+    model.train()(**first)
+    memory = model.rap.negative_memory
+    assert len(memory) == 2  # the last 2 of the 3 pictures
+    torch.testing.assert_close(memory.objects, first["visual_features"][1:3])
+    out = model(**second)
+    own, foreign = relevance_logits(model, second, texts=[0, 0, 1, 1, 2, 2], images=[1, 2, 0, 2, 0, 1])
+    with torch.no_grad():
+        states, _ = model.rap._text_features(second["input_ids"], second["attention_mask"], None)
+        text, _ = model.rap.relevance_features(states, second["visual_features"])
+        remembered = model.rap.relevance_features.visual_projection(first["visual_features"][1:3])
+        texts = torch.tensor([0, 0, 1, 1, 2, 2])
+        mask = second["attention_mask"].bool()
+        earlier = model.rap.relevance_reasoning(
+            text[texts], mask[texts], remembered[[0, 1] * 3], first["image_mask"][1:3].bool()[[0, 1] * 3]
+        )
+    expected = 0.5 * (bce(own, torch.ones(3)) + bce(torch.cat([foreign, earlier]), torch.zeros(12)))
+    torch.testing.assert_close(out.relevance_matching_loss, expected)
+    torch.testing.assert_close(memory.objects, second["visual_features"][1:3])  # first in, first out
+    single = {k: v[2:3] for k, v in second.items()}  # one picture: the memory still gives it negatives
+    assert model(**single).relevance_matching_loss.item() > 0.5 * bce(own[2:], torch.ones(1)).item()
+
+
 def test_text_feature_pass_runs_without_dropout_in_training():
     model = model_for("ner", hidden_dropout_prob=0.0, text_feature_source="encoder").train()
     model.config.text_config.hidden_dropout_prob = 0.5
@@ -601,6 +630,7 @@ def test_detached_gate_leaves_beta_to_the_matching_loss():
         ("fusion_intermediate_size", 10**7, "MAX_LAYER_SIZE"),
         ("prompt_source_length", 10**7, "MAX_LAYER_SIZE"),
         ("num_crops", 10**5, "MAX_NUM_CROPS"),
+        ("relevance_negative_memory", 10**6, "MAX_NEGATIVE_MEMORY"),
         ("routing_layers", 0, "MAX_ROUTING_LAYERS"),
         ("prompt_length", 0, "MAX_PROMPT_LENGTH"),
         ("fusion_num_heads", 0, "MAX_LAYER_SIZE"),  # the default fusion width divides by it

@@ -45,6 +45,7 @@ def test_script_end_to_end_and_reload_reproduces_test_metrics(full_run):
     assert_complete_run_folder(folder, results, "twitter2015", epochs=3, machine_paths=paths, figures=False)
     validation = [h["validation"]["f1"] for h in results["history"]]
     assert results["test"]["f1"] >= 0.25 and len(set(validation)) > 1  # it learnt: the epochs and their F1 differ
+    assert results["config"]["relevance_negative_memory"] == 32  # the bundled sample's default (resumed below)
     assert_plain_transformers_predicts_as_rap_hf(folder)
 
 
@@ -68,6 +69,7 @@ def test_resume_from_any_complete_checkpoint_equals_the_uninterrupted_run(
     """Resumed in this process, after the uninterrupted run in another: resume must not depend on process state."""
     folder, full = full_run
     assert (folder / checkpoint / "rap_checkpoint_complete").exists()
+    assert (folder / checkpoint / "rap_negative_memory-0.safetensors").exists()  # beta's negatives from earlier batches
     resumed = resume_from(folder / checkpoint, tmp_path / "cut", learning_text_model)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]  # no epoch's evaluation lost
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-5)
