@@ -179,7 +179,9 @@ class RAPConfig(PreTrainedConfig):
             Pictures of earlier training batches kept as further negatives of the matching loss (a memory bank, as in
             contrastive training): every sample with an image is also matched against each of them, their stored
             visual features projected anew at every step. Exact with a frozen vision encoder (its features do not
-            change); 0 matches against the batch's own images only. Not saved with the model.
+            change); 0 matches against the batch's own images only. A remembered picture that is the sample's own
+            (shared by several samples, or seen again at an epoch's start) is a negative too, as a shared picture in
+            the batch is; `relevance_negative_max_similarity` skips such look-alikes. Not saved with the weights.
         routing_layers (`int`, *optional*):
             Number `L` of routing layers (Sec. 3.4); defaults to 2 (the paper's Table 4 prefers 4 for NER and 3 for
             RE, which `RAPConfig.paper_architecture()` sets).

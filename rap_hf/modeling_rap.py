@@ -511,7 +511,7 @@ class NegativeMemory:
 
 class NegativeMemoryBank:
     """The last `size` training pictures (their visual features, detached), first in, first out
-    (`RAPConfig.relevance_negative_memory`). Lives with the model object: not saved, emptied by `clear()`."""
+    (`RAPConfig.relevance_negative_memory`). Not part of the weights: `RAPTrainer` stores it in checkpoints."""
 
     def __init__(self, size: int):
         self.size = size

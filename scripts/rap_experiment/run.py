@@ -47,9 +47,6 @@ DEFAULT_OUTPUT_DIR = "outputs/rap"
 # Epochs, encoder lr and RAP-layer lr on the bundled sample (the main job: 3 CPU minutes; docs/benchmarks_speed.md):
 # the paper's encoder lr, its new layers at 1e-3 so that beta learns within the 7 epochs (docs/benchmarks_noise.md).
 SAMPLE_DEFAULTS = (7, 3e-5, 1e-3)
-# RAPConfig fields on the bundled sample where the command line leaves them unset: beta's matching loss also takes the
-# last 32 training pictures as negatives (docs/design.md, "Negatives from earlier batches"). Not in paper mode.
-SAMPLE_CONFIG_DEFAULTS = {"relevance_negative_memory": 32}
 TASK_OF_DATASET = {"twitter2015": "ner", "twitter2017": "ner", "mnre": "re"}
 
 
@@ -309,9 +306,6 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: Ru
     """Corpus, model, processor, feature cache and the Trainer, ready to `train()`."""
     task = check_task(data_args, model_args)
     resolve_training_defaults(task, args, bundled_sample=data_args.data_dir is None)
-    if data_args.data_dir is None and not model_args.paper_architecture:
-        for name, value in SAMPLE_CONFIG_DEFAULTS.items():
-            setattr(model_args, name, value if getattr(model_args, name) is None else getattr(model_args, name))
     text_only = data_args.text_only_data or model_args.text_only_baseline
     with args.main_process_first(desc="corpus"):
         raw = limited(load_dataset(data_args.dataset, data_args.data_dir, text_only=text_only), data_args)
