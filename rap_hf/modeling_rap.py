@@ -527,7 +527,8 @@ class NegativeMemoryBank:
         """The remembered pictures' E_v under the current visual projection `project`."""
         if not len(self):
             return None
-        self.load(self.state(), device=project.weight.device)  # a restored memory arrives on the CPU
+        if self.objects.device != project.weight.device:  # a restored memory arrives on the CPU
+            self.load(self.state(), device=project.weight.device)
         return NegativeMemory(project(self.objects), self.visual_mask, self.whole_image)
 
     def remember(self, objects: torch.Tensor, visual_mask: torch.Tensor, visual_features: torch.Tensor) -> None:
