@@ -70,6 +70,22 @@ def test_every_run_warms_up_over_a_tenth_of_the_updates_then_decays_linearly(tmp
     assert max(used.rates[-1]) == pytest.approx(relevance_lr / (updates - warmup))  # the last update: nearly 0
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], (True, 5, "encoder")),  # the README's main command
+        (["--num_train_epochs", "2", "--text_feature_source", "embeddings"], (True, 2, "embeddings")),  # options win
+        (["--dataset", "twitter2015"], (False, None, None)),  # the other bundled corpora keep the sample's defaults
+    ],
+)
+def test_main_job_defaults_apply_to_its_corpus_only_and_yield_to_options(argv, expected, monkeypatch, tmp_path):
+    from rap_experiment.run import resolve_main_job_defaults
+
+    model_args, data_args, args = run_script_parser([*argv, "--output_dir", str(tmp_path / "run")], monkeypatch)
+    main_job = resolve_main_job_defaults(data_args, model_args, args)
+    assert (main_job, args.num_train_epochs, model_args.text_feature_source) == expected
+
+
 def test_a_declared_argument_the_installed_transformers_does_not_have_is_an_error():
     check_training_argument_fields(RAPTrainingArguments)  # today's fields: all read by transformers or by RAP
     # what transformers 5.25 did to `warmup_ratio`: the subclass still declares it, the base class reads it no more

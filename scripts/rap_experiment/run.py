@@ -215,6 +215,16 @@ def resolve_training_defaults(task: str, args: RunArguments, bundled_sample: boo
     return args
 
 
+def resolve_main_job_defaults(data_args: DataArguments, model_args: ModelArguments, args: RunArguments) -> bool:
+    """On the main job's corpus (the bundled Twitter-2017 sample) its epochs and text features where the command line
+    left them unset; returns whether this is the main job."""
+    main_job = data_args.data_dir is None and data_args.dataset == "twitter2017"
+    if main_job:
+        args.num_train_epochs = args.num_train_epochs or MAIN_JOB_EPOCHS
+        model_args.text_feature_source = model_args.text_feature_source or MAIN_JOB_TEXT_FEATURES
+    return main_job
+
+
 def rap_config_kwargs(task: str, model_args: ModelArguments) -> dict[str, Any]:
     """RAPConfig fields from the command line (only those set): options, LoRA, overrides."""
     kwargs = {name: getattr(model_args, name) for name, _, _ in config_options()}
@@ -309,9 +319,7 @@ class StopAfterEpoch(TrainerCallback):
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, args: RunArguments) -> RAPTrainer:
     """Corpus, model, processor, feature cache and the Trainer, ready to `train()`."""
     task = check_task(data_args, model_args)
-    if data_args.data_dir is None and data_args.dataset == "twitter2017":  # the main job
-        args.num_train_epochs = args.num_train_epochs or MAIN_JOB_EPOCHS
-        model_args.text_feature_source = model_args.text_feature_source or MAIN_JOB_TEXT_FEATURES
+    resolve_main_job_defaults(data_args, model_args, args)
     resolve_training_defaults(task, args, bundled_sample=data_args.data_dir is None)
     text_only = data_args.text_only_data or model_args.text_only_baseline
     with args.main_process_first(desc="corpus"):
