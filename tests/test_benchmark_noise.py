@@ -136,6 +136,28 @@ def test_paper_size_variant_keeps_the_default_relevance_training():
     assert (settings.unrelated_share, settings.misleading_share) == (8.0, 0.25)
 
 
+def test_every_variant_is_a_valid_configuration():
+    """Each variant's model fields are run_rap.py options and its overrides real RAPConfig fields with valid values
+    (a misspelt field would otherwise fail only after the corpus and the feature cache were built)."""
+    import dataclasses
+
+    from rap_hf import RAPConfig
+
+    from benchmark_helpers import load_benchmark
+    from rap_experiment.run import ModelArguments
+
+    noise = load_benchmark("noise.py", "noise_benchmark_variants")
+    options = {field.name for field in dataclasses.fields(ModelArguments)}
+    defaults = RAPConfig().to_dict()
+    for name, (label, fields, overrides) in noise.VARIANTS.items():
+        assert label and set(fields) <= options, name
+        assert set(overrides) <= set(defaults), (name, set(overrides) - set(defaults))
+        config = RAPConfig(**overrides)  # validation runs here
+        assert all(getattr(config, field) == value for field, value in overrides.items()), name
+    mixed = noise.VARIANTS["rap-mixed-objects"][2]
+    assert mixed == {"grounded_objects_share": 0.5, "crop_dropout": 0.5}
+
+
 def test_visual_object_sources_are_scored_and_differ(smoke):
     """The grounding issue's conditions: the test split without its crops, with grounded objects and alone."""
     stdout, report = smoke

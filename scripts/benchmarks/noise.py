@@ -128,6 +128,16 @@ VARIANTS = {
         {"use_relevance_reasoning": False},
         {"crop_dropout": 0.5},
     ),
+    "rap-mixed-objects": (
+        "RAP, half the training pictures grounded, crops hidden for half the tweets",
+        {},
+        {"grounded_objects_share": 0.5, "crop_dropout": 0.5},
+    ),
+    "mrr-mixed-objects": (
+        "MRR ablation, half the training pictures grounded, crops hidden for half the tweets",
+        {"use_relevance_reasoning": False},
+        {"grounded_objects_share": 0.5, "crop_dropout": 0.5},
+    ),
 }
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
 SUBSETS = {  # subset -> the sample kinds of make_sample_data.py it holds ("hard" tweets always have an image)
