@@ -346,8 +346,19 @@ def _validate_results(results: Mapping[str, Any]) -> None:
         )
 
 
-def grounding_description(grounding_model: str, grounded_share: float = 0.0) -> str:
-    """Where the model's visual objects came from in training (and come from in the pipeline), in one sentence."""
+def grounding_description(grounding_model: str, grounded_share: float = 0.0, crop_dropout: float = 0.0) -> str:
+    """Where the model's visual objects came from in training (and come from in the pipeline), in one sentence; with
+    `crop_dropout`, a second one saying that training also showed pictures without any crop."""
+    objects = _objects_source(grounding_model, grounded_share)
+    if crop_dropout > 0:
+        objects += (
+            f" In training the crops of {crop_dropout:.0%} of the tweets were hidden at every step (`crop_dropout`), "
+            "so it also reads a picture that has none."
+        )
+    return objects
+
+
+def _objects_source(grounding_model: str, grounded_share: float) -> str:
     if grounding_model == "none":
         source = "none: their object slots stayed empty (the pipeline leaves them empty too)"
     elif grounding_model == "vision-encoder":
@@ -417,6 +428,7 @@ class RAPModelCardData(ModelCardData):
     text_only: bool = False
     grounding_model: str | None = None  # RAPConfig.grounding_model: objects of pictures without corpus crops
     grounded_objects_share: float = 0.0  # RAPConfig.grounded_objects_share
+    crop_dropout: float = 0.0  # RAPConfig.crop_dropout
     labels: list[str] = field(default_factory=list)
     num_train_examples: int | None = None
     max_train_samples: int | None = None
@@ -505,6 +517,7 @@ class RAPModelCardData(ModelCardData):
         if self.grounding_model is None and config.multimodal:
             self.grounding_model = getattr(config, "grounding_model", None)
         self.grounded_objects_share = float(getattr(config, "grounded_objects_share", 0.0))
+        self.crop_dropout = float(getattr(config, "crop_dropout", 0.0))
         self.config_changes = config_changes(config.to_diff_dict())
 
     def register_arguments(self, args: TrainingArguments) -> None:
@@ -600,7 +613,7 @@ class RAPModelCardData(ModelCardData):
             f"- **Encoders:** text {encoders['text'][0]}, vision {encoders['vision'][0]}",
         ]
         if self.grounding_model and not self.text_only:
-            objects = grounding_description(self.grounding_model, self.grounded_objects_share)
+            objects = grounding_description(self.grounding_model, self.grounded_objects_share, self.crop_dropout)
             lines.append(f"- **Visual objects:** {objects}")
         differences = []
         if self.text_encoder is not None and self.text_encoder != PAPER_SETTING["text_model"]:

@@ -434,3 +434,15 @@ def test_the_card_says_which_objects_the_model_was_trained_on(share, pictures):
     assert ("the crops the corpus ships where it has them" in line) != grounded_training, line
     assert 'grounding_model="vision-encoder"' in line
     assert pictures is None or f"for {pictures}," in line, line
+    assert "crop_dropout" not in line
+
+
+def test_the_card_says_when_training_hid_the_crops():
+    """A model trained with `crop_dropout` says so (it reads a picture without crops); the share is the config's."""
+    from rap_hf import RAPForMultimodalNER
+
+    card = RAPModelCardData()
+    card.register_model(RAPForMultimodalNER(tiny_config("ner", crop_dropout=0.25, grounded_objects_share=0.5)))
+    line = next(line for line in card.setting_lines() if line.startswith("- **Visual objects:**"))
+    assert "for 50% of the pictures," in line and "the crops of 25% of the tweets were hidden" in line, line
+    assert card.crop_dropout == 0.25
