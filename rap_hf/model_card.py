@@ -359,6 +359,7 @@ def grounding_description(grounding_model: str, grounded_share: float = 0.0, cro
 
 
 def _objects_source(grounding_model: str, grounded_share: float) -> str:
+    """The sentence on which objects the model read: the corpus's crops, a grounder's, or some of each."""
     if grounding_model == "none":
         source = "none: their object slots stayed empty (the pipeline leaves them empty too)"
     elif grounding_model == "vision-encoder":
