@@ -116,10 +116,11 @@ class RAPConfig(PreTrainedConfig):
             The visual objects E_v (Sec. 3.2): `"image_and_crops"` reads the whole image and the crops (1 + num_crops
             objects); `"crops"` reads the crops alone, m = num_crops as in the paper (a picture without any crop is
             then its own single object).
-        crop_dropout (`float`, *optional*, defaults to 0.0):
-            In training, the share of samples whose crops are hidden (the whole picture alone remains), so that the
-            model also reads a picture that arrives without crops. Not in the paper (it always has its m grounded
-            objects); see docs/benchmarks_noise.md for its measured effect.
+        crop_dropout (`float`, *optional*, defaults to 0.5):
+            In training, the share of samples whose crops are hidden at every step (the whole picture alone remains),
+            so that the model also reads a picture that arrives without crops, as a user's does. Not in the paper (it
+            always has its m grounded objects; paper mode: 0.0). With `grounded_objects_share` 0.5 the "mixed
+            objects" default: measured in docs/benchmarks_noise.md, chosen in docs/design.md ("Grounding").
         grounding_model (`str`, *optional*, defaults to `"vision-encoder"`):
             Where the visual objects of a picture without corpus crops came from in training, and so should come from
             at prediction (`rap_hf/grounding.py`): `"vision-encoder"` (regions of this model's own vision encoder's
@@ -127,11 +128,11 @@ class RAPConfig(PreTrainedConfig):
             detector (OWL-ViT, OWLv2, Grounding DINO, queried with phrases of the text) or of an object detector
             (DETR, ...), or `"none"` (such a picture keeps its crop slots empty). Crops a corpus or a caller gives are
             used as they are.
-        grounded_objects_share (`float`, *optional*, defaults to 0.0):
+        grounded_objects_share (`float`, *optional*, defaults to 0.5):
             The share of training and validation pictures whose corpus crops `RAPTrainer` replaces by the objects of
             `grounding_model` (1.0: every picture; which ones is fixed by the picture's content), so that the model
-            also learns to read what a user's picture will get (the pipeline grounds it). Not in the paper;
-            docs/benchmarks_noise.md measures it.
+            also learns to read what a user's picture will get (the pipeline grounds it). Not in the paper (paper
+            mode: 0.0); docs/benchmarks_noise.md measures it.
         relevance_dim (`int`, *optional*):
             Rows `m` of `W_g`, `W_l` in Eq. 1 (size of a relevance representation), also the graph node size.
             Defaults to `fusion_hidden_size`.
@@ -250,9 +251,9 @@ class RAPConfig(PreTrainedConfig):
     fusion_hidden_size: int | None = None
     num_crops: int = 3
     visual_objects: Literal["image_and_crops", "crops"] = "image_and_crops"
-    crop_dropout: float = 0.0
+    crop_dropout: float = 0.5
     grounding_model: str = "vision-encoder"
-    grounded_objects_share: float = 0.0
+    grounded_objects_share: float = 0.5
     relevance_dim: int | None = None
     relevance_temperature: float | int = 9.0
     graph_iterations: int = 2
@@ -351,6 +352,8 @@ class RAPConfig(PreTrainedConfig):
             "routing_layers": PAPER_ROUTING_LAYERS[task],  # Table 4
             "visual_objects": "crops",  # Sec. 4.2: m = 3 objects from the grounding toolkit
             "num_crops": 3,
+            "crop_dropout": 0.0,  # Sec. 3.2: every training sample has its m grounded objects
+            "grounded_objects_share": 0.0,  # the corpus's crops, from the paper's grounding toolkit
             "relevance_own_projections": False,  # Sec. 3.2: one E_t, E_v for relevance and fusion
             "relevance_feature_norm": False,  # Eq. 1-5 on the projections as they are
             "relevance_edge_scaling": False,  # Eq. 6

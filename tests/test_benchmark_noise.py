@@ -154,8 +154,11 @@ def test_every_variant_is_a_valid_configuration():
         assert set(overrides) <= set(defaults), (name, set(overrides) - set(defaults))
         config = RAPConfig(**overrides)  # validation runs here
         assert all(getattr(config, field) == value for field, value in overrides.items()), name
+        objects = {"grounded_objects_share", "crop_dropout"} & set(overrides)
+        assert not objects or len(objects) == 2, name  # a variant of the training objects names both: defaults move
     mixed = noise.VARIANTS["rap-mixed-objects"][2]
     assert mixed == {"grounded_objects_share": 0.5, "crop_dropout": 0.5}
+    assert noise.VARIANTS["rap-crops"][2] == {"grounded_objects_share": 0.0, "crop_dropout": 0.0}
 
 
 def test_visual_object_sources_are_scored_and_differ(smoke):
@@ -171,3 +174,14 @@ def test_visual_object_sources_are_scored_and_differ(smoke):
     assert any(abs(a - b) > 1e-6 for a, b in zip(grounded, alone))  # the grounded crops reach the model
     targets = [check["target"] for check in report["object_targets"]]
     assert len(targets) == 12 and all(check["passed"] in (True, False, None) for check in report["object_targets"])
+
+
+def test_gradient_clipping_option_reaches_the_training_arguments():
+    """--max_grad_norm (0: off) is what the trainer's arguments get; unset, the training default (1.0) stays."""
+    from benchmark_helpers import load_benchmark
+
+    noise = load_benchmark("noise.py", "noise_benchmark_variants")
+    assert noise.parse_arguments([])[0].max_grad_norm is None
+    settings, _ = noise.parse_arguments(["--max_grad_norm", "0"])
+    assert settings.max_grad_norm == 0.0 and noise.training_overrides(settings) == {"max_grad_norm": 0.0}
+    assert noise.training_overrides(noise.parse_arguments([])[0]) == {}

@@ -213,7 +213,8 @@ def relevance_logits(model, batch, texts: list[int], images: list[int]) -> tuple
 
 def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
     torch.manual_seed(0)
-    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0).train()
+    # crop_dropout off: the reference below scores every image with its crops
+    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0, crop_dropout=0.0).train()
     batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
     out = model(**batch)
     # every other image of the batch is a negative
@@ -229,7 +230,11 @@ def test_relevance_matching_loss_is_bce_of_own_against_foreign_images():
 def test_relevance_matching_loss_skips_foreign_images_like_the_own_one():
     torch.manual_seed(0)
     model = model_for(
-        "re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0, relevance_negative_max_similarity=0.99
+        "re",
+        relevance_matching_weight=0.5,
+        hidden_dropout_prob=0.0,
+        relevance_negative_max_similarity=0.99,
+        crop_dropout=0.0,  # the reference scores every image with its crops
     ).train()
     batch = tiny_batch("re")  # samples 0-2 hold an image, 3 does not
     batch["image_mask"][1] = batch["image_mask"][0]
@@ -247,7 +252,9 @@ def test_relevance_matching_loss_skips_foreign_images_like_the_own_one():
 
 def test_relevance_matching_loss_adds_earlier_batches_pictures_as_negatives():
     torch.manual_seed(0)
-    model = model_for("re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0, relevance_negative_memory=2)
+    model = model_for(
+        "re", relevance_matching_weight=0.5, hidden_dropout_prob=0.0, relevance_negative_memory=2, crop_dropout=0.0
+    )
     model.train()
     first, second = tiny_batch("re", seed=1), tiny_batch("re", seed=2)  # samples 0-2 hold an image, 3 does not
     model.eval()(**first)
@@ -387,7 +394,10 @@ def test_re_marker_fallback_finds_entity_positions():
 @pytest.mark.parametrize("freeze_text", [False, True])
 def test_gradients_reach_every_trainable_parameter(task, freeze_text):
     # tanh gate: the rectified one is exactly 0 for images judged irrelevant, and then the CFU learns nothing from them
-    model = model_for(task, freeze_text_encoder=freeze_text, freeze_vision_encoder=False, relevance_gate="tanh").train()
+    # every crop seen: a picture whose crops crop_dropout hid is one object, and pooling one object has no gradient
+    model = model_for(
+        task, freeze_text_encoder=freeze_text, freeze_vision_encoder=False, relevance_gate="tanh", crop_dropout=0.0
+    ).train()
     model(**tiny_batch(task, with_pixels=True)).loss.backward()
     for name, parameter in model.named_parameters():
         frozen = freeze_text and ".text_encoder." in name

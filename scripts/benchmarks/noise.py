@@ -88,6 +88,8 @@ VARIANTS = {
             "relevance_feature_norm": True,
             "relevance_edge_scaling": True,
             "prompt_layer_norm": True,
+            "crop_dropout": 0.5,
+            "grounded_objects_share": 0.5,
         },
     ),  # every non-size field: default
     "rap-paper-equations": (
@@ -102,31 +104,45 @@ VARIANTS = {
         },
     ),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
-    "rap-crop-dropout": ("RAP, crops hidden for half the training tweets", {}, {"crop_dropout": 0.5}),
+    "rap-crops": (  # the defaults before mixed objects (2026-12-07): every training picture with the corpus's crops
+        "RAP, trained on the corpus's crops",
+        {},
+        {"grounded_objects_share": 0.0, "crop_dropout": 0.0},
+    ),
+    "mrr-crops": (
+        "MRR ablation, trained on the corpus's crops",
+        {"use_relevance_reasoning": False},
+        {"grounded_objects_share": 0.0, "crop_dropout": 0.0},
+    ),
+    "rap-crop-dropout": (
+        "RAP, crops hidden for half the training tweets",
+        {},
+        {"crop_dropout": 0.5, "grounded_objects_share": 0.0},
+    ),
     "rap-grounded-training": (
         "RAP, trained on grounded objects",
         {},
-        {"grounded_objects_share": 1.0},
+        {"grounded_objects_share": 1.0, "crop_dropout": 0.0},
     ),
     "mrr-grounded-training": (
         "MRR ablation, trained on grounded objects",
         {"use_relevance_reasoning": False},
-        {"grounded_objects_share": 1.0},
+        {"grounded_objects_share": 1.0, "crop_dropout": 0.0},
     ),
     "rap-grounded-half": (
         "RAP, half the training pictures grounded",
         {},
-        {"grounded_objects_share": 0.5},
+        {"grounded_objects_share": 0.5, "crop_dropout": 0.0},
     ),
     "mrr-grounded-half": (
         "MRR ablation, half the training pictures grounded",
         {"use_relevance_reasoning": False},
-        {"grounded_objects_share": 0.5},
+        {"grounded_objects_share": 0.5, "crop_dropout": 0.0},
     ),
     "mrr-crop-dropout": (
         "MRR ablation, crops hidden for half the training tweets",
         {"use_relevance_reasoning": False},
-        {"crop_dropout": 0.5},
+        {"crop_dropout": 0.5, "grounded_objects_share": 0.0},
     ),
     "rap-mixed-objects": (
         "RAP, half the training pictures grounded, crops hidden for half the tweets",
@@ -174,6 +190,7 @@ class Settings:
     batch_size: int = 8
     learning_rate: float | None = None  # None: the training default (3e-5 for NER)
     new_params_learning_rate: float | None = None  # None: the training default (= learning_rate)
+    max_grad_norm: float | None = None  # None: the training default (1.0); 0 turns clipping off
     config_overrides: dict[str, Any] = field(default_factory=dict)
     shuffle_seed: int = 1234
     smoke: bool = False
@@ -223,6 +240,7 @@ def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path 
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         new_params_learning_rate=settings.new_params_learning_rate,
+        **training_overrides(settings),
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
@@ -231,6 +249,11 @@ def variant_trainer(variant: str, seed: int, settings: Settings, data_dir: Path 
     if not settings.verbose:  # with tqdm off the Trainer prints every log dict to stdout, into the report
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def training_overrides(settings: Settings) -> dict[str, Any]:
+    """Training arguments the command line sets beyond the training defaults (gradient clipping)."""
+    return {} if settings.max_grad_norm is None else {"max_grad_norm": settings.max_grad_norm}
 
 
 def train_variant(variant: str, seed: int, settings: Settings, data_dir: Path | None, work_dir: Path):
@@ -632,6 +655,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
         default=1e-3,
         help="lr of the RAP layers (1e-3: they learn to read the images within the CPU budget; the encoders keep 3e-5)",
     )
+    parser.add_argument(
+        "--max_grad_norm", type=float, default=None, help="gradient clipping; default: the training default, 0: off"
+    )
     parser.add_argument("--config_overrides", default=None, help="JSON of RAPConfig fields for every RAP variant")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one thread each)")
     parser.add_argument("--work_dir", type=Path, default=None, help="corpus, runs, caches (default: a temp folder)")
@@ -669,6 +695,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[Settings, argpar
         args.vision_model if args.vision_model is not None else ("" if args.smoke else "efficientnet-lite0")
     )
     settings.learning_rate, settings.new_params_learning_rate = args.learning_rate, args.new_params_learning_rate
+    settings.max_grad_norm = args.max_grad_norm
     settings.verbose = args.verbose
     return settings, args
 
