@@ -156,3 +156,11 @@ def test_the_task_loss_reaches_beta_in_paper_mode_only(mode):
         assert gradient is not None and gradient.abs().sum() > 0 and math.isfinite(gradient.abs().sum())
     else:  # the default detaches the gate: beta learns from the matching loss alone (docs/design.md)
         assert gradient is None or gradient.abs().sum() == 0
+
+
+def test_paper_mode_trains_on_the_corpus_crops_and_the_default_on_mixed_objects():
+    """The paper always has its m grounded crops; the default also trains on the grounder's objects and the picture
+    alone, all three kinds in one run (docs/design.md, "Grounding")."""
+    default, paper = RAPConfig(), RAPConfig.paper_architecture()
+    assert 0 < default.grounded_objects_share < 1 and 0 < default.crop_dropout < 1
+    assert paper.grounded_objects_share == 0 and paper.crop_dropout == 0
