@@ -104,57 +104,29 @@ VARIANTS = {
         },
     ),
     "text": ("text-only baseline", {"text_only_baseline": True}, {}),
-    "rap-crops": (  # the defaults before mixed objects (2026-12-07): every training picture with the corpus's crops
-        "RAP, trained on the corpus's crops",
-        {},
-        {"grounded_objects_share": 0.0, "crop_dropout": 0.0},
-    ),
-    "mrr-crops": (
-        "MRR ablation, trained on the corpus's crops",
-        {"use_relevance_reasoning": False},
-        {"grounded_objects_share": 0.0, "crop_dropout": 0.0},
-    ),
-    "rap-crop-dropout": (
-        "RAP, crops hidden for half the training tweets",
-        {},
-        {"crop_dropout": 0.5, "grounded_objects_share": 0.0},
-    ),
-    "rap-grounded-training": (
-        "RAP, trained on grounded objects",
-        {},
-        {"grounded_objects_share": 1.0, "crop_dropout": 0.0},
-    ),
-    "mrr-grounded-training": (
-        "MRR ablation, trained on grounded objects",
-        {"use_relevance_reasoning": False},
-        {"grounded_objects_share": 1.0, "crop_dropout": 0.0},
-    ),
-    "rap-grounded-half": (
-        "RAP, half the training pictures grounded",
-        {},
-        {"grounded_objects_share": 0.5, "crop_dropout": 0.0},
-    ),
-    "mrr-grounded-half": (
-        "MRR ablation, half the training pictures grounded",
-        {"use_relevance_reasoning": False},
-        {"grounded_objects_share": 0.5, "crop_dropout": 0.0},
-    ),
-    "mrr-crop-dropout": (
-        "MRR ablation, crops hidden for half the training tweets",
-        {"use_relevance_reasoning": False},
-        {"crop_dropout": 0.5, "grounded_objects_share": 0.0},
-    ),
-    "rap-mixed-objects": (
-        "RAP, half the training pictures grounded, crops hidden for half the tweets",
-        {},
-        {"grounded_objects_share": 0.5, "crop_dropout": 0.5},
-    ),
-    "mrr-mixed-objects": (
-        "MRR ablation, half the training pictures grounded, crops hidden for half the tweets",
-        {"use_relevance_reasoning": False},
-        {"grounded_objects_share": 0.5, "crop_dropout": 0.5},
-    ),
 }
+# Which visual objects training shows (RAPConfig.grounded_objects_share, crop_dropout), each for RAP and for MRR; both
+# fields are named, so that a variant keeps its meaning when the defaults move (mixed objects since 2026-12-07).
+TRAINING_OBJECTS = {  # name -> (label, grounded_objects_share, crop_dropout)
+    "crops": ("trained on the corpus's crops", 0.0, 0.0),  # the defaults before mixed objects
+    "crop-dropout": ("crops hidden for half the training tweets", 0.0, 0.5),
+    "grounded-training": ("trained on grounded objects", 1.0, 0.0),
+    "grounded-half": ("half the training pictures grounded", 0.5, 0.0),
+    "mixed-objects": ("half the training pictures grounded, crops hidden for half the tweets", 0.5, 0.5),
+}
+
+
+def training_objects_variants() -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
+    """`rap-<name>` and `mrr-<name>` for every entry of TRAINING_OBJECTS."""
+    variants = {}
+    for name, (label, share, dropout) in TRAINING_OBJECTS.items():
+        objects = {"grounded_objects_share": share, "crop_dropout": dropout}
+        variants[f"rap-{name}"] = (f"RAP, {label}", {}, objects)
+        variants[f"mrr-{name}"] = (f"MRR ablation, {label}", {"use_relevance_reasoning": False}, objects)
+    return variants
+
+
+VARIANTS.update(training_objects_variants())
 DEFAULT_VARIANTS = ["rap", "rap-paper", "mrr", "text"]
 SUBSETS = {  # subset -> the sample kinds of make_sample_data.py it holds ("hard" tweets always have an image)
     "image-only (hard)": ("hard",),
